@@ -1,0 +1,220 @@
+"""Releases and who they match. Pure: no IO, no clock.
+
+A user matches a release when not excluded, and either listed in ``include.uids`` or inside
+every non-empty filter (regions, platforms, app-version ranges) and inside the percent bucket.
+Bucketing is sticky and monotonic: ``hash(salt:uid) mod 10000 < percent*100``, so raising the
+percent only ever adds users.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from types import MappingProxyType
+from typing import Any, Literal
+
+from control.common.schema import build, setting
+
+BUCKETS = 10_000
+ReleaseState = Literal["draft", "running", "paused", "promoted", "rolled_back"]
+# Releases whose rules route users; the canary nodes of these (and of rolled-back ones,
+# which are draining) never take stable-track users.
+ROUTING_STATES = frozenset({"running", "paused"})
+FENCING_STATES = frozenset({"running", "paused", "rolled_back"})
+
+_VERSION_RE = re.compile(r"\d{1,9}(\.\d{1,9}){0,3}")
+_RANGE_RE = re.compile(r"\s*(>=|<=|==|!=|>|<|=)?\s*([0-9.]+)\s*")
+NAME_PATTERN = r"[a-z0-9][a-z0-9-]{0,62}"
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class Version:
+    """An app version such as ``5.12.1``; up to four numeric parts, missing parts are 0."""
+
+    parts: tuple[int, int, int, int]
+
+    @classmethod
+    def parse(cls, text: str) -> Version:
+        if not isinstance(text, str) or not _VERSION_RE.fullmatch(text):
+            raise ValueError(f"{text!r} is not a version like 1.2.3")
+        nums = [int(p) for p in text.split(".")]
+        nums += [0] * (4 - len(nums))
+        return cls((nums[0], nums[1], nums[2], nums[3]))
+
+    def __str__(self) -> str:
+        parts = list(self.parts)
+        while len(parts) > 1 and parts[-1] == 0:
+            parts.pop()
+        return ".".join(map(str, parts))
+
+
+_OPS = {
+    ">=": lambda a, b: a >= b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    "<": lambda a, b: a < b,
+    "==": lambda a, b: a == b,
+    "=": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRange:
+    """``>=5.2,<6`` style: every clause must hold. A bare version means equality."""
+
+    spec: str
+    clauses: tuple[tuple[str, Version], ...]
+
+    @classmethod
+    def parse(cls, spec: str) -> VersionRange:
+        if not isinstance(spec, str) or not spec.strip():
+            raise ValueError("a version range must be a non-empty string like '>=5.2,<6'")
+        clauses = []
+        for part in spec.split(","):
+            m = _RANGE_RE.fullmatch(part)
+            if not m:
+                raise ValueError(f"bad clause {part.strip()!r} in version range {spec!r}")
+            clauses.append((m.group(1) or "==", Version.parse(m.group(2))))
+        return cls(spec.strip(), tuple(clauses))
+
+    @classmethod
+    def from_config(cls, data: Any, path: str, problems: list[str]) -> VersionRange | None:
+        try:
+            return cls.parse(data)
+        except ValueError as exc:
+            problems.append(f"{path}: {exc}")
+            return None
+
+    def contains(self, version: Version) -> bool:
+        return all(_OPS[op](version, bound) for op, bound in self.clauses)
+
+
+def bucket(salt: str, uid: str) -> int:
+    """The user's sticky bucket in [0, 10000)."""
+    digest = hashlib.blake2b(f"{salt}:{uid}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % BUCKETS
+
+
+def threshold(percent: float) -> int:
+    """Buckets below this are in; 0.01% granularity."""
+    return round(percent * 100)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Which nodes serve the release: a pool, or a version."""
+
+    pool: str = setting("", "access-node pool that runs the new version")
+    version: str = setting("", "access-node version string")
+
+    def check(self, path: str) -> list[str]:
+        if bool(self.pool) == bool(self.version):
+            return [f"{path}: set exactly one of pool or version"]
+        return []
+
+    def selects(self, pool: str, version: str) -> bool:
+        return pool == self.pool if self.pool else version == self.version
+
+
+@dataclass(frozen=True)
+class Include:
+    uids: tuple[str, ...] = setting((), "users always in the release (whitelist)")
+    regions: tuple[str, ...] = setting((), "only users in these regions (empty: any)")
+    platforms: tuple[str, ...] = setting((), "only these platforms (empty: any)")
+    app_versions: tuple[VersionRange, ...] = setting((), "only app versions in any range")
+
+    @cached_property
+    def uid_set(self) -> frozenset[str]:
+        return frozenset(self.uids)
+
+
+@dataclass(frozen=True)
+class Exclude:
+    uids: tuple[str, ...] = setting((), "users never in the release")
+
+    @cached_property
+    def uid_set(self) -> frozenset[str]:
+        return frozenset(self.uids)
+
+
+@dataclass(frozen=True)
+class UserContext:
+    """What a release rule may look at."""
+
+    uid: str
+    platform: str
+    app_version: Version
+    region: str | None
+
+
+@dataclass(frozen=True)
+class Release:
+    """One gray release (the **contract** record at ``<prefix>/gray/<name>``)."""
+
+    name: str = setting(doc="release name", pattern=NAME_PATTERN)
+    target: Target = setting(doc="nodes that serve it")
+    percent: float = setting(0.0, "share of matching users, 0..100, 0.01 steps", ge=0, le=100)
+    include: Include = setting(Include(), "who may be in")
+    exclude: Exclude = setting(Exclude(), "who is never in")
+    salt: str = setting("", "bucketing salt; empty means the release name", max_len=128)
+    steps: tuple[float, ...] = setting((), "percent steps for the step controller")
+    step_interval_s: float = setting(600.0, "seconds between steps", gt=0)
+    analysis: Mapping[str, Any] = setting(MappingProxyType({}), "canary analysis settings")
+    state: ReleaseState = setting("running", "draft|running|paused|promoted|rolled_back")
+
+    def check(self, path: str) -> list[str]:
+        problems = []
+        if abs(self.percent * 100 - round(self.percent * 100)) > 1e-6:
+            problems.append(f"{path}.percent: granularity is 0.01, got {self.percent}")
+        for i, step in enumerate(self.steps):
+            if not 0 <= step <= 100:
+                problems.append(f"{path}.steps[{i}]: must be within 0..100, got {step}")
+        if list(self.steps) != sorted(self.steps):
+            problems.append(f"{path}.steps: must be increasing")
+        return problems
+
+    @classmethod
+    def from_config(cls, data: Any, path: str, problems: list[str]) -> Release:
+        return build(cls, data, path, problems)
+
+    @cached_property
+    def effective_salt(self) -> str:
+        return self.salt or self.name
+
+    @cached_property
+    def cutoff(self) -> int:
+        return threshold(self.percent)
+
+    @property
+    def routes(self) -> bool:
+        return self.state in ROUTING_STATES
+
+    @property
+    def fences(self) -> bool:
+        return self.state in FENCING_STATES
+
+    def matches(self, user: UserContext) -> bool:
+        if user.uid in self.exclude.uid_set:
+            return False
+        if user.uid in self.include.uid_set:
+            return True
+        inc = self.include
+        if inc.regions and user.region not in inc.regions:
+            return False
+        if inc.platforms and user.platform not in inc.platforms:
+            return False
+        if inc.app_versions and not any(r.contains(user.app_version) for r in inc.app_versions):
+            return False
+        return bucket(self.effective_salt, user.uid) < self.cutoff
+
+
+def first_match(releases: tuple[Release, ...], user: UserContext) -> Release | None:
+    """The first routing release whose rules take this user; None means the stable track."""
+    for release in releases:
+        if release.routes and release.matches(user):
+            return release
+    return None

@@ -1,0 +1,1 @@
+"""The scheduler: a pure decision pipeline over a frozen snapshot, and its aiohttp service."""

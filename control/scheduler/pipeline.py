@@ -1,0 +1,186 @@
+"""The decision pipeline: pure stages over a frozen :class:`Snapshot`.
+
+1. health   - state up, listed, weight > 0 (at build) and below capacity (at pick time);
+2. gray     - the first routing release that takes the user fixes the track;
+3. proximity- regions tried in preference order, the nearest with headroom wins;
+4. balance  - power of two choices on (conns + pending) / (capacity * weight);
+5. fallbacks- the next best nodes, other zones first, then other regions.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from control.common.registry import NodeRecord
+from control.gray.model import Release, UserContext, first_match
+from control.scheduler.snapshot import STABLE, Group, Snapshot
+
+Placement = Literal["local", "nearby", "remote"]
+Strategy = Literal["stable", "gray", "gray_fallback"]
+P2C_SAMPLES = 8  # random draws before a linear scan for a node with room
+_EMPTY: Mapping[str, Group] = {}
+
+
+class PendingView(Protocol):
+    def get(self, node_id: str, default: int = 0) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    node: NodeRecord
+    region: str
+    placement: Placement
+    track: str
+    strategy: Strategy
+    fallbacks: tuple[NodeRecord, ...]
+
+
+# -- stage 1: health -------------------------------------------------------------------------
+def has_room(node: NodeRecord, pending: PendingView) -> bool:
+    return (
+        node.state == "up" and node.weight > 0 and node.conns + pending.get(node.id) < node.capacity
+    )
+
+
+def load(node: NodeRecord, pending: PendingView) -> float:
+    return (node.conns + pending.get(node.id)) / (node.capacity * node.weight)
+
+
+# -- stage 2: gray ---------------------------------------------------------------------------
+def choose_track(snapshot: Snapshot, user: UserContext) -> tuple[str, Release | None]:
+    release = first_match(snapshot.releases, user)
+    return (release.name, release) if release is not None else (STABLE, None)
+
+
+# -- stage 4: balance ------------------------------------------------------------------------
+def p2c(
+    nodes: Sequence[NodeRecord],
+    pending: PendingView,
+    rng: random.Random,
+    exclude: frozenset[str] = frozenset(),
+) -> NodeRecord | None:
+    """The less loaded of two random nodes with room; None when no node has room."""
+    n = len(nodes)
+    if n == 0:
+        return None
+    best: NodeRecord | None = None
+    best_load = 0.0
+    seen = 0
+    for _ in range(P2C_SAMPLES):
+        node = nodes[rng.randrange(n)] if n > 1 else nodes[0]
+        if node.id in exclude or not has_room(node, pending):
+            continue
+        node_load = load(node, pending)
+        if best is None or node_load < best_load:
+            best, best_load = node, node_load
+        seen += 1
+        if seen == 2:
+            return best
+    if best is not None:
+        return best
+    # Sampling kept hitting full or excluded nodes: scan, so "no room" is the truth.
+    candidates = [m for m in nodes if m.id not in exclude and has_room(m, pending)]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda m: load(m, pending))
+
+
+# -- stage 3: proximity ----------------------------------------------------------------------
+def place(
+    groups: Mapping[str, Group],
+    ranking: Sequence[str],
+    home: str | None,
+    pending: PendingView,
+    rng: random.Random,
+) -> tuple[NodeRecord, str, Placement] | None:
+    """The nearest region (in ``ranking`` order) whose nodes have room, and the node there.
+
+    Placement says how far the client travels: its own region, another region of its
+    preference row, or anywhere (its region is unknown).
+    """
+    for region in ranking:
+        group = groups.get(region)
+        if group is None:
+            continue
+        node = p2c(group.nodes, pending, rng)
+        if node is not None:
+            if home is None:
+                return node, region, "remote"
+            return node, region, "local" if region == home else "nearby"
+    return None
+
+
+# -- stage 5: fallbacks ----------------------------------------------------------------------
+def fallbacks(
+    groups: Mapping[str, Group],
+    ranking: Sequence[str],
+    chosen: NodeRecord,
+    pending: PendingView,
+    rng: random.Random,
+    count: int,
+) -> tuple[NodeRecord, ...]:
+    """Up to ``count`` nodes to try if the chosen one fails: other zones of its region first,
+    then the next regions in preference order, then whatever has room."""
+    if count <= 0:
+        return ()
+    picked: list[NodeRecord] = []
+    taken = {chosen.id}
+    own = groups.get(chosen.region)
+    if own is not None:
+        for zone in sorted(own.zones):
+            if zone == chosen.zone:
+                continue
+            node = p2c(own.zones[zone], pending, rng, frozenset(taken))
+            if node is not None:
+                picked.append(node)
+                taken.add(node.id)
+                if len(picked) == count:
+                    return tuple(picked)
+    for region in ranking:
+        if region == chosen.region:
+            continue
+        group = groups.get(region)
+        if group is None:
+            continue
+        node = p2c(group.nodes, pending, rng, frozenset(taken))
+        if node is not None:
+            picked.append(node)
+            taken.add(node.id)
+            if len(picked) == count:
+                return tuple(picked)
+    if own is not None:  # only one zone and region: another node beside the chosen one
+        while len(picked) < count:
+            node = p2c(own.nodes, pending, rng, frozenset(taken))
+            if node is None:
+                break
+            picked.append(node)
+            taken.add(node.id)
+    return tuple(picked)
+
+
+def decide(
+    snapshot: Snapshot,
+    user: UserContext,
+    ranking: Sequence[str],
+    pending: PendingView,
+    rng: random.Random,
+    fallback_count: int,
+) -> Decision | None:
+    """The whole pipeline; None when no node can take the client."""
+    track, release = choose_track(snapshot, user)
+    strategy: Strategy = "gray" if release is not None else "stable"
+    groups = snapshot.tracks.get(track, _EMPTY)
+    placed = place(groups, ranking, user.region, pending, rng)
+    if placed is None and release is not None:
+        # The canary has no room anywhere: serve the user from stable rather than refuse.
+        track, strategy = STABLE, "gray_fallback"
+        groups = snapshot.tracks.get(STABLE, _EMPTY)
+        placed = place(groups, ranking, user.region, pending, rng)
+    if placed is None:
+        return None
+    node, region, placement = placed
+    extra = fallbacks(groups, ranking, node, pending, rng, fallback_count)
+    return Decision(node, region, placement, track, strategy, extra)

@@ -1,0 +1,41 @@
+"""Per-client-IP token buckets, bounded in memory."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+
+class TokenBuckets:
+    """``allow(key)`` returns 0 when a request may go ahead, else seconds to wait."""
+
+    def __init__(
+        self,
+        rate: float,
+        burst: float,
+        max_keys: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_keys = max_keys
+        self.clock = clock
+        self._buckets: OrderedDict[str, list[float]] = OrderedDict()  # key -> [tokens, at]
+
+    def allow(self, key: str) -> float:
+        now = self.clock()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self.max_keys:
+                self._buckets.popitem(last=False)  # the least recently seen client
+            bucket = [self.burst, now]
+            self._buckets[key] = bucket
+        else:
+            self._buckets.move_to_end(key)
+            bucket[0] = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+            bucket[1] = now
+        if bucket[0] >= 1.0:
+            bucket[0] -= 1.0
+            return 0.0
+        return (1.0 - bucket[0]) / self.rate

@@ -1,0 +1,355 @@
+"""The scheduler's aiohttp edge: ``GET /v1/endpoint`` and the operator endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from control.common.auth import Role, TokenTable
+from control.common.errors import BackendUnavailable, BadRequest
+from control.common.kv import KeyValueStore
+from control.common.registry import NodeRecord, Registry
+from control.common.tasks import Supervisor
+from control.gray.model import Release, UserContext
+from control.gray.store import GrayStore
+from control.runtime import make_kv
+from control.scheduler.engine import Engine
+from control.scheduler.pipeline import load
+from control.scheduler.proximity import RegionMap, client_ip
+from control.scheduler.ratelimit import TokenBuckets
+from control.scheduler.request import parse_endpoint_query
+from control.settings import Settings
+
+log = logging.getLogger(__name__)
+disable_created_metrics()  # the _created series only add noise to dashboards
+
+ENGINE = web.AppKey("engine", Engine)
+SETTINGS = web.AppKey("settings", Settings)
+
+JSON = "application/json"
+
+
+class SchedulerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.decisions = Counter(
+            "imctl_scheduler_decisions_total",
+            "Endpoint decisions by strategy, placement and result",
+            ["strategy", "placement", "result"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "imctl_scheduler_decision_seconds",
+            "Time to answer GET /v1/endpoint, parsing to response",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+            registry=self.registry,
+        )
+        self.nodes = Gauge(
+            "imctl_scheduler_nodes",
+            "Nodes in the serving snapshot by state, pool and region",
+            ["state", "pool", "region"],
+            registry=self.registry,
+        )
+        self.held = Gauge(
+            "imctl_scheduler_snapshot_held",
+            "1 while self-preservation holds the last view of the registry",
+            registry=self.registry,
+        )
+        self.builds = Counter(
+            "imctl_scheduler_snapshot_builds_total", "Snapshots built", registry=self.registry
+        )
+        self.ready = Gauge(
+            "imctl_scheduler_ready", "1 when the registry view is synced", registry=self.registry
+        )
+
+    def observe_snapshot(self, nodes: Mapping[str, NodeRecord], held: bool) -> None:
+        counts: dict[tuple[str, str, str], int] = {}
+        for n in nodes.values():
+            key = (n.state, n.pool, n.region)
+            counts[key] = counts.get(key, 0) + 1
+        self.nodes.clear()
+        for (state, pool, region), count in counts.items():
+            self.nodes.labels(state, pool, region).set(count)
+        self.held.set(1 if held else 0)
+        self.builds.inc()
+
+
+class SchedulerState:
+    """Process-level state: the supervisor and whether the registry view is synced."""
+
+    def __init__(self) -> None:
+        self.supervisor = Supervisor("scheduler")
+        self.synced = asyncio.Event()
+        self.backend = "none"
+        self._rebuild_handle: asyncio.TimerHandle | None = None
+
+
+METRICS = web.AppKey("metrics", SchedulerMetrics)
+STATE = web.AppKey("state", SchedulerState)
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    body = {"error": code, "message": message, **extra}
+    headers = {}
+    if "retry_after" in extra:
+        headers["Retry-After"] = str(extra["retry_after"])
+    return web.json_response(body, status=status, headers=headers)
+
+
+@web.middleware
+async def json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every failure is a JSON body with a reason; nothing leaks a traceback."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _error(500, "internal", "internal error; see the scheduler log")
+
+
+def require(role: Role) -> Callable[..., Any]:
+    def wrap(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            table: TokenTable = request.app[SETTINGS].admin.grants()
+            granted = table.role_of(request.headers.get("Authorization"))
+            if granted is None:
+                return _error(401, "unauthorized", "a bearer token is required")
+            if not table.allows(granted, role):
+                return _error(403, "forbidden", f"this needs the {role} role")
+            return await handler(request)
+
+        return guarded
+
+    return wrap
+
+
+class EndpointHandler:
+    """``GET /v1/endpoint``: parse, rate-limit, decide, sign."""
+
+    def __init__(self, settings: Settings, engine: Engine, metrics: SchedulerMetrics) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.metrics = metrics
+        self.keys = settings.tickets.ticket_keys()
+        self.trusted = settings.scheduler.trusted_proxies
+        self.known_regions = frozenset(settings.regions.known)
+        rl = settings.scheduler.rate_limit
+        self.buckets = TokenBuckets(rl.rate_per_s, rl.burst, rl.max_clients)
+        hb = settings.heartbeat
+        bo = settings.backoff
+        self.heartbeat = {"interval_s": hb.interval_s, "timeout_s": hb.timeout_s}
+        self.backoff = {
+            "base_s": bo.base_s,
+            "factor": bo.factor,
+            "jitter": bo.jitter,
+            "max_s": bo.max_s,
+        }
+
+    async def __call__(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        response = self.answer(request)
+        self.metrics.latency.observe(time.perf_counter() - started)
+        return response
+
+    def answer(self, request: web.Request) -> web.Response:
+        ip = client_ip(request.remote, request.headers.get("X-Forwarded-For"), self.trusted)
+        wait = self.buckets.allow(ip or "unknown")
+        if wait > 0:
+            self.metrics.decisions.labels("none", "none", "rate_limited").inc()
+            return _error(
+                429,
+                "rate_limited",
+                "too many requests from this address",
+                retry_after=max(1, math.ceil(wait)),
+            )
+        try:
+            q = parse_endpoint_query(request.query, self.known_regions)
+        except BadRequest as exc:
+            self.metrics.decisions.labels("none", "none", "bad_request").inc()
+            return _error(400, "bad_request", str(exc), field=exc.field)
+        region = q.region or self.engine.region_map.region_of(ip)
+        user = UserContext(q.uid, q.platform, q.version, region)
+        decision = self.engine.assign(user)
+        if decision is None:
+            self.metrics.decisions.labels("none", "none", "no_capacity").inc()
+            retry = self.settings.scheduler.retry_after_s
+            return _error(
+                503, "no_capacity", "no access node can take this client now", retry_after=retry
+            )
+        self.metrics.decisions.labels(decision.strategy, decision.placement, "ok").inc()
+        ttl = self.settings.tickets.ttl_s
+        exp = int(time.time()) + ttl
+        sign = self.keys.sign
+        body = {
+            "node": decision.node.id,
+            "endpoint": decision.node.endpoint,
+            "region": decision.region,
+            "track": decision.track,
+            "ticket": sign(q.uid, q.device, decision.node.id, exp),
+            "expires_in": ttl,
+            "fallbacks": [
+                {"node": n.id, "endpoint": n.endpoint, "ticket": sign(q.uid, q.device, n.id, exp)}
+                for n in decision.fallbacks
+            ],
+            "heartbeat": self.heartbeat,
+            "backoff": self.backoff,
+        }
+        return web.Response(text=json.dumps(body, separators=(",", ":")), content_type=JSON)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    alive = request.app[STATE].supervisor.alive()
+    ok = all(alive.values())
+    return web.json_response({"ok": ok, "tasks": alive}, status=200 if ok else 503)
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    ready = state.synced.is_set()
+    return web.json_response(
+        {"ready": ready, "backend": state.backend}, status=200 if ready else 503
+    )
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    data = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@require("viewer")
+async def nodes_handler(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    snap = engine.snapshot
+    rows = []
+    for node in sorted(snap.nodes.values(), key=lambda n: (n.region, n.zone, n.id)):
+        row: dict[str, Any] = {f: getattr(node, f) for f in node.__dataclass_fields__}
+        pending = engine.pending.get(node.id)
+        row["pending"] = pending
+        row["load"] = round(load(node, engine.pending), 4) if node.weight > 0 else None
+        row["static"] = node.id in engine.static and node.reported_at == 0
+        rows.append(row)
+    return web.json_response(
+        {
+            "cluster": request.app[SETTINGS].cluster.name,
+            "snapshot": snap.revision,
+            "held": snap.held,
+            "message": engine.message,
+            "releases": [r.name for r in snap.releases],
+            "nodes": rows,
+        }
+    )
+
+
+def build_engine(settings: Settings) -> Engine:
+    regions = settings.regions
+    return Engine(
+        RegionMap(
+            known=regions.known,
+            default=regions.default or None,
+            cidrs=regions.cidrs,
+            preference=regions.preference,
+        ),
+        static_nodes=[n.record() for n in settings.registry.static_nodes],
+        releases=settings.gray.releases,
+        policy=settings.registry.self_preservation.policy(),
+        fallback_count=settings.scheduler.fallbacks,
+        # Nodes report at least every TTL/3; a count older than a TTL is surely included.
+        pending_window_s=float(settings.registry.lease_ttl_s),
+    )
+
+
+def create_app(settings: Settings, kv: KeyValueStore | None = None) -> web.Application:
+    """The scheduler application. ``kv`` shares an already-open store (in-process clusters);
+    otherwise one is opened from ``settings.cluster``."""
+    app = web.Application(middlewares=[json_errors])
+    engine = build_engine(settings)
+    metrics = SchedulerMetrics()
+    state = SchedulerState()
+    app[SETTINGS] = settings
+    app[ENGINE] = engine
+    app[METRICS] = metrics
+    app[STATE] = state
+    engine.rebuild()
+    metrics.observe_snapshot(engine.snapshot.nodes, engine.snapshot.held)
+
+    def rebuild_now() -> None:
+        state._rebuild_handle = None
+        message = engine.rebuild()
+        metrics.observe_snapshot(engine.snapshot.nodes, engine.snapshot.held)
+        log.debug("%s", message)
+
+    def changed() -> None:
+        delay = settings.scheduler.rebuild_s
+        if delay <= 0:
+            rebuild_now()
+        elif state._rebuild_handle is None:
+            state._rebuild_handle = asyncio.get_running_loop().call_later(delay, rebuild_now)
+
+    def on_nodes(nodes: Mapping[str, NodeRecord]) -> None:
+        engine.set_nodes(nodes)
+        changed()
+
+    def on_releases(releases: Mapping[str, Release]) -> None:
+        engine.set_releases(releases)
+        changed()
+
+    async def backend_ctx(app: web.Application) -> AsyncIterator[None]:
+        own = kv is None
+        store = make_kv(settings.cluster) if own else kv
+        assert store is not None
+        state.backend = store.name
+        if own:
+            try:
+                await store.connect()
+            except BackendUnavailable as exc:
+                log.warning("backend not reachable yet (%s); serving static nodes meanwhile", exc)
+        prefix = settings.cluster.prefix
+        verify = settings.registry.verify_s
+        nodes = Registry(store, prefix).mirror(on_nodes, verify_s=verify)
+        gray = GrayStore(store, prefix).mirror(on_releases, verify_s=verify)
+        state.supervisor.spawn("node-mirror", nodes.run)
+        state.supervisor.spawn("gray-mirror", gray.run)
+
+        async def ready_when_synced(stop: asyncio.Event) -> None:
+            await nodes.synced.wait()
+            await gray.synced.wait()
+            rebuild_now()
+            state.synced.set()
+            metrics.ready.set(1)
+            await stop.wait()
+
+        state.supervisor.spawn("readiness", ready_when_synced)
+        yield
+        await state.supervisor.close(timeout=3.0)
+        if state._rebuild_handle is not None:
+            state._rebuild_handle.cancel()
+        if own:
+            await store.close()
+
+    app.cleanup_ctx.append(backend_ctx)
+    app.router.add_get("/v1/endpoint", EndpointHandler(settings, engine, metrics))
+    app.router.add_get("/v1/nodes", nodes_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
+    return app

@@ -1,0 +1,116 @@
+"""The frozen view a decision works on, pre-grouped so a decision touches few nodes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from control.common.registry import NodeRecord
+from control.gray.model import Release
+
+STABLE = "stable"
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """The nodes of one track in one region that may take clients (up, weight > 0)."""
+
+    nodes: tuple[NodeRecord, ...]
+    zones: Mapping[str, tuple[NodeRecord, ...]]
+
+
+def _group(nodes: Iterable[NodeRecord]) -> dict[str, Group]:
+    by_region: dict[str, list[NodeRecord]] = {}
+    for node in nodes:
+        by_region.setdefault(node.region, []).append(node)
+    groups = {}
+    for region, members in by_region.items():
+        members.sort(key=lambda n: n.id)
+        zones: dict[str, list[NodeRecord]] = {}
+        for node in members:
+            zones.setdefault(node.zone, []).append(node)
+        groups[region] = Group(
+            tuple(members), MappingProxyType({z: tuple(ns) for z, ns in zones.items()})
+        )
+    return groups
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Nodes and releases as of one registry revision. Built once, read by every decision."""
+
+    nodes: Mapping[str, NodeRecord]
+    releases: tuple[Release, ...]
+    revision: int = 0
+    held: bool = False
+    tracks: Mapping[str, Mapping[str, Group]] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        nodes: Mapping[str, NodeRecord],
+        releases: Iterable[Release] = (),
+        revision: int = 0,
+        held: bool = False,
+    ) -> Snapshot:
+        releases = tuple(releases)
+        routing = tuple(r for r in releases if r.routes)
+        fences = [r.target for r in releases if r.fences]
+        usable = [n for n in nodes.values() if n.state == "up" and n.weight > 0]
+        tracks: dict[str, Mapping[str, Group]] = {
+            STABLE: MappingProxyType(
+                _group(n for n in usable if not any(t.selects(n.pool, n.version) for t in fences))
+            )
+        }
+        for release in routing:
+            tracks[release.name] = MappingProxyType(
+                _group(n for n in usable if release.target.selects(n.pool, n.version))
+            )
+        return cls(
+            nodes=MappingProxyType(dict(nodes)),
+            releases=routing,
+            revision=revision,
+            held=held,
+            tracks=MappingProxyType(tracks),
+        )
+
+
+class Pending:
+    """This scheduler's own assignments per node since the node's last load report.
+
+    A count is dropped when the node reports again (its ``reported_at`` moves) or after
+    ``window_s`` without a report (static nodes never report), so it never double-counts
+    clients the node already includes in ``conns``.
+    """
+
+    def __init__(self, window_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window_s = window_s
+        self.clock = clock
+        self._counts: dict[str, list[float]] = {}  # node id -> [count, first assignment at]
+        self._seen: dict[str, float] = {}  # node id -> reported_at of the record in use
+
+    def get(self, node_id: str, default: int = 0) -> int:
+        entry = self._counts.get(node_id)
+        if entry is None:
+            return default
+        if self.clock() - entry[1] > self.window_s:
+            del self._counts[node_id]
+            return default
+        return int(entry[0])
+
+    def add(self, node_id: str) -> None:
+        entry = self._counts.get(node_id)
+        if entry is None or self.clock() - entry[1] > self.window_s:
+            self._counts[node_id] = [1, self.clock()]
+        else:
+            entry[0] += 1
+
+    def sync(self, nodes: Mapping[str, NodeRecord]) -> None:
+        """Forget counts of nodes that reported since (or vanished)."""
+        for node_id in list(self._counts):
+            node = nodes.get(node_id)
+            if node is None or node.reported_at != self._seen.get(node_id, node.reported_at):
+                del self._counts[node_id]
+        self._seen = {nid: n.reported_at for nid, n in nodes.items()}

@@ -1,0 +1,378 @@
+"""The whole configuration: frozen sections, loaded from YAML with ``IMCTL_`` overrides.
+
+Defaults < file < environment. ``IMCTL_SCHEDULER__PORT=9000`` sets ``scheduler.port`` (``__``
+separates levels; values are read as YAML scalars). Every problem is reported at once, each
+naming where it came from, its key path and what is expected.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+import yaml
+
+from control.common.auth import Grant, TokenTable
+from control.common.errors import ConfigError
+from control.common.registry import NodeRecord, PreservationPolicy
+from control.common.schema import build, register_converter, setting
+from control.common.tickets import TicketKeys
+from control.gray.model import Release
+
+ENV_PREFIX = "IMCTL_"
+RESERVED_ENV = frozenset({"IMCTL_CONFIG", "IMCTL_SERVER", "IMCTL_TOKEN"})
+REGION_PATTERN = r"[a-z0-9][a-z0-9-]{0,62}"
+ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _cidr(data: Any, path: str, problems: list[str]) -> Network | None:
+    """A network in config (``10.0.0.0/8``); host bits must be zero."""
+    if not isinstance(data, str):
+        problems.append(f"{path}: expected a CIDR like 10.0.0.0/8, got {data!r}")
+        return None
+    try:
+        return ipaddress.ip_network(data.strip(), strict=True)
+    except ValueError as exc:
+        problems.append(f"{path}: bad CIDR {data!r} ({exc})")
+        return None
+
+
+register_converter(Network, _cidr)
+
+
+@dataclass(frozen=True)
+class EtcdSettings:
+    endpoints: tuple[str, ...] = setting(
+        ("127.0.0.1:2379",), "etcd client endpoints host:port", min_len=1
+    )
+    timeout_s: float = setting(5.0, "per-request timeout", gt=0, le=60)
+
+    def check(self, path: str) -> list[str]:
+        problems = []
+        for i, ep in enumerate(self.endpoints):
+            host, _, port = ep.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                problems.append(f"{path}.endpoints[{i}]: expected host:port, got {ep!r}")
+        return problems
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    name: str = setting("local", "cluster name shown by tools", pattern=ID_PATTERN)
+    prefix: str = setting("/imctl", "key prefix in etcd", pattern=r"/[A-Za-z0-9_./-]*")
+    backend: Literal["embedded", "etcd"] = setting("embedded", "registry/store backend")
+    etcd: EtcdSettings = setting(EtcdSettings(), "etcd connection")
+
+
+@dataclass(frozen=True)
+class StaticNode:
+    """A node listed in config: for small deployments without self-registration."""
+
+    id: str = setting(doc="node id", pattern=ID_PATTERN)
+    endpoint: str = setting(doc="WebSocket URL clients connect to", pattern=r"wss?://\S+")
+    region: str = setting(doc="region", pattern=REGION_PATTERN)
+    zone: str = setting("", "zone within the region")
+    pool: str = setting("default", "pool (gray targets pick pools)")
+    version: str = setting("0", "software version")
+    capacity: int = setting(10_000, "connection cap", ge=1)
+    weight: float = setting(1.0, "relative share of new clients", ge=0)
+    state: Literal["up", "draining"] = setting("up", "up or draining")
+
+    def record(self) -> NodeRecord:
+        return NodeRecord(
+            id=self.id,
+            endpoint=self.endpoint,
+            region=self.region,
+            zone=self.zone,
+            pool=self.pool,
+            version=self.version,
+            capacity=self.capacity,
+            weight=self.weight,
+            state=self.state,
+        )
+
+
+@dataclass(frozen=True)
+class SelfPreservationSettings:
+    threshold: float = setting(0.5, "fraction of nodes lost at once that trips it", gt=0, le=1)
+    window_s: float = setting(10.0, "losses within this window count as at once", gt=0)
+    grace_s: float = setting(30.0, "how long the last view is held", ge=0)
+
+    def policy(self) -> PreservationPolicy:
+        return PreservationPolicy(self.threshold, self.window_s, self.grace_s)
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    lease_ttl_s: int = setting(10, "node lease TTL; refreshed every TTL/3", ge=2, le=300)
+    verify_s: float = setting(10.0, "check a quiet watch against a listing this often", gt=0)
+    static_nodes: tuple[StaticNode, ...] = setting((), "nodes listed in config")
+    self_preservation: SelfPreservationSettings = setting(SelfPreservationSettings(), "")
+
+    def check(self, path: str) -> list[str]:
+        seen: set[str] = set()
+        problems = []
+        for i, node in enumerate(self.static_nodes):
+            if node.id in seen:
+                problems.append(f"{path}.static_nodes[{i}].id: duplicate node id {node.id!r}")
+            seen.add(node.id)
+        return problems
+
+
+@dataclass(frozen=True)
+class HeartbeatSettings:
+    """The base timing value: timeouts and sweeps derive from the interval."""
+
+    interval_s: float = setting(30.0, "client ping interval", ge=1, le=600)
+    misses: int = setting(3, "missed pings before a connection is dead", ge=2, le=10)
+
+    @property
+    def timeout_s(self) -> float:
+        return self.interval_s * self.misses
+
+
+@dataclass(frozen=True)
+class BackoffSettings:
+    base_s: float = setting(1.0, "first reconnect delay", gt=0, le=60)
+    factor: float = setting(2.0, "growth per attempt", ge=1, le=10)
+    jitter: float = setting(0.5, "random share of each delay", ge=0, le=1)
+    max_s: float = setting(60.0, "delay cap", gt=0, le=3600)
+
+    def check(self, path: str) -> list[str]:
+        if self.max_s < self.base_s:
+            return [f"{path}.max_s: must be >= base_s ({self.base_s})"]
+        return []
+
+
+@dataclass(frozen=True)
+class TicketSettings:
+    ttl_s: int = setting(60, "ticket lifetime", ge=5, le=3600)
+    active_kid: str = setting("k1", "key id used to sign", pattern=ID_PATTERN)
+    keys: Mapping[str, str] = setting(
+        MappingProxyType({"k1": "imctl-local-development-key-change-me"}),
+        "key id -> secret (at least 16 characters); all are accepted",
+    )
+
+    def check(self, path: str) -> list[str]:
+        problems = []
+        if self.active_kid not in self.keys:
+            problems.append(f"{path}.active_kid: {self.active_kid!r} is not among keys")
+        for kid, secret in self.keys.items():
+            if isinstance(secret, str) and len(secret) < 16:
+                problems.append(f"{path}.keys.{kid}: secret must be at least 16 characters")
+        return problems
+
+    def ticket_keys(self) -> TicketKeys:
+        return TicketKeys({k: v.encode() for k, v in self.keys.items()}, self.active_kid)
+
+
+@dataclass(frozen=True)
+class RateLimitSettings:
+    rate_per_s: float = setting(20.0, "endpoint requests per second per client IP", gt=0)
+    burst: float = setting(40.0, "bucket size per client IP", ge=1)
+    max_clients: int = setting(100_000, "client IPs tracked at once", ge=1)
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    host: str = setting("127.0.0.1", "listen address")
+    port: int = setting(8080, "listen port", ge=0, le=65535)
+    trusted_proxies: tuple[Network, ...] = setting((), "peers whose X-Forwarded-For is believed")
+    fallbacks: int = setting(2, "fallback nodes per answer", ge=0, le=8)
+    retry_after_s: int = setting(5, "Retry-After on 503", ge=1, le=3600)
+    rebuild_s: float = setting(0.05, "coalesce registry changes this long", ge=0, le=5)
+    rate_limit: RateLimitSettings = setting(RateLimitSettings(), "per-client-IP token bucket")
+
+
+@dataclass(frozen=True)
+class RegionSettings:
+    known: tuple[str, ...] = setting(("local",), "every region name", min_len=1)
+    default: str = setting("", "region for clients no rule places (empty: none)")
+    cidrs: Mapping[Network, str] = setting(MappingProxyType({}), "client network -> region")
+    preference: Mapping[str, tuple[str, ...]] = setting(
+        MappingProxyType({}), "region -> regions to try, nearest first"
+    )
+
+    def check(self, path: str) -> list[str]:
+        problems = []
+        known = set(self.known)
+        for i, name in enumerate(self.known):
+            if not re.fullmatch(REGION_PATTERN, name):
+                problems.append(f"{path}.known[{i}]: bad region name {name!r}")
+        if self.default and self.default not in known:
+            problems.append(f"{path}.default: unknown region {self.default!r}")
+        for net, region in self.cidrs.items():
+            if region not in known:
+                problems.append(f"{path}.cidrs.{net}: unknown region {region!r}")
+        for region, ranked in self.preference.items():
+            if region not in known:
+                problems.append(f"{path}.preference.{region}: unknown region {region!r}")
+            for j, other in enumerate(ranked):
+                if other not in known:
+                    problems.append(f"{path}.preference.{region}[{j}]: unknown region {other!r}")
+            if len(set(ranked)) != len(ranked):
+                problems.append(f"{path}.preference.{region}: a region is listed twice")
+        return problems
+
+
+@dataclass(frozen=True)
+class GraySettings:
+    releases: tuple[Release, ...] = setting((), "releases from config (the store adds more)")
+
+    def check(self, path: str) -> list[str]:
+        names = [r.name for r in self.releases]
+        return [
+            f"{path}.releases: duplicate release name {n!r}"
+            for n in sorted({n for n in names if names.count(n) > 1})
+        ]
+
+
+@dataclass(frozen=True)
+class TokenSettings:
+    name: str = setting(doc="who holds it (shown in audit records)", pattern=ID_PATTERN)
+    token: str = setting(doc="the bearer secret", min_len=16)
+    role: Literal["viewer", "operator"] = setting("viewer", "viewer reads, operator changes")
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    tokens: tuple[TokenSettings, ...] = setting(
+        (), "admin API bearer tokens; none means open, allowed only on loopback"
+    )
+
+    def grants(self) -> TokenTable:
+        return TokenTable.of(Grant(t.name, t.token, t.role) for t in self.tokens)
+
+
+@dataclass(frozen=True)
+class Settings:
+    cluster: ClusterSettings = setting(ClusterSettings(), "")
+    registry: RegistrySettings = setting(RegistrySettings(), "")
+    scheduler: SchedulerSettings = setting(SchedulerSettings(), "")
+    heartbeat: HeartbeatSettings = setting(HeartbeatSettings(), "")
+    backoff: BackoffSettings = setting(BackoffSettings(), "")
+    tickets: TicketSettings = setting(TicketSettings(), "")
+    regions: RegionSettings = setting(RegionSettings(), "")
+    gray: GraySettings = setting(GraySettings(), "")
+    admin: AdminSettings = setting(AdminSettings(), "")
+    log_level: Literal["debug", "info", "warning", "error"] = setting("info", "log level")
+
+    def check(self, path: str) -> list[str]:
+        problems = []
+        host = self.scheduler.host
+        if not self.admin.tokens and not _is_loopback(host):
+            problems.append(
+                f"admin.tokens: required when scheduler.host ({host}) is not a loopback address"
+            )
+        known = set(self.regions.known or ())
+        for i, node in enumerate(self.registry.static_nodes or ()):
+            if node.region and node.region not in known:
+                problems.append(
+                    f"registry.static_nodes[{i}].region: unknown region {node.region!r}"
+                )
+        for i, rel in enumerate(self.gray.releases or ()):
+            for j, region in enumerate(rel.include.regions):
+                if region not in known:
+                    problems.append(
+                        f"gray.releases[{i}].include.regions[{j}]: unknown region {region!r}"
+                    )
+        return problems
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    tree: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for name, raw in sorted(env.items()):
+        if not name.startswith(ENV_PREFIX) or name in RESERVED_ENV:
+            continue
+        keys = [k.lower() for k in name[len(ENV_PREFIX) :].split("__")]
+        if not all(keys):
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            node[keys[-1]] = value
+            origins[".".join(keys)] = name
+    return tree, origins
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _merge(dict(out[k]), v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_settings(
+    data: Any, source: str = "<config>", env: Mapping[str, str] | None = None
+) -> Settings:
+    """Build settings from already-parsed data plus ``env``; raise ConfigError with all."""
+    if data is None:
+        data = {}
+    overrides, origins = _env_overrides(env or {})
+    problems: list[str] = []
+    if not isinstance(data, Mapping):
+        raise ConfigError([f"{source}: the top level must be a mapping, got {type(data).__name__}"])
+    merged = _merge(dict(data), overrides)
+    raw: list[str] = []
+    settings = build(Settings, merged, "", raw)
+    for problem in raw:
+        key = problem.split(":", 1)[0]
+        origin = next(
+            (var for path, var in origins.items() if key == path or key.startswith(path + ".")),
+            None,
+        )
+        problems.append(f"{origin} (environment): {problem}" if origin else f"{source}: {problem}")
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Read ``path`` (None: defaults only) and the ``IMCTL_`` environment."""
+    env = os.environ if env is None else env
+    if path is None:
+        return parse_settings({}, "<defaults>", env)
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{p}: no such file"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{p}: cannot read: {exc}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{p}: {where}not valid YAML ({what})"]) from None
+    return parse_settings(data, str(p), env)
