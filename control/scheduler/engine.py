@@ -67,6 +67,13 @@ class Engine:
         self.message = preserved.message
         return f"snapshot {self.builds}: {len(nodes)} nodes, {preserved.message}"
 
+    def hold_remaining(self) -> float | None:
+        """Seconds until a self-preservation hold ends (a rebuild then accepts the loss)."""
+        since = self.view.held_since
+        if since is None:
+            return None
+        return max(0.0, since + self.view.policy.grace_s - self.view.clock())
+
     def assign(self, user: UserContext) -> Decision | None:
         ranking = self.region_map.ranking(user.region)
         decision = decide(self.snapshot, user, ranking, self.pending, self.rng, self.fallback_count)

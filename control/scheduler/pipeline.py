@@ -122,42 +122,37 @@ def fallbacks(
     rng: random.Random,
     count: int,
 ) -> tuple[NodeRecord, ...]:
-    """Up to ``count`` nodes to try if the chosen one fails: other zones of its region first,
-    then the next regions in preference order, then whatever has room."""
-    if count <= 0:
-        return ()
+    """Up to ``count`` nodes to try if the chosen one fails, so that one zone or region
+    going down does not take the fallbacks with it: first one node from each other zone of
+    the chosen region, then one from each next region in preference order, then any node
+    with room in preference order."""
     picked: list[NodeRecord] = []
     taken = {chosen.id}
+
+    def take(nodes: Sequence[NodeRecord]) -> bool:
+        node = p2c(nodes, pending, rng, frozenset(taken))
+        if node is None:
+            return False
+        picked.append(node)
+        taken.add(node.id)
+        return True
+
+    if count <= 0:
+        return ()
     own = groups.get(chosen.region)
     if own is not None:
         for zone in sorted(own.zones):
-            if zone == chosen.zone:
-                continue
-            node = p2c(own.zones[zone], pending, rng, frozenset(taken))
-            if node is not None:
-                picked.append(node)
-                taken.add(node.id)
-                if len(picked) == count:
-                    return tuple(picked)
-    for region in ranking:
-        if region == chosen.region:
-            continue
-        group = groups.get(region)
-        if group is None:
-            continue
-        node = p2c(group.nodes, pending, rng, frozenset(taken))
-        if node is not None:
-            picked.append(node)
-            taken.add(node.id)
-            if len(picked) == count:
+            if zone != chosen.zone and take(own.zones[zone]) and len(picked) == count:
                 return tuple(picked)
-    if own is not None:  # only one zone and region: another node beside the chosen one
-        while len(picked) < count:
-            node = p2c(own.nodes, pending, rng, frozenset(taken))
-            if node is None:
-                break
-            picked.append(node)
-            taken.add(node.id)
+    others = [groups[r] for r in ranking if r != chosen.region and r in groups]
+    for group in others:
+        if take(group.nodes) and len(picked) == count:
+            return tuple(picked)
+    for group in ([own] if own is not None else []) + others:
+        while len(picked) < count and take(group.nodes):
+            pass
+        if len(picked) == count:
+            break
     return tuple(picked)
 
 

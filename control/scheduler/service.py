@@ -17,12 +17,14 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
 
 from control.common.auth import Role, TokenTable
 from control.common.errors import BackendUnavailable, BadRequest
 from control.common.kv import KeyValueStore
+from control.common.mirror import PrefixMirror
 from control.common.registry import NodeRecord, Registry
 from control.common.tasks import Supervisor
 from control.gray.model import Release, UserContext
@@ -96,7 +98,9 @@ class SchedulerState:
         self.supervisor = Supervisor("scheduler")
         self.synced = asyncio.Event()
         self.backend = "none"
+        self.mirrors: dict[str, PrefixMirror[Any]] = {}
         self._rebuild_handle: asyncio.TimerHandle | None = None
+        self._hold_handle: asyncio.TimerHandle | None = None
 
 
 METRICS = web.AppKey("metrics", SchedulerMetrics)
@@ -165,7 +169,7 @@ class EndpointHandler:
             "max_s": bo.max_s,
         }
 
-    async def __call__(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         response = self.answer(request)
         self.metrics.latency.observe(time.perf_counter() - started)
@@ -297,6 +301,14 @@ def create_app(settings: Settings, kv: KeyValueStore | None = None) -> web.Appli
         message = engine.rebuild()
         metrics.observe_snapshot(engine.snapshot.nodes, engine.snapshot.held)
         log.debug("%s", message)
+        if state._hold_handle is not None:
+            state._hold_handle.cancel()
+            state._hold_handle = None
+        remaining = engine.hold_remaining()
+        if remaining is not None:
+            # A quiet registry sends no change to end the hold: look again when grace ends.
+            loop = asyncio.get_running_loop()
+            state._hold_handle = loop.call_later(remaining + 0.05, rebuild_now)
 
     def changed() -> None:
         delay = settings.scheduler.rebuild_s
@@ -327,6 +339,7 @@ def create_app(settings: Settings, kv: KeyValueStore | None = None) -> web.Appli
         verify = settings.registry.verify_s
         nodes = Registry(store, prefix).mirror(on_nodes, verify_s=verify)
         gray = GrayStore(store, prefix).mirror(on_releases, verify_s=verify)
+        state.mirrors = {"nodes": nodes, "gray": gray}
         state.supervisor.spawn("node-mirror", nodes.run)
         state.supervisor.spawn("gray-mirror", gray.run)
 
@@ -341,13 +354,14 @@ def create_app(settings: Settings, kv: KeyValueStore | None = None) -> web.Appli
         state.supervisor.spawn("readiness", ready_when_synced)
         yield
         await state.supervisor.close(timeout=3.0)
-        if state._rebuild_handle is not None:
-            state._rebuild_handle.cancel()
+        for handle in (state._rebuild_handle, state._hold_handle):
+            if handle is not None:
+                handle.cancel()
         if own:
             await store.close()
 
     app.cleanup_ctx.append(backend_ctx)
-    app.router.add_get("/v1/endpoint", EndpointHandler(settings, engine, metrics))
+    app.router.add_get("/v1/endpoint", EndpointHandler(settings, engine, metrics).handle)
     app.router.add_get("/v1/nodes", nodes_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

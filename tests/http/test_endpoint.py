@@ -1,0 +1,220 @@
+"""GET /v1/endpoint and the operator endpoints, through the real aiohttp app."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from control.common.kv.embedded import EmbeddedKV
+from control.common.registry import NodeRecord, Registry
+from control.scheduler.service import create_app
+from control.settings import Settings, parse_settings
+
+BASE: dict[str, Any] = {
+    "regions": {
+        "known": ["north", "south"],
+        "cidrs": {"10.1.0.0/16": "north", "10.2.0.0/16": "south"},
+        "preference": {"north": ["north", "south"], "south": ["south", "north"]},
+    },
+    "registry": {
+        "static_nodes": [
+            {"id": "n1", "endpoint": "ws://127.0.0.1:1/ws", "region": "north", "zone": "a"},
+            {"id": "n2", "endpoint": "ws://127.0.0.1:2/ws", "region": "north", "zone": "b"},
+            {"id": "s1", "endpoint": "ws://127.0.0.1:3/ws", "region": "south", "zone": "a"},
+        ]
+    },
+    "scheduler": {"trusted_proxies": ["127.0.0.0/8"], "rebuild_s": 0},
+    "tickets": {"active_kid": "k1", "keys": {"k1": "0123456789abcdef-test"}},
+}
+OK = {"uid": "alice", "device": "phone-1", "platform": "ios", "version": "5.1.0"}
+
+
+def settings(**over: Any) -> Settings:
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in BASE.items()}
+    for key, value in over.items():
+        data[key] = {**data.get(key, {}), **value}
+    return parse_settings(data, "test")
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any) -> TestClient:
+    return await aiohttp_client(create_app(settings()))
+
+
+async def test_contract_shape(client: TestClient) -> None:
+    resp = await client.get("/v1/endpoint", params={**OK, "region": "south"})
+    assert resp.status == 200
+    body = await resp.json()
+    assert set(body) == {
+        "node",
+        "endpoint",
+        "region",
+        "track",
+        "ticket",
+        "expires_in",
+        "fallbacks",
+        "heartbeat",
+        "backoff",
+    }
+    assert body["node"] == "s1" and body["region"] == "south" and body["track"] == "stable"
+    assert body["heartbeat"] == {"interval_s": 30.0, "timeout_s": 90.0}
+    assert set(body["backoff"]) == {"base_s", "factor", "jitter", "max_s"}
+    assert {f["node"] for f in body["fallbacks"]} <= {"n1", "n2"} and len(body["fallbacks"]) == 2
+    keys = settings().tickets.ticket_keys()
+    ticket = keys.verify(body["ticket"], "s1", time.time())
+    assert (ticket.uid, ticket.device) == ("alice", "phone-1")
+    for fb in body["fallbacks"]:
+        assert keys.verify(fb["ticket"], fb["node"], time.time()).uid == "alice"
+
+
+async def test_region_from_trusted_forwarded_for(client: TestClient) -> None:
+    resp = await client.get("/v1/endpoint", params=OK, headers={"X-Forwarded-For": "10.2.3.4"})
+    assert (await resp.json())["region"] == "south"
+    resp = await client.get("/v1/endpoint", params=OK, headers={"X-Forwarded-For": "10.1.3.4"})
+    assert (await resp.json())["region"] == "north"
+
+
+@pytest.mark.parametrize(
+    "params,field",
+    [
+        ({**OK, "uid": ""}, "uid"),
+        ({k: v for k, v in OK.items() if k != "uid"}, "uid"),
+        ({**OK, "uid": "x" * 129}, "uid"),
+        ({**OK, "uid": "bad uid"}, "uid"),
+        ({**OK, "device": ""}, "device"),
+        ({**OK, "platform": "9os"}, "platform"),
+        ({**OK, "version": "1.2.beta"}, "version"),
+        ({**OK, "version": ""}, "version"),
+        ({**OK, "region": "mars"}, "region"),
+    ],
+)
+async def test_bad_parameters_name_the_field(
+    client: TestClient, params: dict[str, str], field: str
+) -> None:
+    resp = await client.get("/v1/endpoint", params=params)
+    assert resp.status == 400
+    body = await resp.json()
+    assert body["field"] == field and body["message"].startswith(field)
+
+
+async def test_duplicate_parameter(client: TestClient) -> None:
+    resp = await client.get("/v1/endpoint?uid=a&uid=b&device=d&platform=ios&version=1")
+    assert resp.status == 400 and (await resp.json())["field"] == "uid"
+
+
+MALFORMED = [
+    "/v1/endpoint",
+    "/v1/endpoint?uid=%00&device=d&platform=ios&version=1",
+    "/v1/endpoint?uid=%ff%fe&device=d&platform=ios&version=1",
+    "/v1/endpoint?uid=a&device=d&platform=ios&version=1.2.3.4.5.6.7.8.9",
+    "/v1/endpoint?uid=a&device=d&platform=ios&version=99999999999999999999",
+    "/v1/endpoint?uid=a&device=d&platform=ios&version=1&region=",
+    "/v1/endpoint?uid=a&device=d&platform=ios&version=1&region=%F0%9F%98%80",
+    "/v1/endpoint?uid=" + "%41" * 5000 + "&device=d&platform=ios&version=1",
+    "/v1/endpoint?uid=a&device=" + "d" * 100 + "&platform=ios&version=1",
+    "/v1/endpoint?uid=a&device=d&platform=IOS&version=1",
+    "/v1/endpoint?uid[]=a",
+    "/v1/endpoint?=&&&=",
+    "/v1/endpoint?uid=a&device=d&platform=ios&version=-1",
+    "/v1/endpoint?uid=a&device=d&platform=ios&version=1.",
+]
+
+
+@pytest.mark.parametrize("path", MALFORMED)
+async def test_malformed_never_500(client: TestClient, path: str) -> None:
+    resp = await client.get(path)
+    assert resp.status < 500, await resp.text()
+    if resp.status != 200:
+        body = await resp.json()
+        assert body["error"] and body["message"]
+
+
+async def test_wrong_method_and_path_are_json(client: TestClient) -> None:
+    resp = await client.post("/v1/endpoint", data=b"x")
+    assert resp.status == 405 and (await resp.json())["error"]
+    resp = await client.get("/v2/nothing")
+    assert resp.status == 404 and (await resp.json())["error"] == "not_found"
+
+
+async def test_rate_limit_429_with_retry_after(aiohttp_client: Any) -> None:
+    s = settings(scheduler={"rate_limit": {"rate_per_s": 1, "burst": 3}})
+    client = await aiohttp_client(create_app(s))
+    statuses = [(await client.get("/v1/endpoint", params=OK)).status for _ in range(3)]
+    assert statuses == [200, 200, 200]
+    resp = await client.get("/v1/endpoint", params=OK)
+    assert resp.status == 429 and int(resp.headers["Retry-After"]) >= 1
+    assert (await resp.json())["error"] == "rate_limited"
+    # Another client address (via the trusted proxy) has its own bucket.
+    other = await client.get("/v1/endpoint", params=OK, headers={"X-Forwarded-For": "10.1.0.9"})
+    assert other.status == 200
+
+
+async def test_503_when_no_node_has_room(aiohttp_client: Any) -> None:
+    s = settings(
+        registry={
+            "static_nodes": [
+                {"id": "d1", "endpoint": "ws://h/1", "region": "north", "state": "draining"},
+                {"id": "f1", "endpoint": "ws://h/2", "region": "north", "capacity": 1},
+            ]
+        },
+        scheduler={"retry_after_s": 7},
+    )
+    client = await aiohttp_client(create_app(s))
+    first = await client.get("/v1/endpoint", params=OK)
+    assert first.status == 200 and (await first.json())["node"] == "f1"
+    resp = await client.get("/v1/endpoint", params=OK)  # f1 is full with our pending client
+    assert resp.status == 503 and resp.headers["Retry-After"] == "7"
+    assert (await resp.json())["error"] == "no_capacity"
+
+
+async def test_registry_nodes_and_operator_views(aiohttp_client: Any) -> None:
+    kv = EmbeddedKV()
+    await kv.connect()
+    try:
+        app = create_app(settings(registry={"static_nodes": []}), kv=kv)
+        client = await aiohttp_client(app)
+        resp = await client.get("/readyz")
+        for _ in range(50):
+            if resp.status == 200:
+                break
+            await __import__("asyncio").sleep(0.05)
+            resp = await client.get("/readyz")
+        assert resp.status == 200
+        assert (await client.get("/v1/endpoint", params=OK)).status == 503
+        reg = await Registry(kv, "/imctl").register(
+            NodeRecord(id="live", endpoint="ws://h/live", region="south", conns=3), ttl=5
+        )
+        for _ in range(50):
+            resp = await client.get("/v1/endpoint", params=OK)
+            if resp.status == 200:
+                break
+            await __import__("asyncio").sleep(0.05)
+        assert (await resp.json())["node"] == "live"
+        nodes = await (await client.get("/v1/nodes")).json()
+        assert [n["id"] for n in nodes["nodes"]] == ["live"] and nodes["nodes"][0]["conns"] == 3
+        metrics = await (await client.get("/metrics")).text()
+        assert 'imctl_scheduler_nodes{pool="default",region="south",state="up"} 1.0' in metrics
+        assert (
+            'imctl_scheduler_decisions_total{placement="remote",result="ok",strategy="stable"}'
+            in metrics
+        )
+        assert "imctl_scheduler_decision_seconds_bucket" in metrics
+        assert (await client.get("/healthz")).status == 200
+        await reg.close()
+    finally:
+        await kv.close()
+
+
+async def test_admin_tokens_and_roles(aiohttp_client: Any) -> None:
+    s = settings(
+        admin={"tokens": [{"name": "g", "token": "viewer-token-0123456", "role": "viewer"}]}
+    )
+    client = await aiohttp_client(create_app(s))
+    assert (await client.get("/v1/nodes")).status == 401
+    bad = await client.get("/v1/nodes", headers={"Authorization": "Bearer nope"})
+    assert bad.status == 401
+    ok = await client.get("/v1/nodes", headers={"Authorization": "Bearer viewer-token-0123456"})
+    assert ok.status == 200

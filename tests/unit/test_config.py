@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from control.cli import main
+from control.common.errors import ConfigError
+from control.settings import load_settings, parse_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "cluster.yaml"])
+def test_example_configs_are_valid(name: str) -> None:
+    settings = load_settings(ROOT / "configs" / name, env={})
+    assert settings.regions.known
+
+
+def test_every_problem_at_once(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        """
+scheduler: {port: seventy, fallbacks: -1, trusted_proxies: [10.0.0.1/8], colour: red}
+regions:
+  known: [a, b]
+  default: z
+  cidrs: {"10.0.0.0/8": q, "nonsense": a}
+  preference: {a: [a, c], x: [a]}
+registry:
+  static_nodes:
+    - {id: n1, endpoint: "ws://h/1", region: a, capacity: 0}
+    - {id: n1, endpoint: "http://h/2", region: nowhere}
+tickets: {active_kid: k9, keys: {k1: short}}
+gray:
+  releases:
+    - {name: r1, target: {pool: p}, percent: 150, include: {regions: [mars]}}
+heartbeat: {interval_s: true}
+"""
+    )
+    with pytest.raises(ConfigError) as err:
+        load_settings(bad, env={})
+    text = "\n".join(err.value.problems)
+    expected = [
+        "scheduler.port: expected an integer, got 'seventy'",
+        "scheduler.fallbacks: must be >= 0",
+        "scheduler.trusted_proxies[0]: bad CIDR",
+        "scheduler.colour: unknown key",
+        "regions.default: unknown region 'z'",
+        "regions.cidrs.10.0.0.0/8: unknown region 'q'",
+        "regions.cidrs.nonsense: bad CIDR",
+        "regions.preference.a[1]: unknown region 'c'",
+        "regions.preference.x: unknown region 'x'",
+        "registry.static_nodes[0].capacity: must be >= 1",
+        "registry.static_nodes[1].endpoint",
+        "tickets.active_kid: 'k9' is not among keys",
+        "tickets.keys.k1: secret must be at least 16",
+        "gray.releases[0].percent: must be <= 100",
+        "heartbeat.interval_s: expected a number, got True",
+    ]
+    for needle in expected:
+        assert needle in text, f"missing {needle!r} in:\n{text}"
+    assert all(p.startswith(str(bad)) for p in err.value.problems)
+
+
+def test_environment_overrides_and_names_its_source() -> None:
+    s = parse_settings({}, "f.yaml", {"IMCTL_SCHEDULER__PORT": "9999", "IMCTL_LOG_LEVEL": "debug"})
+    assert s.scheduler.port == 9999 and s.log_level == "debug"
+    with pytest.raises(ConfigError) as err:
+        parse_settings({}, "f.yaml", {"IMCTL_SCHEDULER__PORT": "99999"})
+    assert err.value.problems[0].startswith("IMCTL_SCHEDULER__PORT (environment): scheduler.port")
+
+
+def test_open_admin_needs_loopback() -> None:
+    with pytest.raises(ConfigError, match=r"admin\.tokens: required"):
+        parse_settings({"scheduler": {"host": "0.0.0.0"}})
+    parse_settings(
+        {
+            "scheduler": {"host": "0.0.0.0"},
+            "admin": {"tokens": [{"name": "sre", "token": "x" * 20, "role": "operator"}]},
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("scheduler: [1, 2", "not valid YAML"),
+        ("- just\n- a list", "top level must be a mapping"),
+        ("\x00binary", "not valid YAML"),
+    ],
+)
+def test_unreadable_files(tmp_path: Path, text: str, needle: str) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=needle):
+        load_settings(f, env={})
+
+
+def test_cli_config_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "check", str(ROOT / "configs" / "local.yaml")]) == 0
+    assert "OK" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("scheduler: {port: x}\nbogus: 1\n")
+    assert main(["config", "check", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "2 problem(s)" in err and "scheduler.port" in err and "bogus: unknown key" in err
+    assert main(["config", "check", str(tmp_path / "missing.yaml")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["frobnicate"], ["nodes", "--output", "xml"], ["config"], ["scheduler"], []],
+)
+def test_cli_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert "imctl" in capsys.readouterr().err

@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from control.common.schema import build
+from control.gray.model import (
+    Exclude,
+    Include,
+    Release,
+    Target,
+    UserContext,
+    Version,
+    VersionRange,
+    bucket,
+    first_match,
+    threshold,
+)
+
+uids = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1, max_size=24)
+percents = st.integers(min_value=0, max_value=10_000).map(lambda b: b / 100)
+
+
+def release(name: str = "r1", percent: float = 0.0, **kw: object) -> Release:
+    return Release(name=name, target=Target(pool="canary"), percent=percent, **kw)  # type: ignore[arg-type]
+
+
+def user(
+    uid: str, platform: str = "ios", version: str = "5.0", region: str | None = "r1"
+) -> UserContext:
+    return UserContext(uid, platform, Version.parse(version), region)
+
+
+@given(uid=uids, p=percents, q=percents)
+def test_bucketing_is_monotonic(uid: str, p: float, q: float) -> None:
+    low, high = sorted((p, q))
+    if release(percent=low).matches(user(uid)):
+        assert release(percent=high).matches(user(uid))
+
+
+@given(uid=uids, salt=st.text(max_size=10))
+def test_bucketing_is_sticky(uid: str, salt: str) -> None:
+    assert bucket(salt, uid) == bucket(salt, uid)
+    assert 0 <= bucket(salt, uid) < 10_000
+
+
+@given(uid=uids, p=percents)
+def test_excluded_uids_never_match(uid: str, p: float) -> None:
+    r = release(percent=p, include=Include(uids=(uid,)), exclude=Exclude(uids=(uid,)))
+    assert not r.matches(user(uid))
+
+
+def test_five_percent_share_of_100k() -> None:
+    r = release(percent=5)
+    inside = sum(r.matches(user(f"user-{i}")) for i in range(100_000))
+    assert 4_700 <= inside <= 5_300, inside
+
+
+def test_hundredth_of_a_percent_granularity() -> None:
+    assert threshold(0.01) == 1 and threshold(12.34) == 1234 and threshold(100) == 10_000
+    r = release(percent=0.01)
+    inside = sum(r.matches(user(f"u{i}")) for i in range(200_000))
+    assert 0 < inside < 60  # ~20 expected
+
+
+def test_salt_changes_the_population() -> None:
+    a = {i for i in range(5000) if release(percent=10, salt="a").matches(user(f"u{i}"))}
+    b = {i for i in range(5000) if release(percent=10, salt="b").matches(user(f"u{i}"))}
+    assert a != b
+
+
+def test_filters_and_whitelist() -> None:
+    r = release(
+        percent=100,
+        include=Include(
+            uids=("boss",),
+            regions=("r1",),
+            platforms=("android",),
+            app_versions=(VersionRange.parse(">=5.2,<6"),),
+        ),
+    )
+    assert r.matches(user("x", platform="android", version="5.3.1"))
+    assert not r.matches(user("x", platform="ios", version="5.3.1"))
+    assert not r.matches(user("x", platform="android", version="6.0"))
+    assert not r.matches(user("x", platform="android", version="5.3", region="r2"))
+    assert r.matches(user("boss", platform="web", version="1.0", region=None))
+
+
+def test_first_running_release_wins() -> None:
+    paused = release("a", 100, state="paused")
+    draft = release("b", 100, state="draft")
+    later = release("c", 100)
+    assert first_match((draft, paused, later), user("u")) is paused
+    assert first_match((draft,), user("u")) is None
+
+
+@pytest.mark.parametrize(
+    "text,ok",
+    [
+        ("1", True),
+        ("1.2.3.4", True),
+        ("1.2.3.4.5", False),
+        ("v1", False),
+        ("", False),
+        ("1..2", False),
+        ("1.2-beta", False),
+    ],
+)
+def test_version_parse(text: str, ok: bool) -> None:
+    if ok:
+        Version.parse(text)
+    else:
+        with pytest.raises(ValueError):
+            Version.parse(text)
+
+
+def test_version_order_and_ranges() -> None:
+    assert Version.parse("1.10") > Version.parse("1.9")
+    assert Version.parse("2") == Version.parse("2.0.0")
+    assert VersionRange.parse("5.1").contains(Version.parse("5.1.0"))
+    assert not VersionRange.parse("!=5.1").contains(Version.parse("5.1"))
+    with pytest.raises(ValueError):
+        VersionRange.parse(">=5.2,~6")
+
+
+def test_release_validation_reports_everything() -> None:
+    problems: list[str] = []
+    build(
+        Release,
+        {"name": "Bad", "target": {}, "percent": 5.005, "steps": [10, 5, 120], "state": "live"},
+        "gray.releases[0]",
+        problems,
+    )
+    text = "\n".join(problems)
+    for needle in ("name", "target: set exactly one", "state: expected one of"):
+        assert needle in text, text
