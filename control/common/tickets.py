@@ -13,8 +13,9 @@ import binascii
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from control.common.errors import TicketError
 
@@ -31,8 +32,22 @@ class Ticket:
     kid: str
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+_json_str: Callable[[str], str] = json.encoder.encode_basestring
+
+
+def _pads(key: bytes) -> tuple[Any, Any]:
+    """HMAC-SHA256's keyed inner and outer states, computed once per key (RFC 2104)."""
+    if len(key) > 64:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(64, b"\0")
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+    return inner, outer
+
+
 def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=").decode()
 
 
 def _unb64(text: str) -> bytes:
@@ -49,16 +64,35 @@ class TicketKeys:
     def __post_init__(self) -> None:
         if self.active_kid not in self.keys:
             raise ValueError(f"active key id {self.active_kid!r} is not among the keys")
+        object.__setattr__(self, "_pads", {kid: _pads(key) for kid, key in self.keys.items()})
+
+    def _mac(self, kid: str, message: bytes) -> bytes:
+        inner, outer = self._pads[kid]  # type: ignore[attr-defined]
+        h = inner.copy()
+        h.update(message)
+        o = outer.copy()
+        o.update(h.digest())
+        return bytes(o.digest())
 
     def sign(self, uid: str, device: str, node: str, exp: int) -> str:
-        payload = json.dumps(
-            {"uid": uid, "device": device, "node": node, "exp": exp, "kid": self.active_kid},
-            separators=(",", ":"),
-            ensure_ascii=False,
-        ).encode()
-        head = f"{_VERSION}.{_b64(payload)}"
-        mac = hmac.new(self.keys[self.active_kid], head.encode("ascii"), hashlib.sha256).digest()
-        return f"{head}.{_b64(mac)}"
+        return self.signer(uid, device, exp)(node)
+
+    def signer(self, uid: str, device: str, exp: int) -> Callable[[str], str]:
+        """Sign tickets for one client to several nodes, escaping its fields once.
+
+        The payload is the compact JSON of ``{uid, device, node, exp, kid}`` in that order.
+        """
+        head = f'{{"uid":{_json_str(uid)},"device":{_json_str(device)},"node":'
+        tail = f',"exp":{int(exp)},"kid":{_json_str(self.active_kid)}}}'
+        kid = self.active_kid
+        mac = self._mac
+
+        def sign(node: str) -> str:
+            payload = (head + _json_str(node) + tail).encode()
+            signed = _VERSION + "." + _b64(payload)
+            return signed + "." + _b64(mac(kid, signed.encode("ascii")))
+
+        return sign
 
     def verify(self, token: str, node: str, now: float) -> Ticket:
         """The ticket inside ``token`` if it is genuine, unexpired and for ``node``."""
@@ -81,7 +115,7 @@ class TicketKeys:
         key = self.keys.get(kid) if isinstance(kid, str) else None
         if key is None:
             raise TicketError("unknown key id")
-        expected = hmac.new(key, head.encode("ascii"), hashlib.sha256).digest()
+        expected = self._mac(str(kid), head.encode("ascii"))
         if not hmac.compare_digest(expected, mac):
             raise TicketError("bad signature")
         try:

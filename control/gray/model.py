@@ -9,8 +9,9 @@ percent only ever adds users.
 from __future__ import annotations
 
 import hashlib
+import operator
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from types import MappingProxyType
@@ -51,18 +52,18 @@ class Version:
         return ".".join(map(str, parts))
 
 
-_OPS = {
-    ">=": lambda a, b: a >= b,
-    "<=": lambda a, b: a <= b,
-    ">": lambda a, b: a > b,
-    "<": lambda a, b: a < b,
-    "==": lambda a, b: a == b,
-    "=": lambda a, b: a == b,
-    "!=": lambda a, b: a != b,
+_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    ">=": operator.ge,
+    "<=": operator.le,
+    ">": operator.gt,
+    "<": operator.lt,
+    "==": operator.eq,
+    "=": operator.eq,
+    "!=": operator.ne,
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class VersionRange:
     """``>=5.2,<6`` style: every clause must hold. A bare version means equality."""
 
@@ -89,14 +90,38 @@ class VersionRange:
             problems.append(f"{path}: {exc}")
             return None
 
+    @cached_property
+    def _compiled(self) -> tuple[tuple[Callable[[Any, Any], bool], tuple[int, ...]], ...]:
+        return tuple((_OPS[op], bound.parts) for op, bound in self.clauses)
+
     def contains(self, version: Version) -> bool:
-        return all(_OPS[op](version, bound) for op, bound in self.clauses)
+        parts = version.parts
+        return all(op(parts, bound) for op, bound in self._compiled)
+
+
+_MASK = (1 << 64) - 1
+
+
+def hash64(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+def mix(uid_hash: int, salt_hash: int) -> int:
+    """``hash(salt:uid)``: the splitmix64 finaliser over both 64-bit hashes.
+
+    The uid is hashed once per request and each release only mixes in its salt, so ten
+    releases cost one cryptographic hash, not ten; different salts still give independent
+    buckets (a bijective avalanche mix of different inputs), unlike a CRC.
+    """
+    z = (uid_hash ^ salt_hash) & _MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return z ^ (z >> 31)
 
 
 def bucket(salt: str, uid: str) -> int:
     """The user's sticky bucket in [0, 10000)."""
-    digest = hashlib.blake2b(f"{salt}:{uid}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % BUCKETS
+    return mix(hash64(uid), hash64(salt)) % BUCKETS
 
 
 def threshold(percent: float) -> int:
@@ -150,6 +175,10 @@ class UserContext:
     app_version: Version
     region: str | None
 
+    @cached_property
+    def uid_hash(self) -> int:
+        return hash64(self.uid)
+
 
 @dataclass(frozen=True)
 class Release:
@@ -186,6 +215,13 @@ class Release:
         return self.salt or self.name
 
     @cached_property
+    def salt_hash(self) -> int:
+        return hash64(self.effective_salt)
+
+    def bucket_of(self, user: UserContext) -> int:
+        return mix(user.uid_hash, self.salt_hash) % BUCKETS
+
+    @cached_property
     def cutoff(self) -> int:
         return threshold(self.percent)
 
@@ -197,24 +233,58 @@ class Release:
     def fences(self) -> bool:
         return self.state in FENCING_STATES
 
-    def matches(self, user: UserContext) -> bool:
-        if user.uid in self.exclude.uid_set:
-            return False
-        if user.uid in self.include.uid_set:
-            return True
+    @cached_property
+    def rule(self) -> Rule:
         inc = self.include
-        if inc.regions and user.region not in inc.regions:
+        return Rule(
+            release=self,
+            cutoff=self.cutoff,
+            salt_hash=self.salt_hash,
+            exclude=self.exclude.uid_set,
+            include=inc.uid_set,
+            regions=frozenset(inc.regions) if inc.regions else None,
+            platforms=frozenset(inc.platforms) if inc.platforms else None,
+            versions=inc.app_versions or None,
+        )
+
+    def matches(self, user: UserContext) -> bool:
+        return self.rule.matches(user)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A release's rules flattened for the hot path; the one place matching is decided."""
+
+    release: Release
+    cutoff: int
+    salt_hash: int
+    exclude: frozenset[str]
+    include: frozenset[str]
+    regions: frozenset[str] | None
+    platforms: frozenset[str] | None
+    versions: tuple[VersionRange, ...] | None
+
+    def matches(self, user: UserContext) -> bool:
+        uid = user.uid
+        if uid in self.exclude:
             return False
-        if inc.platforms and user.platform not in inc.platforms:
+        if uid in self.include:
+            return True
+        # The bucket goes first: at a few percent it turns most users away cheapest.
+        if self.cutoff == 0 or mix(user.uid_hash, self.salt_hash) % BUCKETS >= self.cutoff:
             return False
-        if inc.app_versions and not any(r.contains(user.app_version) for r in inc.app_versions):
+        if self.regions is not None and user.region not in self.regions:
             return False
-        return bucket(self.effective_salt, user.uid) < self.cutoff
+        if self.platforms is not None and user.platform not in self.platforms:
+            return False
+        if self.versions is not None:
+            return any(r.contains(user.app_version) for r in self.versions)
+        return True
 
 
 def first_match(releases: tuple[Release, ...], user: UserContext) -> Release | None:
     """The first routing release whose rules take this user; None means the stable track."""
     for release in releases:
-        if release.routes and release.matches(user):
+        if release.routes and release.rule.matches(user):
             return release
     return None

@@ -76,6 +76,7 @@ class Engine:
 
     def assign(self, user: UserContext) -> Decision | None:
         ranking = self.region_map.ranking(user.region)
+        self.pending.tick()
         decision = decide(self.snapshot, user, ranking, self.pending, self.rng, self.fallback_count)
         if decision is not None:
             self.pending.add(decision.node.id)

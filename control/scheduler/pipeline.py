@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -60,20 +60,25 @@ def p2c(
     nodes: Sequence[NodeRecord],
     pending: PendingView,
     rng: random.Random,
-    exclude: frozenset[str] = frozenset(),
+    exclude: Container[str] = frozenset(),
 ) -> NodeRecord | None:
     """The less loaded of two random nodes with room; None when no node has room."""
     n = len(nodes)
     if n == 0:
         return None
+    rand = rng.random
+    get = pending.get
     best: NodeRecord | None = None
     best_load = 0.0
     seen = 0
     for _ in range(P2C_SAMPLES):
-        node = nodes[rng.randrange(n)] if n > 1 else nodes[0]
-        if node.id in exclude or not has_room(node, pending):
+        node = nodes[int(rand() * n)]
+        if node.id in exclude or node.state != "up" or node.weight <= 0:
             continue
-        node_load = load(node, pending)
+        used = node.conns + get(node.id, 0)
+        if used >= node.capacity:
+            continue
+        node_load = used / (node.capacity * node.weight)
         if best is None or node_load < best_load:
             best, best_load = node, node_load
         seen += 1
@@ -130,7 +135,7 @@ def fallbacks(
     taken = {chosen.id}
 
     def take(nodes: Sequence[NodeRecord]) -> bool:
-        node = p2c(nodes, pending, rng, frozenset(taken))
+        node = p2c(nodes, pending, rng, taken)
         if node is None:
             return False
         picked.append(node)

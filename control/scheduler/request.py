@@ -26,18 +26,23 @@ class EndpointQuery:
     region: str | None
 
 
+_NAMES = ("uid", "device", "platform", "version", "region")
+
+
 def _one(query: MultiMapping[str], name: str, required: bool = True) -> str | None:
-    values = query.getall(name, [])
-    if len(values) > 1:
-        raise BadRequest(name, "given more than once")
-    if not values or values[0] == "":
+    value = query.get(name)
+    if not value:
         if required:
             raise BadRequest(name, "required")
         return None
-    return values[0]
+    return value
 
 
 def parse_endpoint_query(query: MultiMapping[str], regions: Collection[str]) -> EndpointQuery:
+    if len(query) != len(set(query)):  # rare: find which parameter repeats
+        for name in _NAMES:
+            if len(query.getall(name, ())) > 1:
+                raise BadRequest(name, "given more than once")
     uid = _one(query, "uid") or ""
     if len(uid) > MAX_UID:
         raise BadRequest("uid", f"at most {MAX_UID} characters, got {len(uid)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ class Snapshot:
     revision: int = 0
     held: bool = False
     tracks: Mapping[str, Mapping[str, Group]] = field(default_factory=dict)
+    # '"node":…,"endpoint":…' per node, escaped once per snapshot instead of per answer
+    fragments: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -68,12 +71,17 @@ class Snapshot:
             tracks[release.name] = MappingProxyType(
                 _group(n for n in usable if release.target.selects(n.pool, n.version))
             )
+        fragments = {
+            n.id: f'"node":{json.dumps(n.id)},"endpoint":{json.dumps(n.endpoint)}'
+            for n in nodes.values()
+        }
         return cls(
             nodes=MappingProxyType(dict(nodes)),
             releases=routing,
             revision=revision,
             held=held,
             tracks=MappingProxyType(tracks),
+            fragments=MappingProxyType(fragments),
         )
 
 
@@ -90,20 +98,25 @@ class Pending:
         self.clock = clock
         self._counts: dict[str, list[float]] = {}  # node id -> [count, first assignment at]
         self._seen: dict[str, float] = {}  # node id -> reported_at of the record in use
+        self._horizon = clock() - window_s
+
+    def tick(self) -> None:
+        """Read the clock once per decision rather than once per node looked at."""
+        self._horizon = self.clock() - self.window_s
 
     def get(self, node_id: str, default: int = 0) -> int:
         entry = self._counts.get(node_id)
         if entry is None:
             return default
-        if self.clock() - entry[1] > self.window_s:
+        if entry[1] < self._horizon:
             del self._counts[node_id]
             return default
         return int(entry[0])
 
     def add(self, node_id: str) -> None:
         entry = self._counts.get(node_id)
-        if entry is None or self.clock() - entry[1] > self.window_s:
-            self._counts[node_id] = [1, self.clock()]
+        if entry is None or entry[1] < self._horizon:
+            self._counts[node_id] = [1, self._horizon + self.window_s]
         else:
             entry[0] += 1
 

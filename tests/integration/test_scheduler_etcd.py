@@ -114,7 +114,8 @@ async def test_self_preservation_holds_then_accepts(
     aiohttp_client: Any, etcd_server: EtcdServer, etcd_kv: EtcdKV, prefix: str
 ) -> None:
     cfg = config(
-        etcd_server.endpoint, prefix,
+        etcd_server.endpoint,
+        prefix,
         self_preservation={"threshold": 0.5, "window_s": 10, "grace_s": 4},
     )
     app = create_app(cfg)

@@ -177,4 +177,5 @@ def test_pending_resets_on_report_and_window() -> None:
     assert pending.get("n") == 0
     pending.add("n")
     now[0] = 11.0
+    pending.tick()
     assert pending.get("n") == 0

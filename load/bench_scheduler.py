@@ -1,0 +1,163 @@
+"""Scheduler throughput: ``GET /v1/endpoint`` with 1,000 nodes in 4 regions and 10 running
+releases, against a bare aiohttp JSON handler, both measured in the same run by wrk.
+
+    python -m load.bench_scheduler [--runs 5] [--duration 8] [--connections 16]
+
+Each server is its own process (one core of the two), wrk runs with one thread on loopback;
+runs alternate between the two servers and the medians are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from tests.servers import free_port, wait_port
+
+REGIONS = ["r1", "r2", "r3", "r4"]
+LUA = """
+math.randomseed(os.time())
+local regions = {"r1", "r2", "r3", "r4"}
+local platforms = {"ios", "android", "web"}
+request = function()
+  local uid = "u" .. math.random(1, 10000000)
+  local path = "/v1/endpoint?uid=" .. uid .. "&device=d1&platform=" ..
+    platforms[math.random(1, 3)] .. "&version=5." .. math.random(0, 9) .. ".0&region=" ..
+    regions[math.random(1, 4)]
+  return wrk.format("GET", path)
+end
+"""
+
+
+def scheduler_config(port: int) -> dict:  # type: ignore[type-arg]
+    nodes = []
+    for i in range(1000):
+        region = REGIONS[i % 4]
+        nodes.append(
+            {
+                "id": f"node-{i:04d}",
+                "endpoint": f"ws://10.0.{i // 250}.{i % 250}:9000/ws",
+                "region": region,
+                "zone": f"{region}-z{i % 3}",
+                "pool": "canary" if i % 50 == 0 else "default",
+                "version": f"2.{i % 10}" if i % 50 == 0 else "1.0",
+                "capacity": 1_000_000_000,
+            }
+        )
+    releases = [
+        {
+            "name": f"rel-{k}",
+            "target": {"version": f"2.{k}"},
+            "percent": 1 + k,
+            "include": {"platforms": ["ios", "android"], "app_versions": [">=5.0,<6"]},
+            "exclude": {"uids": [f"vip-{j}" for j in range(100)]},
+            "state": "running",
+        }
+        for k in range(10)
+    ]
+    return {
+        "cluster": {"name": "bench"},
+        "regions": {
+            "known": REGIONS,
+            "preference": {r: [r] + [o for o in REGIONS if o != r] for r in REGIONS},
+        },
+        "registry": {"static_nodes": nodes},
+        "scheduler": {"port": port, "rate_limit": {"rate_per_s": 1e9, "burst": 1e9}},
+        "gray": {"releases": releases},
+        "log_level": "warning",
+    }
+
+
+def wrk(url: str, duration: int, connections: int, script: Path) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+    def ms(label: str) -> float:
+        m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        assert m, out
+        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+        return float(m.group(1)) * scale
+
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": rps,
+        "p50_ms": ms("50"),
+        "p99_ms": ms("99"),
+        "non_2xx": float(non2xx.group(1)) if non2xx else 0.0,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--duration", type=int, default=8)
+    ap.add_argument("--connections", type=int, default=16)
+    args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk not found: apt-get install wrk")
+    tmp = Path(tempfile.mkdtemp(prefix="imctl-bench-"))
+    script = tmp / "req.lua"
+    script.write_text(LUA)
+    sport, bport = free_port(), free_port()
+    cfg = tmp / "bench.yaml"
+    cfg.write_text(yaml.safe_dump(scheduler_config(sport)))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    sched = subprocess.Popen(
+        [sys.executable, "-m", "control.cli", "scheduler", "--config", str(cfg)],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
+    bare = subprocess.Popen([sys.executable, "-m", "load.bare_server", str(bport)], env=env)
+    try:
+        wait_port(sport, 30)
+        wait_port(bport, 30)
+        time.sleep(0.5)
+        results: dict[str, list[dict[str, float]]] = {"imctl": [], "bare": []}
+        for _ in range(args.runs):
+            results["bare"].append(
+                wrk(f"http://127.0.0.1:{bport}", args.duration, args.connections, script)
+            )
+            results["imctl"].append(
+                wrk(f"http://127.0.0.1:{sport}", args.duration, args.connections, script)
+            )
+    finally:
+        for p in (sched, bare):
+            p.terminate()
+            p.wait(10)
+    med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in results.items()}
+    print(
+        json.dumps(
+            {
+                "nodes": 1000,
+                "regions": 4,
+                "running_releases": 10,
+                "connections": args.connections,
+                "duration_s": args.duration,
+                "runs": args.runs,
+                "median": med,
+                "ratio_rps": round(med["imctl"]["rps"] / med["bare"]["rps"], 3),
+                "all_runs": results,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install everything the tests need on a fresh Debian machine, then lint, type-check and test.
+# Real servers come from Debian's packages; the tests start their own copies on free
+# loopback ports, so a system service that apt may start does not matter.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo=sudo
+  echo "== installing ${need[*]} from Debian"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+py=.venv/bin/python
+echo "== installing the package with its test extras"
+$py -m pip install -q --upgrade pip
+$py -m pip install -q -e '.[test]'
+
+echo "== ruff"
+$py -m ruff check control tests load
+$py -m ruff format --check control tests load
+echo "== mypy"
+$py -m mypy
+echo "== pytest"
+$py -m pytest -q -p no:cacheprovider "$@"

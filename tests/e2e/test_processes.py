@@ -1,0 +1,171 @@
+"""Real processes driven as clients and operators would: ``imctl up``, ``imctl scheduler``
+on a real etcd, ``imctl nodes``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers import EtcdServer, free_port, wait_port
+
+pytestmark = pytest.mark.e2e
+IMCTL = [sys.executable, "-m", "control.cli"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def get(url: str, token: str | None = None) -> tuple[int, dict]:  # type: ignore[type-arg]
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def spawn(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        IMCTL + args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+    )
+
+
+def stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        out, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate(timeout=5)
+    return out, err
+
+
+@pytest.fixture
+def up() -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    port = free_port()
+    proc = spawn(["up"], env={"IMCTL_SCHEDULER__PORT": str(port)})
+    wait_port(port)
+    yield f"http://127.0.0.1:{port}", proc
+    stop(proc)
+
+
+def test_up_prints_where_to_ask_and_serves(up: tuple[str, subprocess.Popen[str]]) -> None:
+    url, proc = up
+    status, body = get(f"{url}/v1/endpoint?uid=alice&device=p1&platform=ios&version=1.0")
+    assert status == 200 and body["endpoint"].startswith("ws://")
+    nodes = subprocess.run(
+        [*IMCTL, "nodes", "--server", url, "--output", "json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    listed = json.loads(nodes.stdout)
+    assert {n["id"] for n in listed["nodes"]} == {"north-1", "north-2", "south-1", "south-canary"}
+    table = subprocess.run(
+        [*IMCTL, "nodes", "--server", url], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert "north-1" in table.stdout and "releases: canary-1-1" in table.stdout
+    out, err = stop(proc)
+    assert f"scheduler:  {url}" in out and "/v1/endpoint?uid=" in out
+    assert proc.returncode == 0, err
+
+
+def test_nodes_against_nothing_fails_cleanly() -> None:
+    port = free_port()
+    run = subprocess.run(
+        [*IMCTL, "nodes", "--server", f"http://127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode == 1
+    assert "cannot reach" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_scheduler_on_etcd_with_tokens(etcd_server: EtcdServer, tmp_path: Path) -> None:
+    port = free_port()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"""
+cluster: {{backend: etcd, prefix: /e2e-{port}, etcd: {{endpoints: ["{etcd_server.endpoint}"]}}}}
+regions: {{known: [r1]}}
+registry:
+  static_nodes: [{{id: s1, endpoint: "ws://127.0.0.1:1/ws", region: r1}}]
+scheduler: {{port: {port}}}
+admin:
+  tokens: [{{name: ops, token: operator-token-123456, role: operator}}]
+""")
+    proc = spawn(["scheduler", "--config", str(cfg)])
+    try:
+        wait_port(port)
+        deadline = time.monotonic() + 10
+        while get(f"http://127.0.0.1:{port}/readyz")[0] != 200:
+            assert time.monotonic() < deadline, "scheduler never became ready"
+            time.sleep(0.1)
+        denied = subprocess.run(
+            [*IMCTL, "nodes", "--server", f"http://127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert denied.returncode == 1 and "401" in denied.stderr
+        ok = subprocess.run(
+            [
+                *IMCTL,
+                "nodes",
+                "--config",
+                str(cfg),
+                "--token",
+                "operator-token-123456",
+                "-o",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert ok.returncode == 0, ok.stderr
+        assert [n["id"] for n in json.loads(ok.stdout)["nodes"]] == ["s1"]
+    finally:
+        _out, err = stop(proc)
+    assert proc.returncode == 0, err
+
+
+def test_scheduler_refuses_bad_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("scheduler: {port: nope}\n")
+    run = subprocess.run(
+        [*IMCTL, "scheduler", "--config", str(cfg)], capture_output=True, text=True, timeout=30
+    )
+    assert run.returncode == 2 and "scheduler.port" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_port_in_use_is_a_clear_error() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        run = subprocess.run(
+            [*IMCTL, "up"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "IMCTL_SCHEDULER__PORT": str(port)},
+            cwd=ROOT,
+        )
+    assert run.returncode == 1 and "cannot listen" in run.stderr
