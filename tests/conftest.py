@@ -9,7 +9,8 @@ import pytest
 from control.common.kv import KeyValueStore
 from control.common.kv.embedded import EmbeddedKV
 from control.common.kv.etcd import EtcdKV
-from tests.servers import EtcdServer
+from control.presence.cluster import PresenceCluster, build_cluster
+from tests.servers import EtcdServer, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +48,29 @@ async def kv(request: pytest.FixtureRequest) -> AsyncIterator[KeyValueStore]:
     await store.connect()
     yield store
     await store.close()
+
+
+@pytest.fixture(scope="session")
+def redis_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServer]]:
+    """Two real Redis shards for the session; tests keep apart by key prefix."""
+    servers = [RedisServer(tmp_path_factory.mktemp(f"redis{i}")) for i in range(2)]
+    for s in servers:
+        s.start()
+    yield servers
+    for s in servers:
+        s.stop()
+
+
+@pytest.fixture(params=["embedded", "redis"])
+async def presence(request: pytest.FixtureRequest) -> AsyncIterator[PresenceCluster]:
+    """A two-shard status cluster on each backend; the conformance suite runs on both."""
+    if request.param == "redis":
+        servers: list[RedisServer] = request.getfixturevalue("redis_servers")
+        shards = [(f"s{i}", s.url, 1) for i, s in enumerate(servers)]
+    else:
+        shards = [("s0", "", 1), ("s1", "", 1)]
+    cluster = build_cluster(
+        shards, request.param, timeout_s=30, key_prefix=f"t{uuid.uuid4().hex[:8]}:"
+    )
+    yield cluster
+    await cluster.close()

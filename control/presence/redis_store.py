@@ -1,0 +1,181 @@
+"""A shard on a real Redis server; each write is one Lua script (loaded once, run by SHA)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from control.common.errors import BackendUnavailable
+from control.presence.model import SEP, Presence, PresenceEvent, Status, split_member
+from control.presence.store import EVENTS_MAXLEN, ShardStore
+
+SCRIPTS = ("online", "touch", "offline", "set_status", "sweep", "evict_node", "locate")
+
+
+def _load(name: str) -> str:
+    return (resources.files("control.presence") / "lua" / f"{name}.lua").read_text()
+
+
+class RedisShard(ShardStore):
+    def __init__(
+        self,
+        shard_id: str,
+        url: str,
+        timeout_s: float,
+        key_prefix: str = "imctl:",
+        maxlen: int = EVENTS_MAXLEN,
+    ) -> None:
+        super().__init__(shard_id, timeout_s)
+        self.url = url
+        self.prefix = key_prefix
+        self.maxlen = maxlen
+        self.redis = aioredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=5,
+            socket_connect_timeout=2,
+            health_check_interval=10,
+        )
+        self._scripts = {name: self.redis.register_script(_load(name)) for name in SCRIPTS}
+        self.k_exp = f"{key_prefix}exp"
+        self.k_cnt = f"{key_prefix}cnt"
+        self.k_ev = f"{key_prefix}ev"
+
+    def user_key(self, uid: str) -> str:
+        return f"{self.prefix}u:{uid}"
+
+    async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return await self._scripts[name](keys=list(keys), args=list(args))
+        except RedisError as exc:
+            raise BackendUnavailable(f"redis shard {self.id} ({self.url}): {exc}") from exc
+
+    async def online(self, p: Presence, deadline_ms: int, now: float) -> Presence | None:
+        old = await self._run(
+            "online",
+            (self.user_key(p.uid), self.k_exp, self.k_cnt, self.k_ev),
+            (
+                p.device,
+                p.pack(),
+                p.member,
+                deadline_ms,
+                p.node,
+                p.region,
+                p.platform,
+                p.uid,
+                p.conn,
+                f"{now:.3f}",
+                self.prefix,
+                self.maxlen,
+            ),
+        )
+        return Presence.unpack(p.uid, p.device, old) if old else None
+
+    async def touch(self, members: Sequence[str], deadline_ms: int) -> int:
+        if not members:
+            return 0
+        return int(await self._run("touch", (self.k_exp,), (deadline_ms, *members)))
+
+    async def offline(self, uid: str, device: str, conn: str, reason: str, now: float) -> bool:
+        done = await self._run(
+            "offline",
+            (self.user_key(uid), self.k_exp, self.k_cnt, self.k_ev),
+            (uid, device, conn, reason, f"{now:.3f}", self.prefix, self.maxlen),
+        )
+        return bool(done)
+
+    async def set_status(
+        self, uid: str, device: str, conn: str, status: Status, now: float
+    ) -> bool:
+        done = await self._run(
+            "set_status",
+            (self.user_key(uid), self.k_ev),
+            (uid, device, conn, status, f"{now:.3f}", self.maxlen),
+        )
+        return bool(done)
+
+    async def locate(self, uids: Sequence[str]) -> dict[str, list[Presence]]:
+        if not uids:
+            return {}
+        rows = await self._run("locate", [self.user_key(u) for u in uids], ())
+        out: dict[str, list[Presence]] = {}
+        for uid, flat in zip(uids, rows, strict=True):
+            if flat:
+                out[uid] = [
+                    Presence.unpack(uid, flat[i], flat[i + 1]) for i in range(0, len(flat), 2)
+                ]
+        return out
+
+    async def who(self, uid: str) -> list[Presence]:
+        found = (await self.locate([uid])).get(uid, [])
+        if not found:
+            return []
+        try:
+            scores = await self.redis.zmscore(self.k_exp, [p.member for p in found])
+        except RedisError as exc:
+            raise BackendUnavailable(f"redis shard {self.id}: {exc}") from exc
+        return [
+            replace(p, last_seen=max(0.0, (s or 0) / 1000 - self.timeout_s))
+            for p, s in zip(found, scores, strict=True)
+        ]
+
+    async def counters(self) -> dict[str, int]:
+        try:
+            raw = await self.redis.hgetall(self.k_cnt)
+        except RedisError as exc:
+            raise BackendUnavailable(f"redis shard {self.id}: {exc}") from exc
+        return {str(k): int(v) for k, v in raw.items() if int(v)}
+
+    async def sweep(self, now_ms: int, limit: int, now: float) -> list[Presence]:
+        flat = await self._run(
+            "sweep",
+            (self.k_exp, self.k_cnt, self.k_ev),
+            (now_ms, limit, self.prefix, f"{now:.3f}", self.maxlen),
+        )
+        return [Presence.unpack(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
+
+    async def evict_node(self, node: str, limit: int, now: float) -> int:
+        return int(
+            await self._run(
+                "evict_node",
+                (f"{self.prefix}n:{node}", self.k_exp, self.k_cnt, self.k_ev),
+                (node, limit, self.prefix, f"{now:.3f}", self.maxlen),
+            )
+        )
+
+    async def read_events(self, after: str, count: int, block_ms: int) -> list[PresenceEvent]:
+        try:
+            reply = await self.redis.xread(
+                {self.k_ev: after}, count=count, block=block_ms if block_ms > 0 else None
+            )
+        except RedisError as exc:
+            raise BackendUnavailable(f"redis shard {self.id}: {exc}") from exc
+        events = []
+        streams: Any = reply or []
+        for _stream, entries in streams:
+            for event_id, f in entries:
+                events.append(
+                    PresenceEvent(
+                        f["k"],
+                        f["u"],
+                        f["d"],
+                        f["n"],
+                        f["c"],
+                        f.get("r", ""),
+                        float(f.get("t", 0)),
+                        event_id,
+                        self.id,
+                    )
+                )
+        return events
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+__all__ = ["SEP", "RedisShard", "split_member"]

@@ -1,0 +1,148 @@
+"""The presence contract, held against embedded shards and real Redis shards alike."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from control.common.errors import BadRequest
+from control.presence.cluster import PresenceCluster
+from control.presence.model import Presence, PresenceEvent
+
+
+def entry(
+    uid: str, device: str = "phone", node: str = "n1", conn: str = "c1", **kw: object
+) -> Presence:
+    base: dict[str, object] = {"region": "north", "platform": "ios"}
+    base.update(kw)
+    return Presence(uid=uid, device=device, node=node, conn=conn, **base)  # type: ignore[arg-type]
+
+
+async def test_online_locate_offline(presence: PresenceCluster) -> None:
+    assert await presence.online(entry("alice")) is None
+    await presence.online(entry("alice", device="laptop", node="n2", conn="c2"))
+    await presence.online(entry("bob", node="n2", conn="c3"))
+    found = await presence.locate(["alice", "bob", "carol"])
+    assert sorted((p.device, p.node, p.conn) for p in found["alice"]) == [
+        ("laptop", "n2", "c2"),
+        ("phone", "n1", "c1"),
+    ]
+    assert [p.conn for p in found["bob"]] == ["c3"] and "carol" not in found
+    assert await presence.offline("alice", "phone", "c1")
+    assert [p.device for p in (await presence.locate(["alice"]))["alice"]] == ["laptop"]
+
+
+async def test_stale_disconnect_never_removes_newer_login(presence: PresenceCluster) -> None:
+    await presence.online(entry("alice", conn="old"))
+    replaced = await presence.online(entry("alice", node="n2", conn="new"))
+    assert replaced is not None and (replaced.node, replaced.conn) == ("n1", "old")
+    assert not await presence.offline("alice", "phone", "old")  # the late disconnect
+    (p,) = (await presence.locate(["alice"]))["alice"]
+    assert (p.node, p.conn) == ("n2", "new")
+    assert not await presence.set_status("alice", "phone", "old", "busy")
+
+
+async def test_exact_counts(presence: PresenceCluster) -> None:
+    for i in range(30):
+        await presence.online(
+            entry(
+                f"u{i}",
+                node=f"n{i % 3}",
+                region=("north", "south")[i % 2],
+                platform=("ios", "android", "web")[i % 3],
+                conn=f"c{i}",
+            )
+        )
+    await presence.online(entry("u0", node="n9", conn="again", region="south"))  # replaces
+    await presence.offline("u1", "phone", "c1")
+    counts = await presence.counts()
+    assert counts.total == 29
+    assert counts.by_node == {"n0": 9, "n1": 9, "n2": 10, "n9": 1}
+    assert sum(counts.by_region.values()) == 29 and counts.by_region["south"] == 15
+    assert counts.by_platform == {"ios": 10, "android": 9, "web": 10}
+
+
+async def test_touch_keeps_and_sweep_expires(presence: PresenceCluster) -> None:
+    now = [1_000_000.0]
+    presence.clock = lambda: now[0]
+    await presence.online(entry("kept", conn="k"))
+    await presence.online(entry("silent", conn="s"))
+    now[0] += 20
+    assert await presence.touch([("kept", "phone", "k"), ("ghost", "phone", "g")]) == 1
+    now[0] += 15  # silent: 35 s > 30 s timeout; kept: 15 s since its heartbeat
+    gone = await presence.sweep()
+    assert [p.uid for p in gone] == ["silent"]
+    assert set(await presence.locate(["kept", "silent"])) == {"kept"}
+    (who,) = await presence.who("kept")
+    assert who.last_seen == pytest.approx(now[0] - 15, abs=0.01)
+    assert (await presence.counts()).total == 1
+
+
+async def test_heartbeat_after_offline_does_not_resurrect(presence: PresenceCluster) -> None:
+    await presence.online(entry("alice", conn="c1"))
+    await presence.offline("alice", "phone", "c1")
+    assert await presence.touch([("alice", "phone", "c1")]) == 0
+    assert await presence.locate(["alice"]) == {}
+
+
+async def test_evict_node(presence: PresenceCluster) -> None:
+    for i in range(250):
+        await presence.online(entry(f"u{i}", node="dead" if i % 5 else "alive", conn=f"c{i}"))
+    await presence.online(entry("u1", node="alive", conn="moved"))  # moved before the death
+    removed = await presence.evict_node("dead", batch=37)
+    assert removed == 199
+    counts = await presence.counts()
+    assert counts.by_node == {"alive": 51} and counts.total == 51
+    assert (await presence.locate(["u1"]))["u1"][0].conn == "moved"
+
+
+async def test_status(presence: PresenceCluster) -> None:
+    await presence.online(entry("alice"))
+    assert await presence.set_status("alice", "phone", "c1", "busy")
+    (p,) = await presence.who("alice")
+    assert p.status == "busy"
+    with pytest.raises(BadRequest):
+        await presence.set_status("alice", "phone", "c1", "sleeping")
+
+
+async def test_event_stream(presence: PresenceCluster) -> None:
+    seen: list[PresenceEvent] = []
+    stop = asyncio.Event()
+
+    async def follow() -> None:
+        async for event in presence.events(block_ms=100, stop=stop):
+            seen.append(event)
+            if len(seen) == 5:
+                return
+
+    task = asyncio.create_task(follow())
+    await asyncio.sleep(0.3)
+    await presence.online(entry("alice", conn="a"))
+    await presence.online(entry("bob", conn="b"))
+    await presence.set_status("bob", "phone", "b", "away")
+    await presence.online(entry("alice", conn="a2"))  # offline(replaced) + online
+    await asyncio.wait_for(task, 5)
+    stop.set()
+    alice = [(e.kind, e.conn, e.reason) for e in seen if e.uid == "alice"]
+    assert alice == [("online", "a", ""), ("offline", "a", "replaced"), ("online", "a2", "")]
+    assert [(e.kind, e.reason) for e in seen if e.uid == "bob"] == [
+        ("online", ""),
+        ("status", "away"),
+    ]
+
+
+async def test_rejects_separator_in_ids(presence: PresenceCluster) -> None:
+    with pytest.raises(BadRequest):
+        await presence.online(entry("bad\x1fuid"))
+    assert (await presence.counts()).total == 0
+
+
+async def test_locate_many_across_shards(presence: PresenceCluster) -> None:
+    uids = [f"user-{i}" for i in range(500)]
+    for i, uid in enumerate(uids):
+        await presence.online(entry(uid, conn=f"c{i}"))
+    found = await presence.locate(uids + ["nobody"])
+    assert len(found) == 500 and all(found[u][0].uid == u for u in uids)
+    owners = {presence.ring.owner(u) for u in uids}
+    assert owners == {"s0", "s1"}  # the ring really spreads users
