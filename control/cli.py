@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import logging
 import os
-import signal
 import sys
+import time
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -40,73 +39,47 @@ def _setup_logging(level: str) -> None:
 # -- running processes ------------------------------------------------------------------------
 
 
-async def _serve_scheduler(settings: Settings, banner: bool) -> int:
-    from aiohttp import web
-
-    from control.scheduler.service import STATE, create_app
-
-    app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    host, port = settings.scheduler.host, settings.scheduler.port
-    site = web.TCPSite(runner, host, port, backlog=1024)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        print(f"imctl: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    state = app[STATE]
-    # Config, snapshot and routing tables live as long as the process: move them out of
-    # the cyclic collector's way so its passes stay short on the request path.
-    gc.collect()
-    gc.freeze()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, state.supervisor.stop.set)
-    url = f"http://{host}:{port}"
-    if banner:
-        _print_banner(settings, url)
-    else:
-        logging.getLogger("imctl").info("scheduler listening on %s", url)
-    if settings.admin.grants().open:
-        logging.getLogger("imctl").warning(
-            "admin API has no tokens: open to anyone who can reach %s (loopback only)", url
-        )
-    await state.supervisor.stop.wait()
-    await runner.cleanup()
-    if state.supervisor.failure:
-        print(f"imctl: stopped: {state.supervisor.failure}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    return 0
-
-
-def _print_banner(settings: Settings, url: str) -> None:
-    nodes = settings.registry.static_nodes
-    regions = sorted({n.region for n in nodes})
-    print(f'imctl local cluster "{settings.cluster.name}" is up')
-    print(f"  backends:   {settings.cluster.backend} (registry, gray store)")
-    print(f"  nodes:      {len(nodes)} listed in config, regions {', '.join(regions) or '-'}")
-    print(f"  scheduler:  {url}")
-    print("  ask for an endpoint:")
-    print(f"    curl '{url}/v1/endpoint?uid=alice&device=phone-1&platform=ios&version=1.0.0'")
-    print(f"  operate:    imctl nodes --server {url}")
-    if settings.admin.grants().open:
-        print("  admin API:  open, no token (loopback only)")
-    print("Ctrl-C stops it.", flush=True)
-
-
 def cmd_scheduler(args: argparse.Namespace) -> int:
+    from control.launch import run_scheduler
+
     settings = _load(args.config)
     _setup_logging(settings.log_level)
-    return asyncio.run(_serve_scheduler(settings, banner=False))
+    return asyncio.run(run_scheduler(settings))
+
+
+def cmd_access(args: argparse.Namespace) -> int:
+    if args.access_command is not None:
+        return int(args.access_func(args))
+    if not args.config or not args.node_id:
+        raise SystemExit(
+            _fail(
+                "access: give --config FILE --node-id ID to run a node, or 'drain'/'undrain' NODE",
+                EXIT_USAGE,
+            )
+        )
+    from control.launch import run_access
+
+    settings = _load(args.config)
+    settings.access.node(args.node_id)  # a clear error before anything starts
+    _setup_logging(settings.log_level)
+    return asyncio.run(run_access(settings, args.node_id))
+
+
+def cmd_controller(args: argparse.Namespace) -> int:
+    from control.launch import run_controller
+
+    settings = _load(args.config)
+    _setup_logging(settings.log_level)
+    return asyncio.run(run_controller(settings))
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from control.launch import run_local
+
     path = args.config or str(_default_local_config())
     settings = _load(path)
     _setup_logging("warning" if settings.log_level == "info" else settings.log_level)
-    return asyncio.run(_serve_scheduler(settings, banner=True))
+    return asyncio.run(run_local(settings))
 
 
 # -- operating a cluster -----------------------------------------------------------------------
@@ -123,35 +96,110 @@ def _server(args: argparse.Namespace) -> str:
     return f"http://{host}:{settings.scheduler.port}"
 
 
-async def _get_json(url: str, token: str | None) -> tuple[int, Any]:
+async def _request(method: str, url: str, token: str | None, body: Any = None) -> tuple[int, Any]:
     import aiohttp
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     timeout = aiohttp.ClientTimeout(total=10)
     async with (
         aiohttp.ClientSession(timeout=timeout) as session,
-        session.get(url, headers=headers) as resp,
+        session.request(method, url, headers=headers, json=body) as resp,
     ):
         try:
-            body = await resp.json(content_type=None)
+            data = await resp.json(content_type=None)
         except ValueError:
-            body = {"error": "bad_response", "message": (await resp.text())[:200]}
-        return resp.status, body
+            data = {"error": "bad_response", "message": (await resp.text())[:200]}
+        return resp.status, data
 
 
-def _admin_get(args: argparse.Namespace, path: str) -> Any:
+def _admin(args: argparse.Namespace, path: str, method: str = "GET", body: Any = None) -> Any:
+    """Call the cluster's admin API; failures become one clear line and exit 1."""
     import aiohttp
 
     url = _server(args) + path
     token = args.token or os.environ.get("IMCTL_TOKEN")
     try:
-        status, body = asyncio.run(_get_json(url, token))
+        status, data = asyncio.run(_request(method, url, token, body))
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise SystemExit(_fail(f"cannot reach {url}: {exc}", EXIT_UNAVAILABLE)) from None
     if status != 200:
-        message = body.get("message", body) if isinstance(body, dict) else body
+        message = data.get("message", data) if isinstance(data, dict) else data
         raise SystemExit(_fail(f"{url}: HTTP {status}: {message}", EXIT_UNAVAILABLE))
-    return body
+    return data
+
+
+def _admin_get(args: argparse.Namespace, path: str) -> Any:
+    return _admin(args, path)
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``1.5m``, ``500ms``, ``1h`` as seconds."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 60s, 2m or 500ms")
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+    return float(m.group(1)) * scale
+
+
+def _print(args: argparse.Namespace, data: Any, text: str) -> int:
+    if args.output == "json":
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        print(text)
+    return 0
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    data = _admin(
+        args, f"/v1/nodes/{quote(args.node, safe='')}/drain", "POST", {"over_s": args.over}
+    )
+    return _print(
+        args, data, f"{args.node}: draining over {args.over:g}s (requested by {data.get('by')})"
+    )
+
+
+def cmd_undrain(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    data = _admin(args, f"/v1/nodes/{quote(args.node, safe='')}/drain", "DELETE")
+    was = "was draining" if data.get("was_draining") else "was not draining"
+    return _print(args, data, f"{args.node}: taking clients again ({was})")
+
+
+def cmd_presence_who(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    data = _admin(args, f"/v1/presence/{quote(args.uid, safe='')}")
+    if not data["devices"]:
+        return _print(args, data, f"{args.uid}: offline")
+    rows = [
+        [
+            d["device"],
+            d["node"],
+            d["conn"],
+            d["status"],
+            d["region"] or "-",
+            d["platform"] or "-",
+            f"{max(0.0, time.time() - d['last_seen']):.0f}s ago",
+        ]
+        for d in data["devices"]
+    ]
+    headers = ["DEVICE", "NODE", "CONN", "STATUS", "REGION", "PLATFORM", "LAST SEEN"]
+    return _print(args, data, _table(rows, headers))
+
+
+def cmd_presence_count(args: argparse.Namespace) -> int:
+    path = "/v1/presence/count" + (f"?by={args.by}" if args.by else "")
+    data = _admin(args, path)
+    if not args.by:
+        return _print(args, data, f"{data['total']} online")
+    rows = [[k, str(v)] for k, v in data["counts"].items()]
+    text = _table(rows, [args.by.upper(), "ONLINE"]) + f"\n\n{data['total']} online in all"
+    return _print(args, data, text)
 
 
 def _fail(message: str, code: int) -> int:
@@ -236,6 +284,13 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(_fail(f"{self.prog}: {message}", EXIT_USAGE))
 
 
+def _admin_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", help="scheduler URL (default: $IMCTL_SERVER, else from --config)")
+    p.add_argument("--config", help="config file to find the scheduler address in")
+    p.add_argument("--token", help="admin bearer token (default: $IMCTL_TOKEN)")
+    p.add_argument("--output", "-o", choices=["table", "json"], default="table")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="imctl",
@@ -266,11 +321,72 @@ def build_parser() -> argparse.ArgumentParser:
         help="list access nodes with their load",
         description="List the nodes a running scheduler sees, with load.",
     )
-    p.add_argument("--server", help="scheduler URL (default: $IMCTL_SERVER, else from --config)")
-    p.add_argument("--config", help="config file to find the scheduler address in")
-    p.add_argument("--token", help="admin bearer token (default: $IMCTL_TOKEN)")
-    p.add_argument("--output", "-o", choices=["table", "json"], default="table")
+    _admin_args(p)
     p.set_defaults(func=cmd_nodes)
+
+    p = sub.add_parser(
+        "access",
+        help="run an access node, or drain one",
+        description="Run an access node (--config, --node-id), or drain/undrain a running one "
+        "through the admin API.",
+    )
+    p.add_argument("--config", help="config file (to run a node)")
+    p.add_argument("--node-id", help="which of access.nodes to run")
+    p.set_defaults(func=cmd_access, access_command=None)
+    asub = p.add_subparsers(dest="access_command", metavar="ACTION", parser_class=_Parser)
+    d = asub.add_parser(
+        "drain",
+        help="stop new clients and move connected ones elsewhere",
+        description="Mark NODE draining: it takes no new clients and tells connected ones to "
+        "reconnect, spread over --over.",
+    )
+    d.add_argument("node", metavar="NODE")
+    d.add_argument(
+        "--over",
+        type=parse_duration,
+        default=60.0,
+        help="spread reconnects over this long (60s, 2m...; default 60s)",
+    )
+    _admin_args(d)
+    d.set_defaults(access_func=cmd_drain)
+    u = asub.add_parser(
+        "undrain",
+        help="let a drained node take clients again",
+        description="Cancel a drain request for NODE.",
+    )
+    u.add_argument("node", metavar="NODE")
+    _admin_args(u)
+    u.set_defaults(access_func=cmd_undrain)
+
+    p = sub.add_parser(
+        "controller",
+        help="run the presence controller",
+        description="Leader-elected expiry sweep and dead-node cleanup.",
+    )
+    p.add_argument("--config", required=True, help="config file")
+    p.set_defaults(func=cmd_controller)
+
+    p = sub.add_parser(
+        "presence", help="who is online", description="Look up users and count who is online."
+    )
+    psub = p.add_subparsers(dest="presence_command", metavar="ACTION", parser_class=_Parser)
+    psub.required = True
+    w = psub.add_parser(
+        "who",
+        help="where a user is connected",
+        description="Every device of UID: node, connection, status, last seen.",
+    )
+    w.add_argument("uid", metavar="UID")
+    _admin_args(w)
+    w.set_defaults(func=cmd_presence_who)
+    c = psub.add_parser(
+        "count",
+        help="exact online counts",
+        description="Online (user, device) entries, in all or by a dimension.",
+    )
+    c.add_argument("--by", choices=["region", "node", "platform"])
+    _admin_args(c)
+    c.set_defaults(func=cmd_presence_count)
 
     p = sub.add_parser(
         "config", help="work with config files", description="Check configuration files."

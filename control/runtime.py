@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from control.common.kv import KeyValueStore
 from control.common.kv.embedded import EmbeddedKV
-from control.settings import ClusterSettings
+from control.presence.cluster import PresenceCluster, build_cluster
+from control.settings import ClusterSettings, Settings
 
 
 def make_kv(cluster: ClusterSettings) -> KeyValueStore:
@@ -13,3 +14,14 @@ def make_kv(cluster: ClusterSettings) -> KeyValueStore:
 
         return EtcdKV(cluster.etcd.endpoints[0], timeout_s=cluster.etcd.timeout_s)
     return EmbeddedKV()
+
+
+def make_presence(settings: Settings) -> PresenceCluster:
+    p = settings.presence
+    return build_cluster(
+        [(s.id, s.url, s.weight) for s in p.shards],
+        p.backend,
+        timeout_s=settings.heartbeat.timeout_s,
+        key_prefix=p.key_prefix,
+        vnodes=p.vnodes,
+    )

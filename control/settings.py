@@ -235,6 +235,108 @@ class GraySettings:
 
 
 @dataclass(frozen=True)
+class AccessNodeSettings:
+    """One access node's identity; ``imctl access --node-id`` picks its entry."""
+
+    id: str = setting(doc="node id", pattern=ID_PATTERN)
+    region: str = setting(doc="region", pattern=REGION_PATTERN)
+    zone: str = setting("", "zone within the region")
+    pool: str = setting("default", "pool (gray targets pick pools)")
+    version: str = setting("1.0", "software version")
+    host: str = setting("127.0.0.1", "listen address")
+    port: int = setting(9100, "listen port (WebSocket and internal API)", ge=0, le=65535)
+    endpoint: str = setting("", "public WebSocket URL (default ws://host:port/ws)")
+    internal: str = setting("", "internal API base URL (default http://host:port)")
+    capacity: int = setting(10_000, "hard connection cap", ge=1)
+    weight: float = setting(1.0, "relative share of new clients", ge=0)
+
+    def public_endpoint(self) -> str:
+        return self.endpoint or f"ws://{self.host}:{self.port}/ws"
+
+    def internal_url(self) -> str:
+        return self.internal or f"http://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class AccessSettings:
+    nodes: tuple[AccessNodeSettings, ...] = setting((), "access nodes of this cluster")
+    max_frame_bytes: int = setting(65_536, "largest client frame accepted", ge=64)
+    abuse_limit: int = setting(5, "bad frames before a connection is closed 1008", ge=1)
+    handshake_rate_per_s: float = setting(500.0, "WebSocket upgrades per second", gt=0)
+    handshake_burst: float = setting(1000.0, "upgrade burst", ge=1)
+    report_interval_s: float = setting(2.0, "load report period", gt=0, le=60)
+    drain_s: float = setting(60.0, "drain window on SIGTERM", ge=0)
+    drain_max_rate: float = setting(500.0, "reconnect frames per second at most", gt=0)
+    reconnect_grace_s: float = setting(5.0, "close a told-to-reconnect client after", ge=0)
+    internal_token: str = setting(
+        "imctl-local-internal-token", "bearer token of the internal API", min_len=16
+    )
+    core: str = setting(
+        "control.access.echo:EchoCore",
+        "message core as module:Class",
+        pattern=r"[A-Za-z_][\w.]*:[A-Za-z_]\w*",
+    )
+    core_options: Mapping[str, Any] = setting(MappingProxyType({}), "passed to the core")
+
+    def check(self, path: str) -> list[str]:
+        problems = []
+        ids = [n.id for n in self.nodes]
+        for i, nid in enumerate(ids):
+            if ids.index(nid) != i:
+                problems.append(f"{path}.nodes[{i}].id: duplicate node id {nid!r}")
+        # Nodes on loopback share this machine; elsewhere each node is its own host.
+        ports = [(n.host, n.port) for n in self.nodes if n.port and _is_loopback(n.host)]
+        for i, hp in enumerate(ports):
+            if ports.index(hp) != i:
+                problems.append(f"{path}.nodes[{i}].port: {hp[0]}:{hp[1]} used twice")
+        return problems
+
+    def node(self, node_id: str) -> AccessNodeSettings:
+        for n in self.nodes:
+            if n.id == node_id:
+                return n
+        known = ", ".join(n.id for n in self.nodes) or "none"
+        raise ConfigError([f"access.nodes: no node {node_id!r} (known: {known})"])
+
+
+@dataclass(frozen=True)
+class ShardSettings:
+    id: str = setting(doc="shard id (stable: the ring hashes on it)", pattern=ID_PATTERN)
+    url: str = setting("", "redis://host:port/db (unused by the embedded backend)")
+    weight: int = setting(1, "share of users", ge=1, le=100)
+
+
+@dataclass(frozen=True)
+class PresenceSettings:
+    backend: Literal["embedded", "redis"] = setting("embedded", "status cluster backend")
+    shards: tuple[ShardSettings, ...] = setting(
+        (ShardSettings(id="s0"),), "status cluster shards", min_len=1
+    )
+    key_prefix: str = setting("imctl:", "Redis key prefix", pattern=r"[A-Za-z0-9_.:-]{1,32}")
+    vnodes: int = setting(160, "virtual nodes per shard on the ring", ge=1, le=10_000)
+    flush_s: float = setting(1.0, "heartbeat batches are flushed this often", gt=0, le=60)
+
+    def check(self, path: str) -> list[str]:
+        problems = []
+        ids = [s.id for s in self.shards]
+        if len(set(ids)) != len(ids):
+            problems.append(f"{path}.shards: shard ids must be unique")
+        if self.backend == "redis":
+            for i, shard in enumerate(self.shards):
+                if not shard.url.startswith(("redis://", "rediss://", "unix://")):
+                    problems.append(f"{path}.shards[{i}].url: expected redis://host:port/db")
+        return problems
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    host: str = setting("127.0.0.1", "listen address (health, metrics)")
+    port: int = setting(8090, "listen port", ge=0, le=65535)
+    leader_ttl_s: int = setting(5, "leader lease TTL", ge=2, le=60)
+    sweep_batch: int = setting(10_000, "entries expired per shard per pass", ge=1)
+
+
+@dataclass(frozen=True)
 class TokenSettings:
     name: str = setting(doc="who holds it (shown in audit records)", pattern=ID_PATTERN)
     token: str = setting(doc="the bearer secret", min_len=16)
@@ -262,6 +364,9 @@ class Settings:
     regions: RegionSettings = setting(RegionSettings(), "")
     gray: GraySettings = setting(GraySettings(), "")
     admin: AdminSettings = setting(AdminSettings(), "")
+    access: AccessSettings = setting(AccessSettings(), "")
+    presence: PresenceSettings = setting(PresenceSettings(), "")
+    controller: ControllerSettings = setting(ControllerSettings(), "")
     log_level: Literal["debug", "info", "warning", "error"] = setting("info", "log level")
 
     def check(self, path: str) -> list[str]:
@@ -277,6 +382,9 @@ class Settings:
                 problems.append(
                     f"registry.static_nodes[{i}].region: unknown region {node.region!r}"
                 )
+        for i, anode in enumerate(self.access.nodes or ()):
+            if anode.region and anode.region not in known:
+                problems.append(f"access.nodes[{i}].region: unknown region {anode.region!r}")
         for i, rel in enumerate(self.gray.releases or ()):
             for j, region in enumerate(rel.include.regions):
                 if region not in known:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from control.common.errors import BackendUnavailable, ImctlError, LeaseNotFound
 from control.common.kv import KeyValueStore
 from control.common.mirror import PrefixMirror
+from control.common.tasks import pause
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class NodeRecord:
     epoch: int = 0
     weight: float = 1.0
     reported_at: float = 0.0
+    internal: str = ""  # base URL of the node's internal API (push, kick), "" if none
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True).encode()
@@ -168,10 +170,7 @@ class Registration:
             except BackendUnavailable as exc:
                 log.warning("lease keepalive failed: %s", exc)
                 delay = min(1.0, self.refresh_interval)
-            try:
-                await asyncio.wait_for(stop.wait(), delay)
-            except TimeoutError:
-                pass
+            await pause(stop, delay)
 
     async def close(self) -> None:
         """Leave the registry now instead of waiting for the TTL (shielded by callers)."""

@@ -70,3 +70,11 @@ class Supervisor:
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
         self._tasks.clear()
+
+
+async def pause(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds`` or until ``stop`` is set, whichever comes first."""
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass

@@ -25,16 +25,17 @@ from control.common.auth import Role, TokenTable
 from control.common.errors import BackendUnavailable, BadRequest
 from control.common.kv import KeyValueStore
 from control.common.mirror import PrefixMirror
+from control.common.ratelimit import TokenBuckets
 from control.common.registry import NodeRecord, Registry
 from control.common.tasks import Supervisor
 from control.gray.model import Release, UserContext
 from control.gray.store import GrayStore
-from control.runtime import make_kv
+from control.presence.cluster import PresenceCluster
+from control.runtime import make_kv, make_presence
 from control.scheduler.engine import Engine
 from control.scheduler.pipeline import load
 from control.scheduler.proximity import RegionMap, client_ip
-from control.scheduler.ratelimit import TokenBuckets
-from control.scheduler.request import parse_endpoint_query
+from control.scheduler.request import UID_RE, parse_endpoint_query
 from control.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -273,6 +274,80 @@ async def nodes_handler(request: web.Request) -> web.Response:
     )
 
 
+PRESENCE = web.AppKey("presence", PresenceCluster)
+KV = web.AppKey("kv", KeyValueStore)
+
+
+@require("viewer")
+async def presence_who(request: web.Request) -> web.Response:
+    uid = request.match_info["uid"]
+    if not UID_RE.fullmatch(uid):
+        return _error(400, "bad_request", "uid: not a valid uid", field="uid")
+    try:
+        entries = await request.app[PRESENCE].who(uid)
+    except BackendUnavailable as exc:
+        return _error(503, "unavailable", str(exc), retry_after=1)
+    return web.json_response(
+        {"uid": uid, "online": bool(entries), "devices": [e.public() for e in entries]}
+    )
+
+
+@require("viewer")
+async def presence_count(request: web.Request) -> web.Response:
+    by = request.query.get("by")
+    if by not in (None, "region", "node", "platform"):
+        return _error(400, "bad_request", "by: one of region, node, platform", field="by")
+    try:
+        counts = await request.app[PRESENCE].counts()
+    except BackendUnavailable as exc:
+        return _error(503, "unavailable", str(exc), retry_after=1)
+    body: dict[str, Any] = {"total": counts.total}
+    if by:
+        body["by"] = by
+        body["counts"] = dict(sorted(counts.by(by).items()))
+    return web.json_response(body)
+
+
+def _drain_key(settings: Settings, node_id: str) -> str:
+    return f"{settings.cluster.prefix.rstrip('/')}/drain/{node_id}"
+
+
+@require("operator")
+async def drain_node(request: web.Request) -> web.Response:
+    node_id = request.match_info["node"]
+    engine = request.app[ENGINE]
+    if node_id not in engine.snapshot.nodes:
+        return _error(404, "not_found", f"no node {node_id!r} in the registry")
+    try:
+        body = await request.json() if request.can_read_body else {}
+    except ValueError:
+        return _error(400, "bad_request", "body must be JSON", field="body")
+    over = body.get("over_s", 60) if isinstance(body, dict) else None
+    if isinstance(over, bool) or not isinstance(over, (int, float)) or not 0 <= over <= 86_400:
+        return _error(400, "bad_request", "over_s: seconds between 0 and 86400", field="over_s")
+    settings = request.app[SETTINGS]
+    record = {"over_s": float(over), "at": time.time(), "by": _who(request)}
+    await request.app[KV].put(_drain_key(settings, node_id), json.dumps(record).encode())
+    log.warning("drain of %s over %ss requested by %s", node_id, over, record["by"])
+    return web.json_response({"node": node_id, "draining": True, **record})
+
+
+@require("operator")
+async def undrain_node(request: web.Request) -> web.Response:
+    node_id = request.match_info["node"]
+    removed = await request.app[KV].delete(_drain_key(request.app[SETTINGS], node_id))
+    return web.json_response({"node": node_id, "draining": False, "was_draining": removed})
+
+
+def _who(request: web.Request) -> str:
+    table = request.app[SETTINGS].admin.grants()
+    header = request.headers.get("Authorization", "")
+    for grant in table.grants:
+        if header == f"Bearer {grant.token}":
+            return grant.name
+    return "anonymous (open admin API)"
+
+
 def build_engine(settings: Settings) -> Engine:
     regions = settings.regions
     return Engine(
@@ -291,9 +366,13 @@ def build_engine(settings: Settings) -> Engine:
     )
 
 
-def create_app(settings: Settings, kv: KeyValueStore | None = None) -> web.Application:
-    """The scheduler application. ``kv`` shares an already-open store (in-process clusters);
-    otherwise one is opened from ``settings.cluster``."""
+def create_app(
+    settings: Settings,
+    kv: KeyValueStore | None = None,
+    presence: PresenceCluster | None = None,
+) -> web.Application:
+    """The scheduler application. ``kv`` and ``presence`` share already-open backends
+    (in-process clusters); otherwise they are opened from the settings."""
     app = web.Application(middlewares=[json_errors])
     engine = build_engine(settings)
     metrics = SchedulerMetrics()
@@ -334,10 +413,13 @@ def create_app(settings: Settings, kv: KeyValueStore | None = None) -> web.Appli
         engine.set_releases(releases)
         changed()
 
+    own = kv is None
+    store = make_kv(settings.cluster) if kv is None else kv
+    own_presence = presence is None
+    app[KV] = store
+    app[PRESENCE] = make_presence(settings) if presence is None else presence
+
     async def backend_ctx(app: web.Application) -> AsyncIterator[None]:
-        own = kv is None
-        store = make_kv(settings.cluster) if own else kv
-        assert store is not None
         state.backend = store.name
         if own:
             try:
@@ -368,10 +450,16 @@ def create_app(settings: Settings, kv: KeyValueStore | None = None) -> web.Appli
                 handle.cancel()
         if own:
             await store.close()
+        if own_presence:
+            await app[PRESENCE].close()
 
     app.cleanup_ctx.append(backend_ctx)
     app.router.add_get("/v1/endpoint", EndpointHandler(settings, engine, metrics).handle)
     app.router.add_get("/v1/nodes", nodes_handler)
+    app.router.add_post("/v1/nodes/{node}/drain", drain_node)
+    app.router.add_delete("/v1/nodes/{node}/drain", undrain_node)
+    app.router.add_get("/v1/presence/count", presence_count)
+    app.router.add_get("/v1/presence/{uid}", presence_who)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from control.scheduler.ratelimit import TokenBuckets
+from control.common.ratelimit import TokenBuckets
 
 
 def test_bucket_refills_and_bounds_memory() -> None:

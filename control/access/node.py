@@ -1,0 +1,688 @@
+"""The access node: WebSocket sessions, heartbeat batching, registration with load, drain,
+kicks and the internal push endpoint. This module is the node's IO edge."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from control.access import protocol
+from control.access.core import CoreContext, MessageCore, load_core
+from control.access.push import Pusher
+from control.common.errors import BackendUnavailable, ImctlError, TicketError
+from control.common.kv import KeyValueStore
+from control.common.mirror import PrefixMirror
+from control.common.ratelimit import TokenBuckets
+from control.common.registry import NodeRecord, Registration, Registry
+from control.common.tasks import Supervisor, pause
+from control.presence.cluster import PresenceCluster
+from control.presence.model import Presence
+from control.settings import AccessNodeSettings, Settings
+
+log = logging.getLogger(__name__)
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+class Session:
+    """One client connection."""
+
+    __slots__ = (
+        "conn",
+        "device",
+        "last_seen",
+        "node",
+        "platform",
+        "region",
+        "strikes",
+        "uid",
+        "ws",
+    )
+
+    def __init__(
+        self,
+        node: AccessNode,
+        ws: web.WebSocketResponse,
+        conn: str,
+        uid: str,
+        device: str,
+        platform: str,
+        region: str,
+    ) -> None:
+        self.node = node
+        self.ws = ws
+        self.conn = conn
+        self.uid = uid
+        self.device = device
+        self.platform = platform
+        self.region = region
+        self.last_seen = time.monotonic()
+        self.strikes = 0
+
+    async def send(self, frame: Mapping[str, Any]) -> bool:
+        if self.ws.closed:
+            return False
+        try:
+            await self.ws.send_str(_dumps(frame))
+        except (ConnectionError, RuntimeError):
+            return False
+        return True
+
+    async def close(self, code: int, reason: str) -> None:
+        if not self.ws.closed:
+            try:
+                await self.ws.close(code=code, message=reason.encode()[:120])
+            except (ConnectionError, RuntimeError):
+                pass
+
+
+class AccessMetrics:
+    def __init__(self, node_id: str) -> None:
+        self.registry = CollectorRegistry()
+        labels = {"node": node_id}
+        self.connections = Gauge(
+            "imctl_access_connections", "Open client connections", ["node"], registry=self.registry
+        ).labels(**labels)
+        self.handshakes = Counter(
+            "imctl_access_handshakes_total",
+            "WebSocket handshakes by result",
+            ["node", "result"],
+            registry=self.registry,
+        )
+        self.frames = Counter(
+            "imctl_access_frames_total",
+            "Client frames by type",
+            ["node", "type"],
+            registry=self.registry,
+        )
+        self.frame_errors = Counter(
+            "imctl_access_frame_errors_total",
+            "Rejected client frames by code",
+            ["node", "code"],
+            registry=self.registry,
+        )
+        self.closes = Counter(
+            "imctl_access_closes_total",
+            "Connections closed by reason",
+            ["node", "reason"],
+            registry=self.registry,
+        )
+        self.flush = Histogram(
+            "imctl_access_heartbeat_flush_seconds",
+            "Time to flush one heartbeat batch",
+            ["node"],
+            registry=self.registry,
+        ).labels(**labels)
+        self.draining = Gauge(
+            "imctl_access_draining", "1 while the node drains", ["node"], registry=self.registry
+        ).labels(**labels)
+        self.pushes = Counter(
+            "imctl_access_push_frames_total",
+            "Frames delivered through the internal push API",
+            ["node"],
+            registry=self.registry,
+        ).labels(**labels)
+        self.node_id = node_id
+
+    def handshake(self, result: str) -> None:
+        self.handshakes.labels(self.node_id, result).inc()
+
+    def closed(self, reason: str) -> None:
+        self.closes.labels(self.node_id, reason).inc()
+
+
+class AccessNode:
+    def __init__(
+        self,
+        settings: Settings,
+        node: AccessNodeSettings,
+        kv: KeyValueStore,
+        presence: PresenceCluster,
+    ) -> None:
+        self.settings = settings
+        self.cfg = node
+        self.access = settings.access
+        self.id = node.id
+        self.kv = kv
+        self.presence = presence
+        self.keys = settings.tickets.ticket_keys()
+        self.epoch = int(time.time() * 1000)
+        self._seq = itertools.count(1)
+        self.sessions: dict[str, Session] = {}
+        self.by_device: dict[tuple[str, str], Session] = {}
+        self.heartbeats: set[tuple[str, str, str]] = set()
+        self.state: str = "up"
+        self.drain_reason = ""
+        self.handshaking = 0
+        self.gate = TokenBuckets(self.access.handshake_rate_per_s, self.access.handshake_burst, 1)
+        self.registry = Registry(kv, settings.cluster.prefix)
+        self.registration: Registration | None = None
+        self.peers: dict[str, NodeRecord] = {}
+        self.pusher = Pusher(presence, self.peer_url, self.access.internal_token)
+        self.core: MessageCore = load_core(
+            self.access.core,
+            CoreContext(
+                self.id,
+                self.pusher.push,
+                self.access.core_options,
+                logging.getLogger(f"imctl.core.{self.id}"),
+            ),
+        )
+        self.metrics = AccessMetrics(self.id)
+        self.supervisor = Supervisor(f"access:{self.id}")
+        self.ready = asyncio.Event()
+        self._drain_task: asyncio.Task[None] | None = None
+        self._drain_requested: Mapping[str, Any] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+        hb = settings.heartbeat
+        self.idle_timeout_s = hb.timeout_s
+        self.idle_check_s = min(hb.interval_s / 2, 5.0)
+
+    # -- identity and registration ---------------------------------------------------------
+    def record(self) -> NodeRecord:
+        c = self.cfg
+        return NodeRecord(
+            id=c.id,
+            endpoint=c.public_endpoint(),
+            region=c.region,
+            zone=c.zone,
+            pool=c.pool,
+            version=c.version,
+            capacity=c.capacity,
+            conns=len(self.sessions),
+            state="draining" if self.state == "draining" else "up",
+            epoch=self.epoch,
+            weight=c.weight,
+            internal=c.internal_url(),
+        )
+
+    def peer_url(self, node_id: str) -> str | None:
+        if node_id == self.id:
+            return self.cfg.internal_url()
+        peer = self.peers.get(node_id)
+        return peer.internal if peer is not None and peer.internal else None
+
+    async def report_once(self, force: bool = False) -> bool:
+        if self.registration is None:
+            return False
+        return await self.registration.publish(self.record(), force=force)
+
+    async def _report_forever(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.report_once()
+            except BackendUnavailable as exc:
+                log.warning("%s: load report failed: %s", self.id, exc)
+            await pause(stop, self.access.report_interval_s)
+
+    # -- heartbeats and idle connections ---------------------------------------------------
+    async def flush_heartbeats_once(self) -> int:
+        """Send every heartbeat since the last flush in one call per shard."""
+        if not self.heartbeats:
+            return 0
+        batch, self.heartbeats = self.heartbeats, set()
+        started = time.perf_counter()
+        try:
+            touched = await self.presence.touch(batch)
+        except BackendUnavailable as exc:
+            log.warning("%s: heartbeat flush failed (%s); keeping %d", self.id, exc, len(batch))
+            self.heartbeats |= batch
+            return 0
+        self.metrics.flush.observe(time.perf_counter() - started)
+        return touched
+
+    async def _flush_forever(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await pause(stop, self.settings.presence.flush_s)
+            await self.flush_heartbeats_once()
+
+    async def sweep_idle_once(self) -> int:
+        """Close connections silent for the heartbeat timeout."""
+        cutoff = time.monotonic() - self.idle_timeout_s
+        silent = [s for s in self.sessions.values() if s.last_seen < cutoff]
+        for s in silent:
+            await s.close(protocol.CLOSE_IDLE, "idle")
+        return len(silent)
+
+    async def _idle_forever(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await pause(stop, self.idle_check_s)
+            await self.sweep_idle_once()
+
+    # -- drain -------------------------------------------------------------------------------
+    def on_drain_requests(self, requests: Mapping[str, Mapping[str, Any]]) -> None:
+        wanted = requests.get(self.id)
+        if wanted is not None and wanted != self._drain_requested:
+            self._drain_requested = wanted
+            self.start_drain(float(wanted.get("over_s", 60)), "drain")
+        elif wanted is None and self._drain_requested is not None:
+            self._drain_requested = None
+            self.undrain()
+
+    def start_drain(self, over_s: float, reason: str) -> asyncio.Task[None]:
+        if self._drain_task is not None and not self._drain_task.done():
+            self._drain_task.cancel()
+        self._drain_task = asyncio.create_task(self.drain(over_s, reason), name="drain")
+        return self._drain_task
+
+    def undrain(self) -> None:
+        if self._drain_task is not None:
+            self._drain_task.cancel()
+        self.state = "up"
+        self.metrics.draining.set(0)
+        self._spawn(self.report_once(force=True))
+        log.warning("%s: drain cancelled; taking new clients again", self.id)
+
+    async def drain(self, over_s: float, reason: str) -> None:
+        """Stop taking clients and tell every connected one to reconnect elsewhere, spread
+        over ``over_s`` at no more than ``drain_max_rate`` per second."""
+        self.state = "draining"
+        self.drain_reason = reason
+        self.metrics.draining.set(1)
+        try:
+            await self.report_once(force=True)
+        except BackendUnavailable as exc:
+            log.warning("%s: could not publish draining: %s", self.id, exc)
+        sessions = list(self.sessions.values())
+        random.shuffle(sessions)
+        count = len(sessions)
+        gap = max(over_s / count if count else 0.0, 1.0 / self.access.drain_max_rate)
+        log.warning("%s: draining %d connections over %.0fs (%s)", self.id, count, over_s, reason)
+        grace = self.access.reconnect_grace_s
+        closers: list[asyncio.Task[None]] = []
+        start = time.monotonic()
+        for i, session in enumerate(sessions):
+            # Each client's turn comes at i * gap; the frame's jitter spreads it inside it.
+            delay = start + i * gap - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if session.conn not in self.sessions:
+                continue
+            jitter = int(random.uniform(0, min(gap, 1.0)) * 1000)
+            await session.send(protocol.reconnect(jitter, reason))
+            closers.append(asyncio.create_task(self._close_later(session, grace + jitter / 1000)))
+        if closers:
+            await asyncio.gather(*closers)
+        log.warning("%s: drain done", self.id)
+
+    async def _close_later(self, session: Session, after: float) -> None:
+        await asyncio.sleep(after)
+        await session.close(protocol.CLOSE_RECONNECT, "reconnect")
+
+    # -- connections -------------------------------------------------------------------------
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def handle_ws(self, request: web.Request) -> web.StreamResponse:
+        if self.gate.allow("handshakes") > 0:
+            self.metrics.handshake("rate_limited")
+            return _refuse(429, "rate_limited", "too many handshakes", retry_after=1)
+        if self.state != "up":
+            self.metrics.handshake("draining")
+            return _refuse(
+                503, "draining", "this node is draining; ask the scheduler again", retry_after=1
+            )
+        if len(self.sessions) + self.handshaking >= self.cfg.capacity:
+            self.metrics.handshake("full")
+            return _refuse(503, "full", "this node is at capacity", retry_after=1)
+        try:
+            ticket = self.keys.verify(request.query.get("ticket", ""), self.id, time.time())
+        except TicketError as exc:
+            self.metrics.handshake("bad_ticket")
+            return _refuse(401, "bad_ticket", exc.reason)
+        ws = web.WebSocketResponse(
+            heartbeat=None, autoping=True, max_msg_size=self.access.max_frame_bytes * 4
+        )
+        if not ws.can_prepare(request).ok:
+            self.metrics.handshake("not_websocket")
+            return _refuse(400, "not_websocket", "expected a WebSocket upgrade")
+        self.handshaking += 1
+        try:
+            await ws.prepare(request)
+        finally:
+            self.handshaking -= 1
+        conn = f"{self.epoch:x}.{next(self._seq)}"
+        platform = request.query.get("platform", "")[:32]
+        session = Session(self, ws, conn, ticket.uid, ticket.device, platform, self.cfg.region)
+        reason = "closed"
+        try:
+            if not await self._open(session):
+                reason = "presence_unavailable"
+                return ws
+            self.metrics.handshake("ok")
+            await self._serve(session)
+            reason = "idle" if ws.close_code == protocol.CLOSE_IDLE else _reason(ws.close_code)
+        finally:
+            await self._close(session, reason)
+        return ws
+
+    async def _open(self, session: Session) -> bool:
+        older = self.by_device.get((session.uid, session.device))
+        if older is not None:
+            await self._kick_local(older, "logged in on another connection")
+        self.sessions[session.conn] = session
+        self.by_device[(session.uid, session.device)] = session
+        self.metrics.connections.set(len(self.sessions))
+        entry = Presence(
+            session.uid,
+            session.device,
+            self.id,
+            session.conn,
+            self.epoch,
+            "online",
+            session.region,
+            session.platform,
+        )
+        try:
+            replaced = await self.presence.online(entry)
+        except (BackendUnavailable, ImctlError) as exc:
+            log.warning("%s: presence unavailable at login: %s", self.id, exc)
+            await session.send({"t": "error", "code": "unavailable", "message": "retry later"})
+            await session.close(1011, "presence unavailable")
+            return False
+        if replaced is not None and replaced.conn != session.conn:
+            if replaced.node == self.id:
+                local = self.sessions.get(replaced.conn)
+                if local is not None:
+                    await self._kick_local(local, "logged in elsewhere")
+            else:
+                self._spawn(self._kick_remote(replaced))
+        hb = self.settings.heartbeat
+        await session.send(protocol.welcome(session.conn, self.id, hb.interval_s, hb.timeout_s))
+        await self.core.on_open(session)
+        return True
+
+    async def _serve(self, session: Session) -> None:
+        ws = session.ws
+        limit = self.access.max_frame_bytes
+        types = self.core.types
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                session.last_seen = time.monotonic()
+                frame = protocol.parse_frame(msg.data, limit)
+                if isinstance(frame, protocol.FrameError):
+                    await self._strike(session, frame)
+                    continue
+                t = frame["t"]
+                self.metrics.frames.labels(
+                    self.id, t if t in types or t in protocol.CONTROL_TYPES else "other"
+                ).inc()
+                if t == "ping":
+                    self.heartbeats.add((session.uid, session.device, session.conn))
+                    await session.send({"t": "pong"})
+                elif t == "status":
+                    await self._set_status(session, frame)
+                elif t in types:
+                    await self.core.on_message(session, frame)
+                else:
+                    await self._strike(
+                        session, protocol.FrameError("unknown_type", f"unknown frame type {t!r}")
+                    )
+            elif msg.type == WSMsgType.BINARY:
+                await self._strike(
+                    session, protocol.FrameError("binary", "frames are JSON text, not binary")
+                )
+            elif msg.type == WSMsgType.ERROR:
+                break
+            if session.strikes >= self.access.abuse_limit:
+                await session.close(protocol.CLOSE_POLICY, "too many bad frames")
+                break
+
+    async def _strike(self, session: Session, error: protocol.FrameError) -> None:
+        session.strikes += 1
+        self.metrics.frame_errors.labels(self.id, error.code).inc()
+        await session.send(error.frame())
+
+    async def _set_status(self, session: Session, frame: Mapping[str, Any]) -> None:
+        status = frame.get("status")
+        try:
+            ok = await self.presence.set_status(
+                session.uid, session.device, session.conn, str(status)
+            )
+        except ImctlError as exc:
+            await self._strike(session, protocol.FrameError("bad_status", str(exc)))
+            return
+        await session.send({"t": "status", "status": status, "ok": ok})
+
+    async def _close(self, session: Session, reason: str) -> None:
+        if self.sessions.get(session.conn) is session:
+            del self.sessions[session.conn]
+        key = (session.uid, session.device)
+        if self.by_device.get(key) is session:
+            del self.by_device[key]
+        self.heartbeats.discard((session.uid, session.device, session.conn))
+        self.metrics.connections.set(len(self.sessions))
+        self.metrics.closed(reason)
+        try:
+            await self.presence.offline(session.uid, session.device, session.conn, reason)
+        except ImctlError as exc:  # the controller's sweep will expire it
+            log.warning("%s: offline for %s failed: %s", self.id, session.conn, exc)
+        try:
+            await self.core.on_close(session, reason)
+        except Exception:
+            log.exception("%s: message core failed in on_close", self.id)
+
+    async def _kick_local(self, session: Session, reason: str) -> None:
+        await session.send(protocol.kicked(reason))
+        await session.close(protocol.CLOSE_KICKED, "kicked")
+
+    async def _kick_remote(self, old: Presence) -> None:
+        base = self.peer_url(old.node)
+        if base is None:
+            return  # that node is gone; its entries go with it
+        body = {
+            "uid": old.uid,
+            "device": old.device,
+            "conn": old.conn,
+            "reason": f"logged in elsewhere ({self.id})",
+        }
+        try:
+            async with self.pusher._session().post(f"{base}/internal/kick", json=body) as resp:
+                if resp.status != 200:
+                    log.warning("%s: kick on %s: HTTP %d", self.id, old.node, resp.status)
+        except Exception as exc:
+            log.warning("%s: kick on %s failed: %r", self.id, old.node, exc)
+
+    # -- internal API ------------------------------------------------------------------------
+    def _authorized(self, request: web.Request) -> bool:
+        import hmac
+
+        presented = request.headers.get("Authorization", "")
+        expected = f"Bearer {self.access.internal_token}"
+        return hmac.compare_digest(presented.encode(), expected.encode())
+
+    async def _json_body(self, request: web.Request) -> dict[str, Any] | web.Response:
+        if not self._authorized(request):
+            return _refuse(401, "unauthorized", "internal token required")
+        try:
+            body = await request.json()
+        except ValueError:
+            return _refuse(400, "bad_request", "body must be JSON")
+        if not isinstance(body, dict):
+            return _refuse(400, "bad_request", "body must be a JSON object")
+        return body
+
+    async def handle_push(self, request: web.Request) -> web.Response:
+        body = await self._json_body(request)
+        if isinstance(body, web.Response):
+            return body
+        uids, payload = body.get("uids"), body.get("payload")
+        if not isinstance(uids, list) or not all(isinstance(u, str) for u in uids):
+            return _refuse(400, "bad_request", "uids: a list of strings")
+        if not isinstance(payload, dict):
+            return _refuse(400, "bad_request", "payload: a JSON object")
+        text = _dumps(payload)
+        wanted = set(uids)
+        targets = (
+            [s for s in self.sessions.values() if s.uid in wanted]
+            if len(wanted) > 64
+            else [s for (uid, _d), s in self.by_device.items() if uid in wanted]
+        )
+        results = await asyncio.gather(*(self._send_text(s, text) for s in targets))
+        delivered = sum(results)
+        reached = {s.uid for s, ok in zip(targets, results, strict=True) if ok}
+        self.metrics.pushes.inc(delivered)
+        return web.json_response({"delivered": delivered, "missing": sorted(wanted - reached)})
+
+    @staticmethod
+    async def _send_text(session: Session, text: str) -> bool:
+        if session.ws.closed:
+            return False
+        try:
+            await session.ws.send_str(text)
+        except (ConnectionError, RuntimeError):
+            return False
+        return True
+
+    async def handle_kick(self, request: web.Request) -> web.Response:
+        body = await self._json_body(request)
+        if isinstance(body, web.Response):
+            return body
+        session = self.sessions.get(str(body.get("conn", "")))
+        if session is None or session.uid != body.get("uid"):
+            return web.json_response({"kicked": False})
+        await self._kick_local(session, str(body.get("reason", "logged in elsewhere")))
+        return web.json_response({"kicked": True})
+
+    async def handle_health(self, request: web.Request) -> web.Response:
+        alive = self.supervisor.alive()
+        ok = all(alive.values())
+        return web.json_response({"ok": ok, "tasks": alive}, status=200 if ok else 503)
+
+    async def handle_ready(self, request: web.Request) -> web.Response:
+        ready = self.ready.is_set() and self.state == "up"
+        return web.json_response(
+            {"ready": ready, "state": self.state, "connections": len(self.sessions)},
+            status=200 if ready else 503,
+        )
+
+    async def handle_metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(self.metrics.registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        prefix = self.settings.cluster.prefix
+        ttl = self.settings.registry.lease_ttl_s
+        self.registration = await self.registry.register(self.record(), ttl)
+        peers = self.registry.mirror(self._on_peers, verify_s=self.settings.registry.verify_s)
+        drains = PrefixMirror(
+            self.kv,
+            f"{prefix.rstrip('/')}/drain/",
+            _parse_json,
+            self.on_drain_requests,
+            verify_s=self.settings.registry.verify_s,
+        )
+        sup = self.supervisor
+        sup.spawn("lease", self.registration.run)
+        sup.spawn("load-report", self._report_forever)
+        sup.spawn("heartbeat-flush", self._flush_forever)
+        sup.spawn("idle-sweep", self._idle_forever)
+        sup.spawn("peers", peers.run)
+        sup.spawn("drain-requests", drains.run)
+        self.ready.set()
+        log.info("%s: serving %s (region %s)", self.id, self.cfg.public_endpoint(), self.cfg.region)
+
+    def _on_peers(self, nodes: Mapping[str, NodeRecord]) -> None:
+        self.peers = dict(nodes)
+
+    async def stop(self, drain_s: float = 0.0) -> None:
+        """Drain (when asked), close what is left, leave the registry, stop the tasks.
+        Runs once; later calls return at once."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if drain_s > 0 and self.sessions:
+            try:
+                await asyncio.wait_for(self.start_drain(drain_s, "shutdown"), drain_s + 10)
+            except (TimeoutError, asyncio.CancelledError):
+                pass
+        self.state = "draining"
+        await asyncio.gather(
+            *(s.close(protocol.CLOSE_GOING_AWAY, "shutdown") for s in list(self.sessions.values()))
+        )
+        await self.flush_heartbeats_once()
+        if self.registration is not None:
+            # Shielded: leave the registry now even if shutdown is being cancelled.
+            await asyncio.shield(self.registration.close())
+        await self.supervisor.close(timeout=3.0)
+        for task in list(self._background):
+            task.cancel()
+        await self.pusher.close()
+
+
+def _parse_json(key: str, raw: bytes) -> Mapping[str, Any] | None:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        log.warning("ignoring unreadable value at %s", key)
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _reason(code: int | None) -> str:
+    return {
+        protocol.CLOSE_KICKED: "kicked",
+        protocol.CLOSE_RECONNECT: "reconnect",
+        protocol.CLOSE_POLICY: "abuse",
+        protocol.CLOSE_GOING_AWAY: "shutdown",
+        1009: "too_large",
+    }.get(code or 0, "closed")
+
+
+def _refuse(status: int, code: str, message: str, retry_after: int | None = None) -> web.Response:
+    headers = {"Retry-After": str(retry_after)} if retry_after else None
+    return web.json_response({"error": code, "message": message}, status=status, headers=headers)
+
+
+NODE = web.AppKey("node", AccessNode)
+
+
+def create_app(node: AccessNode, own_backends: bool = False) -> web.Application:
+    """The node's aiohttp app; ``own_backends`` closes the KV and presence on cleanup."""
+    app = web.Application()
+    app[NODE] = node
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        if own_backends:
+            await node.kv.connect()
+        await node.start()
+        yield
+        await node.stop()
+        if own_backends:
+            await node.presence.close()
+            await node.kv.close()
+
+    async def close_sessions(app: web.Application) -> None:
+        # Before aiohttp waits for handlers: open WebSockets would hold shutdown up.
+        await node.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(close_sessions)
+    app.router.add_get("/ws", node.handle_ws)
+    app.router.add_post("/internal/push", node.handle_push)
+    app.router.add_post("/internal/kick", node.handle_kick)
+    app.router.add_get("/healthz", node.handle_health)
+    app.router.add_get("/readyz", node.handle_ready)
+    app.router.add_get("/metrics", node.handle_metrics)
+    return app

@@ -1,0 +1,58 @@
+"""The client frame protocol (**contract**): JSON text frames with a ``t`` field. Pure."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+# Close codes the server uses (4000-4999 are the application's own).
+CLOSE_IDLE = 4000  # no frame within the heartbeat timeout
+CLOSE_KICKED = 4001  # the same device logged in elsewhere
+CLOSE_RECONNECT = 4002  # told to reconnect (drain, rebalance, rollback) and stayed
+CLOSE_POLICY = 1008  # repeated malformed or oversized frames
+CLOSE_GOING_AWAY = 1001  # node shutting down
+
+CONTROL_TYPES = frozenset({"ping", "status"})
+
+
+@dataclass(frozen=True, slots=True)
+class FrameError:
+    code: str
+    message: str
+
+    def frame(self) -> dict[str, Any]:
+        return {"t": "error", "code": self.code, "message": self.message}
+
+
+def parse_frame(data: str, max_bytes: int) -> dict[str, Any] | FrameError:
+    """A client frame as a dict with a string ``t``, or why it is not one."""
+    if len(data) > max_bytes or len(data.encode()) > max_bytes:
+        return FrameError("too_large", f"frames are limited to {max_bytes} bytes")
+    try:
+        frame = json.loads(data)
+    except ValueError:
+        return FrameError("malformed", "frames are JSON objects")
+    if not isinstance(frame, dict):
+        return FrameError("malformed", "frames are JSON objects")
+    t = frame.get("t")
+    if not isinstance(t, str) or not t:
+        return FrameError("malformed", 'frames need a string field "t"')
+    return frame
+
+
+def welcome(conn: str, node: str, interval_s: float, timeout_s: float) -> dict[str, Any]:
+    return {
+        "t": "welcome",
+        "conn": conn,
+        "node": node,
+        "heartbeat": {"interval_s": interval_s, "timeout_s": timeout_s},
+    }
+
+
+def reconnect(after_ms: int, reason: str) -> dict[str, Any]:
+    return {"t": "reconnect", "after_ms": after_ms, "reason": reason}
+
+
+def kicked(reason: str) -> dict[str, Any]:
+    return {"t": "kicked", "reason": reason}

@@ -1,0 +1,241 @@
+"""Running processes: one component each (scheduler, access node, controller), or the whole
+local cluster in one process on shared backends (``imctl up``)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from control.access.node import AccessNode
+from control.access.node import create_app as access_app
+from control.common.errors import BackendUnavailable
+from control.common.kv import KeyValueStore
+from control.common.tasks import Supervisor
+from control.presence.cluster import PresenceCluster
+from control.presence.controller import Controller
+from control.presence.service import create_app as controller_app
+from control.runtime import make_kv, make_presence
+from control.scheduler.service import STATE
+from control.scheduler.service import create_app as scheduler_app
+from control.settings import Settings
+
+log = logging.getLogger("imctl")
+EXIT_UNAVAILABLE = 1
+
+
+@dataclass
+class Part:
+    """One listening application of the process."""
+
+    name: str
+    app: web.Application
+    host: str
+    port: int
+    runner: web.AppRunner | None = None
+    supervisor: Supervisor | None = None
+    node: AccessNode | None = None
+
+
+@dataclass
+class Process:
+    parts: list[Part] = field(default_factory=list)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def start(self) -> str | None:
+        """Bind every part; returns an error message instead of raising."""
+        for part in self.parts:
+            runner = web.AppRunner(
+                part.app, access_log=None, handle_signals=False, shutdown_timeout=5.0
+            )
+            await runner.setup()
+            part.runner = runner
+            site = web.TCPSite(runner, part.host, part.port, backlog=4096, reuse_address=True)
+            try:
+                await site.start()
+            except OSError as exc:
+                return f"cannot listen on {part.host}:{part.port} for {part.name}: {exc.strerror}"
+        return None
+
+    def failures(self) -> list[str]:
+        return [
+            f"{p.name}: {p.supervisor.failure}"
+            for p in self.parts
+            if p.supervisor is not None and p.supervisor.failure
+        ]
+
+    async def wait(self) -> None:
+        """Until SIGINT/SIGTERM or until a part's background task dies."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop.set)
+        waiters = [asyncio.ensure_future(self.stop.wait())]
+        waiters += [
+            asyncio.ensure_future(p.supervisor.failed.wait())
+            for p in self.parts
+            if p.supervisor is not None
+        ]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for w in waiters:
+            w.cancel()
+
+    async def close(self, drain_s: float) -> None:
+        """Access nodes drain first (while still serving), then everything stops."""
+        nodes = [p.node for p in self.parts if p.node is not None]
+        if nodes:
+            await asyncio.gather(*(n.stop(drain_s) for n in nodes))
+        for part in reversed(self.parts):
+            if part.runner is not None:
+                await part.runner.cleanup()
+
+
+async def _run(process: Process, banner: str | None, drain_s: float) -> int:
+    error = await process.start()
+    if error is not None:
+        await process.close(0)
+        print(f"imctl: {error}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    # Config, tables and snapshots live as long as the process: keep them out of the
+    # cyclic collector's passes on the request path.
+    gc.collect()
+    gc.freeze()
+    if banner:
+        print(banner, flush=True)
+    await process.wait()
+    failures = process.failures()
+    await process.close(0 if failures else drain_s)
+    if failures:
+        print(f"imctl: stopped: {'; '.join(failures)}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    return 0
+
+
+def _scheduler_part(
+    settings: Settings, kv: KeyValueStore | None = None, presence: PresenceCluster | None = None
+) -> Part:
+    app = scheduler_app(settings, kv=kv, presence=presence)
+    return Part(
+        "scheduler",
+        app,
+        settings.scheduler.host,
+        settings.scheduler.port,
+        supervisor=app[STATE].supervisor,
+    )
+
+
+def _access_part(
+    settings: Settings, node_id: str, kv: KeyValueStore, presence: PresenceCluster, own: bool
+) -> Part:
+    cfg = settings.access.node(node_id)
+    node = AccessNode(settings, cfg, kv, presence)
+    return Part(
+        f"access {node_id}",
+        access_app(node, own_backends=own),
+        cfg.host,
+        cfg.port,
+        supervisor=node.supervisor,
+        node=node,
+    )
+
+
+def _controller(settings: Settings, kv: KeyValueStore, presence: PresenceCluster) -> Controller:
+    hb = settings.heartbeat
+    return Controller(
+        kv,
+        presence,
+        prefix=settings.cluster.prefix,
+        identity=f"{socket.gethostname()}:{os.getpid()}:{settings.controller.port}",
+        leader_ttl_s=settings.controller.leader_ttl_s,
+        # Derived from the heartbeat: an entry is swept at most half an interval late.
+        sweep_s=min(hb.interval_s / 2, 5.0),
+        reconcile_s=float(settings.registry.lease_ttl_s),
+        policy=settings.registry.self_preservation.policy(),
+        sweep_batch=settings.controller.sweep_batch,
+    )
+
+
+def _controller_part(
+    settings: Settings, kv: KeyValueStore, presence: PresenceCluster, own: bool
+) -> Part:
+    controller = _controller(settings, kv, presence)
+    c = settings.controller
+    return Part(
+        "controller",
+        controller_app(controller, own_backends=own),
+        c.host,
+        c.port,
+        supervisor=controller.supervisor,
+    )
+
+
+async def run_scheduler(settings: Settings) -> int:
+    part = _scheduler_part(settings)
+    log.info("scheduler on http://%s:%d", part.host, part.port)
+    return await _run(Process([part]), None, 0)
+
+
+async def run_access(settings: Settings, node_id: str) -> int:
+    part = _access_part(
+        settings, node_id, make_kv(settings.cluster), make_presence(settings), own=True
+    )
+    return await _run(Process([part]), None, settings.access.drain_s)
+
+
+async def run_controller(settings: Settings) -> int:
+    part = _controller_part(settings, make_kv(settings.cluster), make_presence(settings), own=True)
+    return await _run(Process([part]), None, 0)
+
+
+async def run_local(settings: Settings) -> int:
+    """The whole cluster in one process: scheduler, every configured access node and the
+    controller on one key-value store and one presence cluster."""
+    kv = make_kv(settings.cluster)
+    presence = make_presence(settings)
+    try:
+        await kv.connect()
+    except BackendUnavailable as exc:
+        print(f"imctl: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    try:
+        parts = [
+            _access_part(settings, n.id, kv, presence, own=False) for n in settings.access.nodes
+        ]
+        parts.append(_controller_part(settings, kv, presence, own=False))
+        parts.append(_scheduler_part(settings, kv=kv, presence=presence))
+        return await _run(Process(parts), banner(settings), 0)
+    finally:
+        await presence.close()
+        await kv.close()
+
+
+def banner(settings: Settings) -> str:
+    s = settings.scheduler
+    url = f"http://{s.host}:{s.port}"
+    lines = [
+        f'imctl local cluster "{settings.cluster.name}" is up',
+        f"  backends:   registry {settings.cluster.backend}, presence {settings.presence.backend}",
+        f"  scheduler:  {url}",
+    ]
+    for n in settings.access.nodes:
+        lines.append(f"  access:     {n.id:<12} {n.public_endpoint():<28} {n.region}/{n.zone}")
+    for st in settings.registry.static_nodes:
+        lines.append(f"  static:     {st.id:<12} {st.endpoint:<28} {st.region}/{st.zone}")
+    c = settings.controller
+    lines += [
+        f"  controller: http://{c.host}:{c.port}/metrics",
+        "  ask for an endpoint:",
+        f"    curl '{url}/v1/endpoint?uid=alice&device=phone-1&platform=ios&version=1.0.0'",
+        "  then open a WebSocket to the answer's endpoint with ?ticket=<ticket>",
+        f"  operate:    imctl nodes --server {url}",
+    ]
+    if settings.admin.grants().open:
+        lines.append("  admin API:  open, no token (loopback only)")
+    lines.append("Ctrl-C stops it.")
+    return "\n".join(lines)
