@@ -8,6 +8,7 @@ import itertools
 import json
 import logging
 import random
+import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -163,6 +164,7 @@ class AccessNode:
         self.keys = settings.tickets.ticket_keys()
         self.epoch = int(time.time() * 1000)
         self._seq = itertools.count(1)
+        self._tag = f"{self.epoch:x}{secrets.token_hex(2)}"
         self.sessions: dict[str, Session] = {}
         self.by_device: dict[tuple[str, str], Session] = {}
         self.heartbeats: set[tuple[str, str, str]] = set()
@@ -359,7 +361,8 @@ class AccessNode:
             await ws.prepare(request)
         finally:
             self.handshaking -= 1
-        conn = f"{self.epoch:x}.{next(self._seq)}"
+        # Unique across nodes and restarts: a collision would let one login pass for another.
+        conn = f"{self.id}.{self._tag}.{next(self._seq)}"
         platform = request.query.get("platform", "")[:32]
         session = Session(self, ws, conn, ticket.uid, ticket.device, platform, self.cfg.region)
         reason = "closed"

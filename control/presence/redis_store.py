@@ -29,18 +29,24 @@ class RedisShard(ShardStore):
         timeout_s: float,
         key_prefix: str = "imctl:",
         maxlen: int = EVENTS_MAXLEN,
+        max_connections: int = 64,
     ) -> None:
         super().__init__(shard_id, timeout_s)
         self.url = url
         self.prefix = key_prefix
         self.maxlen = maxlen
-        self.redis = aioredis.Redis.from_url(
+        # A bounded pool that queues: a login storm waits for a connection instead of
+        # opening thousands of them (or failing with "Too many connections").
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=5,
             decode_responses=True,
             socket_timeout=5,
             socket_connect_timeout=2,
             health_check_interval=10,
         )
+        self.redis = aioredis.Redis(connection_pool=pool)
         self._scripts = {name: self.redis.register_script(_load(name)) for name in SCRIPTS}
         self.k_exp = f"{key_prefix}exp"
         self.k_cnt = f"{key_prefix}cnt"
@@ -176,6 +182,7 @@ class RedisShard(ShardStore):
 
     async def close(self) -> None:
         await self.redis.aclose()
+        await self.redis.connection_pool.disconnect()
 
 
 __all__ = ["SEP", "RedisShard", "split_member"]

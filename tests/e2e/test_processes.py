@@ -54,9 +54,19 @@ def stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
 
 
 @pytest.fixture
-def up() -> Iterator[tuple[str, subprocess.Popen[str]]]:
+def up(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """``imctl up`` on the packaged local config, moved to free ports."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
+    for node in config["access"]["nodes"]:
+        node["port"] = free_port()
     port = free_port()
-    proc = spawn(["up"], env={"IMCTL_SCHEDULER__PORT": str(port)})
+    config["scheduler"]["port"] = port
+    config["controller"]["port"] = free_port()
+    path = tmp_path / "local.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = spawn(["up", "--config", str(path)])
     wait_port(port)
     yield f"http://127.0.0.1:{port}", proc
     stop(proc)
@@ -66,6 +76,27 @@ def test_up_prints_where_to_ask_and_serves(up: tuple[str, subprocess.Popen[str]]
     url, proc = up
     status, body = get(f"{url}/v1/endpoint?uid=alice&device=p1&platform=ios&version=1.0")
     assert status == 200 and body["endpoint"].startswith("ws://")
+
+    async def talk() -> list[dict]:  # type: ignore[type-arg]
+        import aiohttp
+
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(f"{body['endpoint']}?ticket={body['ticket']}") as ws,
+        ):
+            frames = [await ws.receive_json(timeout=5)]
+            await ws.send_json({"t": "echo", "body": "hi"})
+            frames.append(await ws.receive_json(timeout=5))
+            _status, who = get(f"{url}/v1/presence/alice")
+            frames.append(who)
+            return frames
+
+    import asyncio
+
+    welcome, echo, who = asyncio.run(talk())
+    assert welcome["t"] == "welcome" and welcome["node"] == body["node"]
+    assert echo == {"t": "echo", "body": "hi"}
+    assert who["online"] and who["devices"][0]["node"] == body["node"]
     nodes = subprocess.run(
         [*IMCTL, "nodes", "--server", url, "--output", "json"],
         capture_output=True,
@@ -74,13 +105,14 @@ def test_up_prints_where_to_ask_and_serves(up: tuple[str, subprocess.Popen[str]]
         check=True,
     )
     listed = json.loads(nodes.stdout)
-    assert {n["id"] for n in listed["nodes"]} == {"north-1", "north-2", "south-1", "south-canary"}
+    assert {n["id"] for n in listed["nodes"]} == {"north-1", "north-2", "south-1"}
     table = subprocess.run(
         [*IMCTL, "nodes", "--server", url], capture_output=True, text=True, timeout=30, check=True
     )
     assert "north-1" in table.stdout and "releases: canary-1-1" in table.stdout
     out, err = stop(proc)
     assert f"scheduler:  {url}" in out and "/v1/endpoint?uid=" in out
+    assert out.count("access:") == 3
     assert proc.returncode == 0, err
 
 

@@ -1,0 +1,247 @@
+"""Access nodes driven as clients drive them: real sockets, real WebSockets, in-process
+embedded backends."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+import pytest
+
+from control.access import protocol
+from tests.cluster import LocalCluster, cluster_settings
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def until(cond: Callable[[], object], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_connect_heartbeat_online_and_offline(http: aiohttp.ClientSession) -> None:
+    async with LocalCluster(cluster_settings()) as c:
+        ws, welcome = await c.connect(http, "alice", "n0")
+        assert welcome["node"] == "n0" and welcome["heartbeat"] == {
+            "interval_s": 1.0,
+            "timeout_s": 3.0,
+        }
+        (entry,) = await c.presence.who("alice")
+        assert (entry.node, entry.conn, entry.device) == ("n0", welcome["conn"], "phone")
+        for _ in range(5):  # 5 s of pings keep a 3 s entry alive
+            await ws.send_json({"t": "ping"})
+            assert (await ws.receive_json(timeout=2))["t"] == "pong"
+            await asyncio.sleep(1)
+        assert len(await c.presence.who("alice")) == 1
+        await ws.close()
+        await until(lambda: c.node("n0").sessions == {})
+        assert await c.presence.who("alice") == []
+
+
+async def test_idle_connection_is_closed(http: aiohttp.ClientSession) -> None:
+    async with LocalCluster(cluster_settings(nodes=1)) as c:
+        ws, _ = await c.connect(http, "quiet", "n0")
+        started = time.monotonic()
+        msg = await ws.receive(timeout=10)
+        assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == protocol.CLOSE_IDLE
+        assert 2.5 <= time.monotonic() - started <= 6
+        await until(lambda: not c.node("n0").sessions)
+        assert await c.presence.who("quiet") == []
+
+
+@pytest.mark.parametrize("case", ["forged", "expired", "other_node", "missing", "garbage"])
+async def test_bad_tickets_get_401_before_upgrade(http: aiohttp.ClientSession, case: str) -> None:
+    async with LocalCluster(cluster_settings()) as c:
+        ticket = {
+            "forged": c.ticket("alice", "d", "n0")[:-4] + "AAAA",
+            "expired": c.keys.sign("alice", "d", "n0", int(time.time()) - 1),
+            "other_node": c.ticket("alice", "d", "n1"),
+            "missing": None,
+            "garbage": "%00%ff" * 10,
+        }[case]
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await http.ws_connect(c.ws_url("n0", ticket))
+        assert err.value.status == 401
+        async with http.get(c.ws_url("n0", ticket).replace("ws://", "http://")) as resp:
+            assert resp.status == 401 and (await resp.json())["error"] == "bad_ticket"
+        assert c.node("n0").sessions == {}
+
+
+async def test_bad_frames_get_errors_then_1008(http: aiohttp.ClientSession) -> None:
+    settings = cluster_settings(nodes=1, access={"max_frame_bytes": 1024, "abuse_limit": 4})
+    async with LocalCluster(settings) as c:
+        ws, _ = await c.connect(http, "mallory", "n0")
+        await ws.send_str("x" * 2000)
+        assert (await ws.receive_json())["code"] == "too_large"
+        await ws.send_str("{not json")
+        assert (await ws.receive_json())["code"] == "malformed"
+        await ws.send_json({"t": "teleport"})
+        assert (await ws.receive_json())["code"] == "unknown_type"
+        await ws.send_json({"t": "ping"})  # a good frame in between is still served
+        assert (await ws.receive_json())["t"] == "pong"
+        await ws.send_bytes(b"\x00\x01")
+        assert (await ws.receive_json())["code"] == "binary"
+        msg = await ws.receive(timeout=5)
+        assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == protocol.CLOSE_POLICY
+        await until(lambda: not c.node("n0").sessions)
+
+
+async def test_huge_frame_closes_1009(http: aiohttp.ClientSession) -> None:
+    settings = cluster_settings(nodes=1, access={"max_frame_bytes": 1024})
+    async with LocalCluster(settings) as c:
+        ws, _ = await c.connect(http, "mallory", "n0")
+        await ws.send_str("x" * 10_000)  # past the transport limit (4 x max frame)
+        msg = await ws.receive(timeout=5)
+        if msg.type == aiohttp.WSMsgType.TEXT:  # an error frame may come first
+            msg = await ws.receive(timeout=5)
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        await until(lambda: not c.node("n0").sessions)
+        assert await c.presence.who("mallory") == []
+
+
+async def test_same_device_on_same_node_kicks_older(http: aiohttp.ClientSession) -> None:
+    async with LocalCluster(cluster_settings(nodes=1)) as c:
+        first, w1 = await c.connect(http, "alice", "n0")
+        second, w2 = await c.connect(http, "alice", "n0")
+        kicked = await first.receive_json(timeout=5)
+        assert kicked["t"] == "kicked"
+        msg = await first.receive(timeout=5)
+        assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == protocol.CLOSE_KICKED
+        await asyncio.sleep(0.2)  # the old connection's offline must not erase the new one
+        (entry,) = await c.presence.who("alice")
+        assert entry.conn == w2["conn"] != w1["conn"]
+        other, _ = await c.connect(http, "alice", "n0", device="laptop")  # other device: both
+        assert len(await c.presence.who("alice")) == 2
+        await other.close()
+        await second.close()
+
+
+async def test_same_device_on_another_node_kicks_older(http: aiohttp.ClientSession) -> None:
+    async with LocalCluster(cluster_settings(nodes=2)) as c:
+        await until(lambda: {"n0", "n1"} <= set(c.node("n1").peers))
+        first, _ = await c.connect(http, "alice", "n0")
+        second, w2 = await c.connect(http, "alice", "n1")
+        assert (await first.receive_json(timeout=5))["t"] == "kicked"
+        await until(lambda: not c.node("n0").sessions)
+        (entry,) = await c.presence.who("alice")
+        assert (entry.node, entry.conn) == ("n1", w2["conn"])
+        await second.close()
+
+
+async def test_handshake_flood_gets_429(http: aiohttp.ClientSession) -> None:
+    settings = cluster_settings(nodes=1, access={"handshake_rate_per_s": 5, "handshake_burst": 5})
+    async with LocalCluster(settings) as c:
+        statuses = []
+        for i in range(30):
+            try:
+                ws = await http.ws_connect(c.ws_url("n0", c.ticket(f"u{i}", "d", "n0")))
+                statuses.append(101)
+                await ws.close()
+            except aiohttp.WSServerHandshakeError as exc:
+                statuses.append(exc.status)
+        assert statuses.count(101) <= 7 and statuses.count(429) >= 23
+
+
+async def test_capacity_is_a_hard_cap(http: aiohttp.ClientSession) -> None:
+    settings = cluster_settings(nodes=1)
+    settings = cluster_settings(
+        nodes=1,
+        access={
+            "nodes": [
+                {
+                    "id": "n0",
+                    "region": "north",
+                    "port": settings.access.nodes[0].port,
+                    "capacity": 3,
+                }
+            ]
+        },
+    )
+    async with LocalCluster(settings) as c:
+        open_ = [(await c.connect(http, f"u{i}", "n0"))[0] for i in range(3)]
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await http.ws_connect(c.ws_url("n0", c.ticket("u9", "d", "n0")))
+        assert err.value.status == 503
+        for ws in open_:
+            await ws.close()
+
+
+async def test_push_and_direct_message(http: aiohttp.ClientSession) -> None:
+    async with LocalCluster(cluster_settings(nodes=2)) as c:
+        await until(lambda: {"n0", "n1"} <= set(c.node("n0").peers))
+        alice, _ = await c.connect(http, "alice", "n0")
+        bob, _ = await c.connect(http, "bob", "n1")
+        await alice.send_json({"t": "msg", "to": "bob", "body": "hello", "id": 7})
+        got = await bob.receive_json(timeout=5)
+        assert got == {"t": "msg", "from": "alice", "body": "hello"}
+        ack = await alice.receive_json(timeout=5)
+        assert ack["id"] == 7 and ack["delivered"] == 1 and ack["offline"] == []
+        await alice.send_json({"t": "msg", "to": "nobody", "body": "x", "id": 8})
+        ack = await alice.receive_json(timeout=5)
+        assert ack["delivered"] == 0 and ack["offline"] == ["nobody"]
+        result = await c.node("n0").pusher.push(["alice", "bob", "carol"], {"t": "news"})
+        assert result.delivered == 2 and result.offline == ("carol",)
+        assert (await alice.receive_json(timeout=5)) == {"t": "news"}
+        await alice.close()
+        await bob.close()
+
+
+async def test_internal_api_needs_the_token(http: aiohttp.ClientSession) -> None:
+    async with LocalCluster(cluster_settings(nodes=1)) as c:
+        url = c.base("n0") + "/internal/push"
+        async with http.post(url, json={"uids": ["a"], "payload": {}}) as resp:
+            assert resp.status == 401
+        headers = {"Authorization": "Bearer test-internal-token-123"}
+        async with http.post(url, data=b"nope", headers=headers) as resp:
+            assert resp.status == 400
+        async with http.post(url, json={"uids": "a", "payload": {}}, headers=headers) as resp:
+            assert resp.status == 400 and "uids" in (await resp.json())["message"]
+
+
+async def test_status_frames(http: aiohttp.ClientSession) -> None:
+    async with LocalCluster(cluster_settings(nodes=1)) as c:
+        ws, _ = await c.connect(http, "alice", "n0")
+        await ws.send_json({"t": "status", "status": "busy"})
+        assert await ws.receive_json(timeout=5) == {"t": "status", "status": "busy", "ok": True}
+        assert (await c.presence.who("alice"))[0].status == "busy"
+        await ws.send_json({"t": "status", "status": "asleep"})
+        assert (await ws.receive_json(timeout=5))["code"] == "bad_status"
+        await ws.close()
+
+
+async def test_drain_spreads_reconnects_and_refuses_new_clients(
+    http: aiohttp.ClientSession,
+) -> None:
+    settings = cluster_settings(nodes=2, access={"reconnect_grace_s": 0.5})
+    async with LocalCluster(settings) as c:
+        clients = [(await c.connect(http, f"u{i}", "n0"))[0] for i in range(40)]
+        arrivals: list[float] = []
+
+        async def wait_reconnect(ws: aiohttp.ClientWebSocketResponse) -> None:
+            frame = await ws.receive_json(timeout=10)
+            assert frame["t"] == "reconnect" and frame["reason"] == "drain"
+            assert 0 <= frame["after_ms"] <= 1000
+            arrivals.append(time.monotonic())
+
+        start = time.monotonic()
+        drain = c.node("n0").start_drain(2.0, "drain")
+        await asyncio.gather(*(wait_reconnect(ws) for ws in clients))
+        await drain
+        spread = max(arrivals) - start
+        assert 1.5 <= spread <= 3.5, spread  # spread over the window, not all at once
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await http.ws_connect(c.ws_url("n0", c.ticket("late", "d", "n0")))
+        assert err.value.status == 503
+        nodes, _ = await c.node("n1").registry.list()
+        assert nodes["n0"].state == "draining"
+        await until(lambda: not c.node("n0").sessions)
+        for ws in clients:
+            await ws.close()
