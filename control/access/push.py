@@ -43,11 +43,9 @@ class Pusher:
     async def push(self, uids: Sequence[str], payload: Mapping[str, Any]) -> PushResult:
         wanted = list(dict.fromkeys(uids))
         found = await self.presence.locate(wanted)
-        by_node: dict[str, set[str]] = {}
-        for uid, entries in found.items():
-            for entry in entries:
-                by_node.setdefault(entry.node, set()).add(uid)
-        offline = {u for u in wanted if u not in found}
+        by_node = found.by_node()
+        present = found.uids()
+        offline = {u for u in wanted if u not in present}
         delivered = 0
         failed_nodes: list[str] = []
         failed: set[str] = set()

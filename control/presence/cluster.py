@@ -13,6 +13,7 @@ from control.presence.model import (
     SEP,
     STATUSES,
     Counts,
+    Locations,
     Presence,
     PresenceEvent,
     Status,
@@ -80,18 +81,13 @@ class PresenceCluster:
         st: Status = status  # type: ignore[assignment]
         return await self._shard(uid).set_status(uid, device, conn, st, self.clock())
 
-    async def locate(self, uids: Sequence[str]) -> dict[str, list[Presence]]:
+    async def locate(self, uids: Sequence[str]) -> Locations:
         """Where these users are connected: one round trip per shard, concurrently."""
         groups = self.ring.group(dict.fromkeys(uids))
         parts = await asyncio.gather(
             *(self.shards[sid].locate(group) for sid, group in groups.items())
         )
-        if len(parts) == 1:
-            return parts[0]
-        found: dict[str, list[Presence]] = {}
-        for part in parts:
-            found.update(part)
-        return found
+        return parts[0] if len(parts) == 1 else Locations.combine(parts)
 
     async def who(self, uid: str) -> list[Presence]:
         return await self._shard(uid).who(uid)

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Literal
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
 
 Status = Literal["online", "busy", "away", "invisible"]
 STATUSES: tuple[str, ...] = ("online", "busy", "away", "invisible")
 SEP = "\x1f"  # never valid in uids, devices, node ids or conn ids (see the request rules)
+RS = "\x1e"  # between records in batch replies
 
 
-@dataclass(frozen=True, slots=True)
-class Presence:
-    """One (user, device) entry: where it is connected and since when it was last heard."""
+class Presence(NamedTuple):
+    """One (user, device) entry: where it is connected and since when it was last heard.
+
+    A named tuple: ``locate`` builds thousands per call, and a tuple is several times
+    cheaper to create than a frozen dataclass.
+    """
 
     uid: str
     device: str
@@ -31,17 +35,28 @@ class Presence:
         return member(self.uid, self.device, self.conn)
 
     def pack(self) -> str:
+        """The stored record: every field but ``last_seen``, separated by SEP. It names its
+        own user and device, so a batch read can return bare records back to back."""
         return SEP.join(
-            (self.node, self.conn, str(self.epoch), self.status, self.region, self.platform)
+            (
+                self.uid,
+                self.device,
+                self.node,
+                self.conn,
+                str(self.epoch),
+                self.status,
+                self.region,
+                self.platform,
+            )
         )
 
     @classmethod
-    def unpack(cls, uid: str, device: str, packed: str, last_seen: float = 0.0) -> Presence:
-        node, conn, epoch, status, region, platform = packed.split(SEP)
+    def unpack(cls, packed: str, last_seen: float = 0.0) -> Presence:
+        uid, device, node, conn, epoch, status, region, platform = packed.split(SEP)
         return cls(uid, device, node, conn, int(epoch), status, region, platform, last_seen)  # type: ignore[arg-type]
 
     def with_status(self, status: Status) -> Presence:
-        return replace(self, status=status)
+        return self._replace(status=status)
 
     def public(self) -> dict[str, object]:
         return {
@@ -55,6 +70,94 @@ class Presence:
             "platform": self.platform,
             "last_seen": self.last_seen,
         }
+
+
+FIELDS = 8  # in a packed record
+
+
+class Locations(Mapping[str, list[Presence]]):
+    """What ``locate`` found: uid -> entries, read lazily from packed records.
+
+    A push needs only "which node holds which users"; :meth:`by_node` and :meth:`uids`
+    answer that straight from the flat record fields (C-speed slicing), and an entry becomes
+    a :class:`Presence` only when someone asks for it.
+    """
+
+    __slots__ = ("_chunks", "_index")
+
+    def __init__(
+        self,
+        chunks: Iterable[list[str]] = (),
+        entries: Mapping[str, list[Presence]] | None = None,
+    ) -> None:
+        self._chunks = [c for c in chunks if c]  # each: FIELDS strings per record
+        self._index: dict[str, list[Presence]] | None = dict(entries) if entries else None
+        if entries and self._chunks:
+            raise ValueError("give packed chunks or entries, not both")
+
+    @classmethod
+    def combine(cls, parts: Iterable[Locations]) -> Locations:
+        merged = cls()
+        for part in parts:
+            merged._chunks.extend(part._chunks)
+            if part._index:
+                merged._index = {**(merged._index or {}), **part._index}
+        return merged
+
+    def _entries(self) -> dict[str, list[Presence]]:
+        if self._chunks:
+            index = dict(self._index or {})
+            make = Presence._make
+            for f in self._chunks:
+                for i in range(0, len(f), FIELDS):
+                    entry = make(
+                        (
+                            f[i],
+                            f[i + 1],
+                            f[i + 2],
+                            f[i + 3],
+                            int(f[i + 4]),
+                            f[i + 5],
+                            f[i + 6],
+                            f[i + 7],
+                            0.0,
+                        )
+                    )
+                    index.setdefault(entry.uid, []).append(entry)
+            self._index, self._chunks = index, []
+        if self._index is None:
+            self._index = {}
+        return self._index
+
+    def __getitem__(self, uid: str) -> list[Presence]:
+        return self._entries()[uid]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries())
+
+    def __len__(self) -> int:
+        return len(self._entries())
+
+    def uids(self) -> set[str]:
+        found: set[str] = set(self._index or ())
+        for f in self._chunks:
+            found.update(f[0::FIELDS])
+        return found
+
+    def by_node(self) -> dict[str, set[str]]:
+        """node -> users with an entry there (a user on two devices may be on two nodes)."""
+        out: dict[str, set[str]] = {}
+        for f in self._chunks:
+            for node, uid in zip(f[2::FIELDS], f[0::FIELDS], strict=True):
+                group = out.get(node)
+                if group is None:
+                    out[node] = {uid}
+                else:
+                    group.add(uid)
+        for uid, entries in (self._index or {}).items():
+            for e in entries:
+                out.setdefault(e.node, set()).add(uid)
+        return out
 
 
 def member(uid: str, device: str, conn: str) -> str:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
-from dataclasses import replace
 from importlib import resources
 from typing import Any
 
@@ -11,9 +11,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from control.common.errors import BackendUnavailable
-from control.presence.model import SEP, Presence, PresenceEvent, Status, split_member
+from control.presence.model import SEP, Locations, Presence, PresenceEvent, Status, split_member
 from control.presence.store import EVENTS_MAXLEN, ShardStore
 
+LOGIN_BATCH = 500
 SCRIPTS = ("online", "touch", "offline", "set_status", "sweep", "evict_node", "locate")
 
 
@@ -48,6 +49,8 @@ class RedisShard(ShardStore):
         )
         self.redis = aioredis.Redis(connection_pool=pool)
         self._scripts = {name: self.redis.register_script(_load(name)) for name in SCRIPTS}
+        self._logins: list[tuple[Presence, int, float, asyncio.Future[Presence | None]]] = []
+        self._login_flush: asyncio.Future[None] | None = None
         self.k_exp = f"{key_prefix}exp"
         self.k_cnt = f"{key_prefix}cnt"
         self.k_ev = f"{key_prefix}ev"
@@ -62,25 +65,44 @@ class RedisShard(ShardStore):
             raise BackendUnavailable(f"redis shard {self.id} ({self.url}): {exc}") from exc
 
     async def online(self, p: Presence, deadline_ms: int, now: float) -> Presence | None:
-        old = await self._run(
-            "online",
-            (self.user_key(p.uid), self.k_exp, self.k_cnt, self.k_ev),
-            (
-                p.device,
-                p.pack(),
-                p.member,
-                deadline_ms,
-                p.node,
-                p.region,
-                p.platform,
-                p.uid,
-                p.conn,
-                f"{now:.3f}",
-                self.prefix,
-                self.maxlen,
-            ),
-        )
-        return Presence.unpack(p.uid, p.device, old) if old else None
+        """Logins that arrive in the same loop iteration go to Redis in one script call:
+        under a reconnect storm that turns thousands of round trips into a few."""
+        future: asyncio.Future[Presence | None] = asyncio.get_running_loop().create_future()
+        self._logins.append((p, deadline_ms, now, future))
+        if self._login_flush is None:
+            self._login_flush = asyncio.ensure_future(self._flush_logins())
+        return await future
+
+    async def _flush_logins(self) -> None:
+        await asyncio.sleep(0)  # let this iteration's other logins join the batch
+        batch, self._logins, self._login_flush = self._logins, [], None
+        for start in range(0, len(batch), LOGIN_BATCH):
+            chunk = batch[start : start + LOGIN_BATCH]
+            args: list[Any] = [self.prefix, self.maxlen, f"{chunk[-1][2]:.3f}"]
+            for p, deadline_ms, _now, _f in chunk:
+                args += (
+                    p.uid,
+                    p.device,
+                    p.pack(),
+                    p.member,
+                    deadline_ms,
+                    p.node,
+                    p.region,
+                    p.platform,
+                    p.conn,
+                )
+            try:
+                olds = await self._run("online", (self.k_exp, self.k_cnt, self.k_ev), args)
+            except BaseException as exc:
+                for *_rest, future in chunk:
+                    if not future.done():
+                        future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for (*_rest, future), old in zip(chunk, olds, strict=True):
+                if not future.done():
+                    future.set_result(Presence.unpack(old) if old else None)
 
     async def touch(self, members: Sequence[str], deadline_ms: int) -> int:
         if not members:
@@ -105,17 +127,11 @@ class RedisShard(ShardStore):
         )
         return bool(done)
 
-    async def locate(self, uids: Sequence[str]) -> dict[str, list[Presence]]:
+    async def locate(self, uids: Sequence[str]) -> Locations:
         if not uids:
-            return {}
-        rows = await self._run("locate", [self.user_key(u) for u in uids], ())
-        out: dict[str, list[Presence]] = {}
-        for uid, flat in zip(uids, rows, strict=True):
-            if flat:
-                out[uid] = [
-                    Presence.unpack(uid, flat[i], flat[i + 1]) for i in range(0, len(flat), 2)
-                ]
-        return out
+            return Locations()
+        raw = await self._run("locate", (), (self.prefix, SEP.join(uids)))
+        return Locations([raw.split(SEP)] if raw else [])
 
     async def who(self, uid: str) -> list[Presence]:
         found = (await self.locate([uid])).get(uid, [])
@@ -126,7 +142,7 @@ class RedisShard(ShardStore):
         except RedisError as exc:
             raise BackendUnavailable(f"redis shard {self.id}: {exc}") from exc
         return [
-            replace(p, last_seen=max(0.0, (s or 0) / 1000 - self.timeout_s))
+            p._replace(last_seen=max(0.0, (s or 0) / 1000 - self.timeout_s))
             for p, s in zip(found, scores, strict=True)
         ]
 
@@ -143,7 +159,7 @@ class RedisShard(ShardStore):
             (self.k_exp, self.k_cnt, self.k_ev),
             (now_ms, limit, self.prefix, f"{now:.3f}", self.maxlen),
         )
-        return [Presence.unpack(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
+        return [Presence.unpack(record) for record in flat]
 
     async def evict_node(self, node: str, limit: int, now: float) -> int:
         return int(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
+from hashlib import md5
 from typing import Literal
 
 from uhashring import HashRing
@@ -28,6 +30,12 @@ class RingSpec:
 
 
 class Ring:
+    """uhashring builds the continuum (virtual nodes, weights); lookups read it directly
+    with the same md5 point and bisect, several times faster than ``get_node``, and
+    remember owners (a ring is immutable: a new spec makes a new Ring and a new cache)."""
+
+    CACHE_MAX = 1_000_000
+
     def __init__(self, spec: RingSpec) -> None:
         if not spec.shards:
             raise ValueError("a ring needs at least one shard")
@@ -35,19 +43,38 @@ class Ring:
         self._ring = HashRing(
             nodes={s.id: {"weight": s.weight, "vnodes": spec.vnodes} for s in spec.shards}
         )
+        runtime = self._ring.runtime
+        self._points: list[int] = list(runtime._keys)
+        self._owners: list[str] = [str(runtime._ring[p]) for p in self._points]
         self._single = spec.shards[0].id if len(spec.shards) == 1 else None
+        self._cache: dict[str, str] = {}
+
+    def _lookup(self, uid: str) -> str:
+        point = int.from_bytes(md5(uid.encode()).digest(), "big")
+        i = bisect_right(self._points, point)
+        return self._owners[i if i < len(self._points) else 0]
 
     def owner(self, uid: str) -> str:
         if self._single is not None:
             return self._single
-        return str(self._ring.get_node(uid))
+        found = self._cache.get(uid)
+        if found is None:
+            if len(self._cache) >= self.CACHE_MAX:
+                self._cache.clear()
+            found = self._cache[uid] = self._lookup(uid)
+        return found
 
     def group(self, uids: Iterable[str]) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
         if self._single is not None:
             out[self._single] = list(uids)
             return out
-        get = self._ring.get_node
+        owner = self.owner
         for uid in uids:
-            out.setdefault(get(uid), []).append(uid)
+            shard = owner(uid)
+            bucket = out.get(shard)
+            if bucket is None:
+                out[shard] = [uid]
+            else:
+                bucket.append(uid)
         return out

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from control.presence.model import (
     EventKind,
+    Locations,
     Presence,
     PresenceEvent,
     Status,
@@ -52,7 +53,7 @@ class ShardStore(abc.ABC):
     ) -> bool: ...
 
     @abc.abstractmethod
-    async def locate(self, uids: Sequence[str]) -> dict[str, list[Presence]]:
+    async def locate(self, uids: Sequence[str]) -> Locations:
         """Entries of these users (``last_seen`` not read: the push path needs none)."""
 
     @abc.abstractmethod
@@ -167,13 +168,13 @@ class EmbeddedShard(ShardStore):
         self._emit("status", updated, status, now)
         return True
 
-    async def locate(self, uids: Sequence[str]) -> dict[str, list[Presence]]:
+    async def locate(self, uids: Sequence[str]) -> Locations:
         out: dict[str, list[Presence]] = {}
         for uid in uids:
             devices = self._users.get(uid)
             if devices:
                 out[uid] = list(devices.values())
-        return out
+        return Locations(entries=out)
 
     async def who(self, uid: str) -> list[Presence]:
         entries = []
@@ -232,9 +233,7 @@ class EmbeddedShard(ShardStore):
 
 
 def _with_last_seen(p: Presence, deadline_ms: int, timeout_s: float) -> Presence:
-    from dataclasses import replace
-
-    return replace(p, last_seen=max(0.0, deadline_ms / 1000 - timeout_s))
+    return p._replace(last_seen=max(0.0, deadline_ms / 1000 - timeout_s))
 
 
 __all__ = ["EVENTS_MAXLEN", "EmbeddedShard", "ShardStore", "member"]

@@ -146,3 +146,26 @@ async def test_locate_many_across_shards(presence: PresenceCluster) -> None:
     assert len(found) == 500 and all(found[u][0].uid == u for u in uids)
     owners = {presence.ring.owner(u) for u in uids}
     assert owners == {"s0", "s1"}  # the ring really spreads users
+
+
+async def test_locations_group_by_node(presence: PresenceCluster) -> None:
+    await presence.online(entry("a", node="n1", conn="c1"))
+    await presence.online(entry("a", device="laptop", node="n2", conn="c2"))
+    await presence.online(entry("b", node="n2", conn="c3"))
+    found = await presence.locate(["a", "b", "c"])
+    assert found.uids() == {"a", "b"}
+    assert found.by_node() == {"n1": {"a"}, "n2": {"a", "b"}}
+    assert sorted(p.node for p in found["a"]) == ["n1", "n2"] and len(found) == 2
+
+
+async def test_concurrent_logins_batch_correctly(presence: PresenceCluster) -> None:
+    results = await asyncio.gather(
+        *(presence.online(entry(f"u{i}", conn=f"c{i}")) for i in range(600)),
+        presence.online(entry("twice", conn="first")),
+        presence.online(entry("twice", conn="second")),
+    )
+    assert all(r is None for r in results[:601])
+    assert results[601] is not None and results[601].conn == "first"
+    counts = await presence.counts()
+    assert counts.total == 601
+    assert [p.conn for p in (await presence.locate(["twice"]))["twice"]] == ["second"]

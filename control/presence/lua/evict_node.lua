@@ -12,15 +12,15 @@ for _, m in ipairs(members) do
   if old then
     local f = {}
     for part in string.gmatch(old .. sep, "(.-)" .. sep) do f[#f + 1] = part end
-    if f[2] == conn and f[1] == ARGV[1] then
+    if f[4] == conn and f[3] == ARGV[1] then
       redis.call("HDEL", ukey, device)
       redis.call("ZREM", KEYS[2], m)
       redis.call("HINCRBY", KEYS[3], "all", -1)
-      redis.call("HINCRBY", KEYS[3], "r:" .. f[5], -1)
-      redis.call("HINCRBY", KEYS[3], "n:" .. f[1], -1)
-      redis.call("HINCRBY", KEYS[3], "p:" .. f[6], -1)
+      redis.call("HINCRBY", KEYS[3], "r:" .. f[7], -1)
+      redis.call("HINCRBY", KEYS[3], "n:" .. f[3], -1)
+      redis.call("HINCRBY", KEYS[3], "p:" .. f[8], -1)
       redis.call("XADD", KEYS[4], "MAXLEN", "~", ARGV[5], "*", "k", "offline", "u", uid,
-        "d", device, "n", f[1], "c", conn, "r", "node_down", "t", ARGV[4])
+        "d", device, "n", f[3], "c", conn, "r", "node_down", "t", ARGV[4])
       removed = removed + 1
     end
   end

@@ -1,30 +1,40 @@
--- A (user, device) comes online on a connection, replacing any older entry for it.
--- KEYS: 1 user hash, 2 expiry zset, 3 counters hash, 4 event stream
--- ARGV: 1 device, 2 packed entry, 3 member, 4 deadline ms, 5 node, 6 region, 7 platform,
---       8 uid, 9 conn, 10 now (s), 11 key prefix, 12 stream maxlen
--- Returns the packed entry it replaced, or false.
+-- Logins, many in one call (a reconnect storm arrives in batches): each (user, device)
+-- comes online on a connection, replacing any older entry for it.
+-- KEYS: 1 expiry zset, 2 counters hash, 3 event stream
+-- ARGV: 1 key prefix, 2 stream maxlen, 3 now (s), then per login 8 values:
+--       uid, device, packed entry, member, deadline ms, node, region, platform, conn
+-- Returns, per login, the packed entry it replaced or "".
 local sep = "\31"
-local old = redis.call("HGET", KEYS[1], ARGV[1])
-if old then
-  local f = {}
-  for part in string.gmatch(old .. sep, "(.-)" .. sep) do f[#f + 1] = part end
-  local old_member = ARGV[8] .. sep .. ARGV[1] .. sep .. f[2]
-  redis.call("ZREM", KEYS[2], old_member)
-  redis.call("SREM", ARGV[11] .. "n:" .. f[1], old_member)
-  redis.call("HINCRBY", KEYS[3], "all", -1)
-  redis.call("HINCRBY", KEYS[3], "r:" .. f[5], -1)
-  redis.call("HINCRBY", KEYS[3], "n:" .. f[1], -1)
-  redis.call("HINCRBY", KEYS[3], "p:" .. f[6], -1)
-  redis.call("XADD", KEYS[4], "MAXLEN", "~", ARGV[12], "*", "k", "offline", "u", ARGV[8],
-    "d", ARGV[1], "n", f[1], "c", f[2], "r", "replaced", "t", ARGV[10])
+local prefix, maxlen, now = ARGV[1], ARGV[2], ARGV[3]
+local replaced = {}
+for i = 4, #ARGV, 9 do
+  local uid, device, packed, m = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local deadline, node, region = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+  local platform, conn = ARGV[i + 7], ARGV[i + 8]
+  local ukey = prefix .. "u:" .. uid
+  local old = redis.call("HGET", ukey, device)
+  if old then
+    local f = {}
+    for part in string.gmatch(old .. sep, "(.-)" .. sep) do f[#f + 1] = part end
+    local old_member = uid .. sep .. device .. sep .. f[4]
+    redis.call("ZREM", KEYS[1], old_member)
+    redis.call("SREM", prefix .. "n:" .. f[3], old_member)
+    redis.call("HINCRBY", KEYS[2], "all", -1)
+    redis.call("HINCRBY", KEYS[2], "r:" .. f[7], -1)
+    redis.call("HINCRBY", KEYS[2], "n:" .. f[3], -1)
+    redis.call("HINCRBY", KEYS[2], "p:" .. f[8], -1)
+    redis.call("XADD", KEYS[3], "MAXLEN", "~", maxlen, "*", "k", "offline", "u", uid,
+      "d", device, "n", f[3], "c", f[4], "r", "replaced", "t", now)
+  end
+  redis.call("HSET", ukey, device, packed)
+  redis.call("ZADD", KEYS[1], deadline, m)
+  redis.call("SADD", prefix .. "n:" .. node, m)
+  redis.call("HINCRBY", KEYS[2], "all", 1)
+  redis.call("HINCRBY", KEYS[2], "r:" .. region, 1)
+  redis.call("HINCRBY", KEYS[2], "n:" .. node, 1)
+  redis.call("HINCRBY", KEYS[2], "p:" .. platform, 1)
+  redis.call("XADD", KEYS[3], "MAXLEN", "~", maxlen, "*", "k", "online", "u", uid,
+    "d", device, "n", node, "c", conn, "r", "", "t", now)
+  replaced[#replaced + 1] = old or ""
 end
-redis.call("HSET", KEYS[1], ARGV[1], ARGV[2])
-redis.call("ZADD", KEYS[2], ARGV[4], ARGV[3])
-redis.call("SADD", ARGV[11] .. "n:" .. ARGV[5], ARGV[3])
-redis.call("HINCRBY", KEYS[3], "all", 1)
-redis.call("HINCRBY", KEYS[3], "r:" .. ARGV[6], 1)
-redis.call("HINCRBY", KEYS[3], "n:" .. ARGV[5], 1)
-redis.call("HINCRBY", KEYS[3], "p:" .. ARGV[7], 1)
-redis.call("XADD", KEYS[4], "MAXLEN", "~", ARGV[12], "*", "k", "online", "u", ARGV[8],
-  "d", ARGV[1], "n", ARGV[5], "c", ARGV[9], "r", "", "t", ARGV[10])
-return old
+return replaced

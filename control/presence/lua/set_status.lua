@@ -6,9 +6,9 @@ local old = redis.call("HGET", KEYS[1], ARGV[2])
 if not old then return 0 end
 local f = {}
 for part in string.gmatch(old .. sep, "(.-)" .. sep) do f[#f + 1] = part end
-if f[2] ~= ARGV[3] then return 0 end
-f[4] = ARGV[4]
+if f[4] ~= ARGV[3] then return 0 end
+f[6] = ARGV[4]
 redis.call("HSET", KEYS[1], ARGV[2], table.concat(f, sep))
 redis.call("XADD", KEYS[2], "MAXLEN", "~", ARGV[6], "*", "k", "status", "u", ARGV[1],
-  "d", ARGV[2], "n", f[1], "c", f[2], "r", ARGV[4], "t", ARGV[5])
+  "d", ARGV[2], "n", f[3], "c", f[4], "r", ARGV[4], "t", ARGV[5])
 return 1

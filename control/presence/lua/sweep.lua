@@ -1,7 +1,7 @@
 -- Turn entries whose deadline passed offline (reason "timeout"), at most ARGV[2] per call.
 -- KEYS: 1 expiry zset, 2 counters hash, 3 event stream
 -- ARGV: 1 now ms, 2 limit, 3 key prefix, 4 now (s), 5 stream maxlen
--- Returns the removed entries as {uid, device, packed, ...}.
+-- Returns the removed entries' packed records.
 local sep = "\31"
 local due = redis.call("ZRANGEBYSCORE", KEYS[1], "-inf", ARGV[1], "LIMIT", 0, ARGV[2])
 local out = {}
@@ -13,17 +13,15 @@ for _, m in ipairs(due) do
   if old then
     local f = {}
     for part in string.gmatch(old .. sep, "(.-)" .. sep) do f[#f + 1] = part end
-    if f[2] == conn then
+    if f[4] == conn then
       redis.call("HDEL", ukey, device)
-      redis.call("SREM", ARGV[3] .. "n:" .. f[1], m)
+      redis.call("SREM", ARGV[3] .. "n:" .. f[3], m)
       redis.call("HINCRBY", KEYS[2], "all", -1)
-      redis.call("HINCRBY", KEYS[2], "r:" .. f[5], -1)
-      redis.call("HINCRBY", KEYS[2], "n:" .. f[1], -1)
-      redis.call("HINCRBY", KEYS[2], "p:" .. f[6], -1)
+      redis.call("HINCRBY", KEYS[2], "r:" .. f[7], -1)
+      redis.call("HINCRBY", KEYS[2], "n:" .. f[3], -1)
+      redis.call("HINCRBY", KEYS[2], "p:" .. f[8], -1)
       redis.call("XADD", KEYS[3], "MAXLEN", "~", ARGV[5], "*", "k", "offline", "u", uid,
-        "d", device, "n", f[1], "c", conn, "r", "timeout", "t", ARGV[4])
-      out[#out + 1] = uid
-      out[#out + 1] = device
+        "d", device, "n", f[3], "c", conn, "r", "timeout", "t", ARGV[4])
       out[#out + 1] = old
     end
   end
