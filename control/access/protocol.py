@@ -56,3 +56,16 @@ def reconnect(after_ms: int, reason: str) -> dict[str, Any]:
 
 def kicked(reason: str) -> dict[str, Any]:
     return {"t": "kicked", "reason": reason}
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked, uncompressed server-to-client text frame (RFC 6455 section 5.2), built
+    once per push and written to every recipient's socket as is."""
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x81, n))
+    elif n < 1 << 16:
+        header = bytes((0x81, 126)) + n.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + n.to_bytes(8, "big")
+    return header + payload

@@ -64,6 +64,7 @@ class Cluster:
                 "handshake_rate_per_s": 5000,
                 "handshake_burst": 5000,
                 "reconnect_grace_s": 3,
+                "drain_s": 1,
             },
             "presence": {
                 "backend": "redis",
