@@ -258,6 +258,19 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_connect(args: argparse.Namespace) -> int:
+    from control.client import run
+
+    try:
+        return asyncio.run(
+            run(_server(args), args.uid, args.device, args.platform, args.version, args.region)
+        )
+    except RuntimeError as exc:
+        return _fail(str(exc), EXIT_UNAVAILABLE)
+    except OSError as exc:
+        return _fail(f"cannot connect: {exc}", EXIT_UNAVAILABLE)
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.file)
@@ -387,6 +400,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--by", choices=["region", "node", "platform"])
     _admin_args(c)
     c.set_defaults(func=cmd_presence_count)
+
+    p = sub.add_parser(
+        "connect",
+        help="connect as a client (ask the scheduler, open the WebSocket)",
+        description="A reference client: asks the scheduler for an endpoint, opens the "
+        "WebSocket, keeps the heartbeat, prints frames and sends each stdin line as a frame.",
+    )
+    p.add_argument("--uid", required=True)
+    p.add_argument("--device", default="cli-1")
+    p.add_argument("--platform", default="linux")
+    p.add_argument("--version", default="1.0.0")
+    p.add_argument("--region")
+    p.add_argument("--server", help="scheduler URL (default: $IMCTL_SERVER, else from --config)")
+    p.add_argument("--config", help="config file to find the scheduler address in")
+    p.set_defaults(func=cmd_connect)
 
     p = sub.add_parser(
         "config", help="work with config files", description="Check configuration files."

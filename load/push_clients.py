@@ -35,8 +35,10 @@ async def main() -> None:
                     return
 
         await asyncio.gather(*(wait(ws) for ws in sockets))
-        print(json.dumps({"received": len(times), "first": min(times), "last": max(times)}),
-              flush=True)
+        print(
+            json.dumps({"received": len(times), "first": min(times), "last": max(times)}),
+            flush=True,
+        )
         for ws in sockets:
             await ws.close()
 
