@@ -27,7 +27,29 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
     raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout}s")
 
 
-class EtcdServer:
+class ServerProcess:
+    """A real server binary on loopback; ``kill`` is kill -9, ``stop`` is a clean stop."""
+
+    proc: subprocess.Popen[bytes] | None = None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+
+class EtcdServer(ServerProcess):
     """One etcd member; ``restart()`` keeps its data dir and port."""
 
     def __init__(self, data_dir: Path) -> None:
@@ -93,28 +115,12 @@ class EtcdServer:
             time.sleep(0.05)
         raise TimeoutError("etcd did not become healthy")
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-        self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
-
     def restart(self) -> None:
         self.kill()
         self.start()
 
 
-class RedisServer:
+class RedisServer(ServerProcess):
     """One redis-server with no persistence; ``restart()`` keeps its port."""
 
     def __init__(self, data_dir: Path) -> None:
@@ -154,19 +160,3 @@ class RedisServer:
         with open(self.data_dir / "redis.log", "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=log)
         wait_port(self.port)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-        self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None

@@ -19,7 +19,9 @@ SCRIPTS = ("online", "touch", "offline", "set_status", "sweep", "evict_node", "l
 
 
 def _load(name: str) -> str:
-    return (resources.files("control.presence") / "lua" / f"{name}.lua").read_text()
+    """A script with the shared helpers of ``_lib.lua`` in front of it."""
+    folder = resources.files("control.presence") / "lua"
+    return (folder / "_lib.lua").read_text() + "\n" + (folder / f"{name}.lua").read_text()
 
 
 class RedisShard(ShardStore):
@@ -80,17 +82,7 @@ class RedisShard(ShardStore):
             chunk = batch[start : start + LOGIN_BATCH]
             args: list[Any] = [self.prefix, self.maxlen, f"{chunk[-1][2]:.3f}"]
             for p, deadline_ms, _now, _f in chunk:
-                args += (
-                    p.uid,
-                    p.device,
-                    p.pack(),
-                    p.member,
-                    deadline_ms,
-                    p.node,
-                    p.region,
-                    p.platform,
-                    p.conn,
-                )
+                args += (p.uid, p.device, p.pack(), p.member, deadline_ms)
             try:
                 olds = await self._run("online", (self.k_exp, self.k_cnt, self.k_ev), args)
             except BaseException as exc:
