@@ -38,6 +38,13 @@ class ServerProcess:
             self.proc.wait(10)
         self.proc = None
 
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
@@ -114,10 +121,6 @@ class EtcdServer(ServerProcess):
                     return
             time.sleep(0.05)
         raise TimeoutError("etcd did not become healthy")
-
-    def restart(self) -> None:
-        self.kill()
-        self.start()
 
 
 class RedisServer(ServerProcess):

@@ -238,19 +238,44 @@ class AccessNode:
 
     # -- heartbeats and idle connections ---------------------------------------------------
     async def flush_heartbeats_once(self) -> int:
-        """Send every heartbeat since the last flush in one call per shard."""
+        """Send every heartbeat since the last flush in one call per shard; log in again
+        the connections this node still holds whose entries are gone (a shard restarted
+        and lost them). Returns how many entries were re-asserted."""
         if not self.heartbeats:
             return 0
         batch, self.heartbeats = self.heartbeats, set()
         started = time.perf_counter()
         try:
-            touched = await self.presence.touch(batch)
+            missing = await self.presence.touch(batch)
         except BackendUnavailable as exc:
             log.warning("%s: heartbeat flush failed (%s); keeping %d", self.id, exc, len(batch))
             self.heartbeats |= batch
             return 0
         self.metrics.flush.observe(time.perf_counter() - started)
-        return touched
+        alive = [self.sessions[conn] for _uid, _device, conn in missing if conn in self.sessions]
+        if not alive:
+            return 0
+        log.warning(
+            "%s: %d live connections had no presence entry; logging them in again",
+            self.id,
+            len(alive),
+        )
+        results = await asyncio.gather(
+            *(self.presence.online(self._entry(s)) for s in alive), return_exceptions=True
+        )
+        return sum(1 for r in results if not isinstance(r, BaseException))
+
+    def _entry(self, session: Session) -> Presence:
+        return Presence(
+            session.uid,
+            session.device,
+            self.id,
+            session.conn,
+            self.epoch,
+            "online",
+            session.region,
+            session.platform,
+        )
 
     async def _flush_forever(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -432,18 +457,8 @@ class AccessNode:
         self.sessions[session.conn] = session
         self.by_device[(session.uid, session.device)] = session
         self.metrics.connections.set(len(self.sessions))
-        entry = Presence(
-            session.uid,
-            session.device,
-            self.id,
-            session.conn,
-            self.epoch,
-            "online",
-            session.region,
-            session.platform,
-        )
         try:
-            replaced = await self.presence.online(entry)
+            replaced = await self.presence.online(self._entry(session))
         except (BackendUnavailable, ImctlError) as exc:
             log.warning("%s: presence unavailable at login: %s", self.id, exc)
             await session.send({"t": "error", "code": "unavailable", "message": "retry later"})

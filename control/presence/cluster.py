@@ -18,6 +18,7 @@ from control.presence.model import (
     PresenceEvent,
     Status,
     member,
+    split_member,
 )
 from control.presence.ring import Ring
 from control.presence.store import ShardStore
@@ -58,19 +59,20 @@ class PresenceCluster:
         now = self.clock()
         return await self._shard(p.uid).online(p, self._deadline_ms(now), now)
 
-    async def touch(self, entries: Iterable[tuple[str, str, str]]) -> int:
-        """Heartbeats for many (uid, device, conn): one call per shard, shards concurrently."""
+    async def touch(self, entries: Iterable[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+        """Heartbeats for many (uid, device, conn): one call per shard, shards concurrently.
+        Returns the ones with no entry (gone offline, or lost by a shard restart)."""
         by_shard: dict[str, list[str]] = {}
         owner = self.ring.owner
         for uid, device, conn in entries:
             by_shard.setdefault(owner(uid), []).append(member(uid, device, conn))
         if not by_shard:
-            return 0
+            return []
         deadline = self._deadline_ms(self.clock())
-        counts = await asyncio.gather(
+        parts = await asyncio.gather(
             *(self.shards[sid].touch(members, deadline) for sid, members in by_shard.items())
         )
-        return sum(counts)
+        return [split_member(m) for part in parts for m in part]
 
     async def offline(self, uid: str, device: str, conn: str, reason: str = "closed") -> bool:
         return await self._shard(uid).offline(uid, device, conn, reason, self.clock())

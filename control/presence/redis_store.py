@@ -96,10 +96,10 @@ class RedisShard(ShardStore):
                 if not future.done():
                     future.set_result(Presence.unpack(old) if old else None)
 
-    async def touch(self, members: Sequence[str], deadline_ms: int) -> int:
+    async def touch(self, members: Sequence[str], deadline_ms: int) -> list[str]:
         if not members:
-            return 0
-        return int(await self._run("touch", (self.k_exp,), (deadline_ms, *members)))
+            return []
+        return list(await self._run("touch", (self.k_exp,), (deadline_ms, *members)))
 
     async def offline(self, uid: str, device: str, conn: str, reason: str, now: float) -> bool:
         done = await self._run(

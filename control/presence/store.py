@@ -40,8 +40,8 @@ class ShardStore(abc.ABC):
         """Store ``p``; returns the entry it replaced for the same (uid, device)."""
 
     @abc.abstractmethod
-    async def touch(self, members: Sequence[str], deadline_ms: int) -> int:
-        """Move the deadline of live entries forward; returns how many were live."""
+    async def touch(self, members: Sequence[str], deadline_ms: int) -> list[str]:
+        """Move the deadline of live entries forward; returns the members with no entry."""
 
     @abc.abstractmethod
     async def offline(self, uid: str, device: str, conn: str, reason: str, now: float) -> bool:
@@ -138,13 +138,14 @@ class EmbeddedShard(ShardStore):
         self._emit("online", p, "", now)
         return old
 
-    async def touch(self, members: Sequence[str], deadline_ms: int) -> int:
-        touched = 0
+    async def touch(self, members: Sequence[str], deadline_ms: int) -> list[str]:
+        missing = []
         for m in members:
             if m in self._deadline:
                 self._set_deadline(m, deadline_ms)
-                touched += 1
-        return touched
+            else:
+                missing.append(m)
+        return missing
 
     def _current(self, uid: str, device: str, conn: str) -> Presence | None:
         p = self._users.get(uid, {}).get(device)

@@ -69,7 +69,9 @@ async def test_touch_keeps_and_sweep_expires(presence: PresenceCluster) -> None:
     await presence.online(entry("kept", conn="k"))
     await presence.online(entry("silent", conn="s"))
     now[0] += 20
-    assert await presence.touch([("kept", "phone", "k"), ("ghost", "phone", "g")]) == 1
+    assert await presence.touch([("kept", "phone", "k"), ("ghost", "phone", "g")]) == [
+        ("ghost", "phone", "g")
+    ]
     now[0] += 15  # silent: 35 s > 30 s timeout; kept: 15 s since its heartbeat
     gone = await presence.sweep()
     assert [p.uid for p in gone] == ["silent"]
@@ -82,7 +84,7 @@ async def test_touch_keeps_and_sweep_expires(presence: PresenceCluster) -> None:
 async def test_heartbeat_after_offline_does_not_resurrect(presence: PresenceCluster) -> None:
     await presence.online(entry("alice", conn="c1"))
     await presence.offline("alice", "phone", "c1")
-    assert await presence.touch([("alice", "phone", "c1")]) == 0
+    assert await presence.touch([("alice", "phone", "c1")]) == [("alice", "phone", "c1")]
     assert await presence.locate(["alice"]) == {}
 
 
