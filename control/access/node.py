@@ -54,6 +54,7 @@ class Session:
         "platform",
         "region",
         "strikes",
+        "transport",
         "uid",
         "ws",
     )
@@ -77,6 +78,7 @@ class Session:
         self.region = region
         self.last_seen = time.monotonic()
         self.strikes = 0
+        self.transport = ws._writer.transport if ws._writer is not None else None
 
     async def send(self, frame: Mapping[str, Any]) -> bool:
         if self.ws.closed:
@@ -169,7 +171,9 @@ class AccessNode:
         self._seq = itertools.count(1)
         self._tag = f"{self.epoch:x}{secrets.token_hex(2)}"
         self.sessions: dict[str, Session] = {}
-        self.by_device: dict[tuple[str, str], Session] = {}
+        # uid -> device -> session: one live connection per (user, device), and pushes
+        # find a user's connections without scanning every session.
+        self.by_user: dict[str, dict[str, Session]] = {}
         self.heartbeats: set[tuple[str, str, str]] = set()
         self.state: str = "up"
         self.drain_reason = ""
@@ -451,11 +455,12 @@ class AccessNode:
         return ws
 
     async def _open(self, session: Session) -> bool:
-        older = self.by_device.get((session.uid, session.device))
+        devices = self.by_user.get(session.uid)
+        older = devices.get(session.device) if devices is not None else None
         if older is not None:
             await self._kick_local(older, "logged in on another connection")
         self.sessions[session.conn] = session
-        self.by_device[(session.uid, session.device)] = session
+        self.by_user.setdefault(session.uid, {})[session.device] = session
         self.metrics.connections.set(len(self.sessions))
         try:
             replaced = await self.presence.online(self._entry(session))
@@ -495,9 +500,11 @@ class AccessNode:
     async def _close(self, session: Session, reason: str) -> None:
         if self.sessions.get(session.conn) is session:
             del self.sessions[session.conn]
-        key = (session.uid, session.device)
-        if self.by_device.get(key) is session:
-            del self.by_device[key]
+        devices = self.by_user.get(session.uid)
+        if devices is not None and devices.get(session.device) is session:
+            del devices[session.device]
+            if not devices:
+                del self.by_user[session.uid]
         self.heartbeats.discard((session.uid, session.device, session.conn))
         self.metrics.connections.set(len(self.sessions))
         self.metrics.closed(reason)
@@ -562,11 +569,8 @@ class AccessNode:
         text = _dumps(payload)
         frame = protocol.text_frame(text.encode())
         wanted = set(uids)
-        targets = (
-            [s for s in self.sessions.values() if s.uid in wanted]
-            if len(wanted) > 64
-            else [s for (uid, _d), s in self.by_device.items() if uid in wanted]
-        )
+        by_user = self.by_user
+        targets = [s for uid in wanted if uid in by_user for s in by_user[uid].values()]
         # Writing to a socket with room in its buffer never waits, so those sends go one
         # after another (a task each would cost more than the send); only clients whose
         # buffer is backed up get a task of their own, so one slow reader stalls nobody.
@@ -574,9 +578,8 @@ class AccessNode:
         reached: set[str] = set()
         slow: list[Session] = []
         for s in targets:
-            writer = s.ws._writer
-            transport = writer.transport if writer is not None else None
-            if s.ws.closed or transport is None or transport.is_closing():
+            transport = s.transport
+            if transport is None or transport.is_closing() or s.ws.closed:
                 continue
             if transport.get_write_buffer_size() > _BACKLOG:
                 slow.append(s)
