@@ -522,21 +522,16 @@ class AccessNode:
         await session.close(protocol.CLOSE_KICKED, "kicked")
 
     async def _kick_remote(self, old: Presence) -> None:
-        base = self.peer_url(old.node)
-        if base is None:
-            return  # that node is gone; its entries go with it
-        body = {
-            "uid": old.uid,
-            "device": old.device,
-            "conn": old.conn,
-            "reason": f"logged in elsewhere ({self.id})",
-        }
-        try:
-            async with self.pusher._session().post(f"{base}/internal/kick", json=body) as resp:
-                if resp.status != 200:
-                    log.warning("%s: kick on %s: HTTP %d", self.id, old.node, resp.status)
-        except Exception as exc:
-            log.warning("%s: kick on %s failed: %r", self.id, old.node, exc)
+        await self.pusher.call(
+            old.node,
+            "/internal/kick",
+            {
+                "uid": old.uid,
+                "device": old.device,
+                "conn": old.conn,
+                "reason": f"logged in elsewhere ({self.id})",
+            },
+        )
 
     # -- internal API ------------------------------------------------------------------------
     def _authorized(self, request: web.Request) -> bool:

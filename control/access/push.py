@@ -72,22 +72,27 @@ class Pusher:
     async def _deliver(
         self, node: str, uids: list[str], payload: Mapping[str, Any]
     ) -> tuple[bool, int, list[str]]:
-        base = self.node_url(node)
-        if base is None:
-            log.warning("push: node %s is not in the registry", node)
-            return False, 0, []
-        try:
-            async with self._session().post(
-                f"{base}/internal/push", json={"uids": uids, "payload": payload}
-            ) as resp:
-                if resp.status != 200:
-                    log.warning("push to %s: HTTP %d", node, resp.status)
-                    return False, 0, []
-                body = await resp.json()
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            log.warning("push to %s failed: %r", node, exc)
+        body = await self.call(node, "/internal/push", {"uids": uids, "payload": payload})
+        if body is None:
             return False, 0, []
         return True, int(body.get("delivered", 0)), list(body.get("missing", []))
+
+    async def call(self, node: str, path: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """POST to a node's internal API with the internal token; None when it failed."""
+        base = self.node_url(node)
+        if base is None:
+            log.warning("internal call %s: node %s is not in the registry", path, node)
+            return None
+        try:
+            async with self._session().post(f"{base}{path}", json=body) as resp:
+                if resp.status != 200:
+                    log.warning("internal call %s on %s: HTTP %d", path, node, resp.status)
+                    return None
+                data = await resp.json()
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.warning("internal call %s on %s failed: %r", path, node, exc)
+            return None
+        return data if isinstance(data, dict) else None
 
     async def close(self) -> None:
         if self._http is not None:
