@@ -12,7 +12,7 @@ def make_kv(cluster: ClusterSettings) -> KeyValueStore:
     if cluster.backend == "etcd":
         from control.common.kv.etcd import EtcdKV
 
-        return EtcdKV(cluster.etcd.endpoints[0], timeout_s=cluster.etcd.timeout_s)
+        return EtcdKV(cluster.etcd.endpoints, timeout_s=cluster.etcd.timeout_s)
     return EmbeddedKV()
 
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from control.common.errors import FatalError, LeaseNotFound, RevisionCompacted
+from control.common.errors import BackendUnavailable, FatalError, LeaseNotFound, RevisionCompacted
 from control.common.kv import KeyValueStore, WatchEvent
 from control.common.kv.embedded import EmbeddedKV
 
@@ -113,3 +113,23 @@ async def test_embedded_history_compaction() -> None:
                 break
     finally:
         await kv.close()
+
+
+async def test_etcd_moves_to_the_next_member(etcd_server, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    from control.common.kv.etcd import EtcdKV
+    from tests.servers import free_port
+
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    kv = EtcdKV([dead, etcd_server.endpoint], timeout_s=2)
+    await kv.connect()
+    try:
+        assert kv.endpoint == etcd_server.endpoint and kv.failovers == 1
+        rev = await kv.put(f"{prefix}/x", b"1")
+        entry = await kv.get(f"{prefix}/x")
+        assert entry is not None and entry.mod_revision == rev
+    finally:
+        await kv.close()
+    alone = EtcdKV(dead, timeout_s=2)
+    with pytest.raises(BackendUnavailable):
+        await alone.connect()
+    await alone.close()

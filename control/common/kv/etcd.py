@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import aetcd
@@ -36,27 +36,73 @@ def _entry(kv: Any) -> Entry:
     )
 
 
+_UNREACHABLE = (aetcd_errors.ConnectionFailedError, aetcd_errors.ConnectionTimeoutError)
+
+
 class EtcdKV(KeyValueStore):
+    """etcd through aetcd. With several endpoints, a call that finds its member unreachable
+    moves the client to the next one; the caller's retry then goes there (leases and
+    revisions are cluster-wide, so watches resume and keepalives continue)."""
+
     name = "etcd"
 
-    def __init__(self, endpoint: str, timeout_s: float = 5.0) -> None:
+    def __init__(self, endpoints: str | Sequence[str], timeout_s: float = 5.0) -> None:
+        self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        if not self.endpoints:
+            raise ValueError("at least one etcd endpoint is needed")
+        self.timeout_s = timeout_s
+        self._index = 0
+        self._client = self._make(self.endpoints[0])
+        self.failovers = 0
+
+    @property
+    def endpoint(self) -> str:
+        return self.endpoints[self._index]
+
+    def _make(self, endpoint: str) -> aetcd.Client:
         host, _, port = endpoint.rpartition(":")
-        self.endpoint = endpoint
-        self._client = aetcd.Client(
-            host=host or "127.0.0.1", port=int(port or 2379), timeout=timeout_s
+        return aetcd.Client(
+            host=host or "127.0.0.1", port=int(port or 2379), timeout=self.timeout_s
         )
 
+    async def _failover(self) -> None:
+        if len(self.endpoints) == 1:
+            return
+        old, failed = self._client, self.endpoint
+        self._index = (self._index + 1) % len(self.endpoints)
+        self._client = self._make(self.endpoint)
+        self.failovers += 1
+        log.warning("etcd member %s unreachable; switching to %s", failed, self.endpoint)
+        try:
+            await old.close()
+        except Exception as exc:  # it is the broken one
+            log.debug("closing the client of %s: %r", failed, exc)
+
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        endpoint = self.endpoint
         try:
             return await fn()
         except aetcd_errors.RevisionCompactedError as exc:
             raise RevisionCompacted(exc.compacted_revision) from exc
+        except _UNREACHABLE as exc:
+            if endpoint == self.endpoint:  # not already moved on by a concurrent call
+                await self._failover()
+            raise BackendUnavailable(f"etcd at {endpoint}: {exc!r}") from exc
         except aetcd_errors.ClientError as exc:
-            raise BackendUnavailable(f"etcd at {self.endpoint}: {exc!r}") from exc
+            raise BackendUnavailable(f"etcd at {endpoint}: {exc!r}") from exc
 
     async def connect(self) -> None:
-        await self._call(self._client.connect)
-        await self._call(self._client.status)
+        """Connect to the first member that answers."""
+        last: BackendUnavailable | None = None
+        for _ in self.endpoints:
+            try:
+                await self._call(lambda: self._client.connect())
+                await self._call(lambda: self._client.status())
+                return
+            except BackendUnavailable as exc:
+                last = exc
+        assert last is not None
+        raise last
 
     async def close(self) -> None:
         try:
