@@ -201,3 +201,50 @@ def test_port_in_use_is_a_clear_error() -> None:
             cwd=ROOT,
         )
     assert run.returncode == 1 and "cannot listen" in run.stderr
+
+
+def test_up_on_etcd_and_redis(etcd_server: EtcdServer, redis_servers: list, tmp_path: Path) -> None:
+    """``imctl up --config`` with the cluster backends runs the same cluster on real etcd
+    and Redis."""
+    import asyncio
+
+    import yaml
+
+    config = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
+    port = free_port()
+    config["cluster"].update(
+        {"backend": "etcd", "prefix": f"/up-{port}", "etcd": {"endpoints": [etcd_server.endpoint]}}
+    )
+    config["presence"] = {
+        "backend": "redis",
+        "key_prefix": f"up{port}:",
+        "shards": [{"id": f"s{i}", "url": r.url} for i, r in enumerate(redis_servers)],
+    }
+    for node in config["access"]["nodes"]:
+        node["port"] = free_port()
+    config["scheduler"]["port"] = port
+    config["controller"]["port"] = free_port()
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = spawn(["up", "--config", str(path)])
+    try:
+        wait_port(port)
+        url = f"http://127.0.0.1:{port}"
+        status, body = get(f"{url}/v1/endpoint?uid=carol&device=p1&platform=web&version=2.0")
+        assert status == 200
+
+        async def login() -> dict:  # type: ignore[type-arg]
+            import aiohttp
+
+            async with (
+                aiohttp.ClientSession() as http,
+                http.ws_connect(f"{body['endpoint']}?ticket={body['ticket']}") as ws,
+            ):
+                await ws.receive_json(timeout=5)
+                return get(f"{url}/v1/presence/carol")[1]
+
+        who = asyncio.run(login())
+        assert who["online"] and who["devices"][0]["node"] == body["node"]
+    finally:
+        out, err = stop(proc)
+    assert "registry etcd, presence redis" in out, err
