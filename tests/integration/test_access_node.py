@@ -137,7 +137,7 @@ async def test_same_device_on_another_node_kicks_older(http: aiohttp.ClientSessi
 
 
 async def test_handshake_flood_gets_429(http: aiohttp.ClientSession) -> None:
-    settings = cluster_settings(nodes=1, access={"handshake_rate_per_s": 5, "handshake_burst": 5})
+    settings = cluster_settings(nodes=1, access={"handshake_rate_per_s": 1, "handshake_burst": 5})
     async with LocalCluster(settings) as c:
         statuses = []
         for i in range(30):
