@@ -18,12 +18,10 @@ from urllib.parse import unquote_plus
 
 from aiohttp import WSMsgType, web
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
 )
 
 from control.access import protocol
@@ -32,6 +30,7 @@ from control.access.push import Pusher
 from control.common.errors import BackendUnavailable, ImctlError, TicketError
 from control.common.kv import KeyValueStore
 from control.common.mirror import PrefixMirror
+from control.common.ops import add_ops_routes
 from control.common.ratelimit import TokenBuckets
 from control.common.registry import NodeRecord, Registration, Registry
 from control.common.tasks import Supervisor, pause
@@ -611,23 +610,9 @@ class AccessNode:
         await self._kick_local(session, str(body.get("reason", "logged in elsewhere")))
         return web.json_response({"kicked": True})
 
-    async def handle_health(self, request: web.Request) -> web.Response:
-        alive = self.supervisor.alive()
-        ok = all(alive.values())
-        return web.json_response({"ok": ok, "tasks": alive}, status=200 if ok else 503)
-
-    async def handle_ready(self, request: web.Request) -> web.Response:
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
         ready = self.ready.is_set() and self.state == "up"
-        return web.json_response(
-            {"ready": ready, "state": self.state, "connections": len(self.sessions)},
-            status=200 if ready else 503,
-        )
-
-    async def handle_metrics(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(self.metrics.registry),
-            headers={"Content-Type": CONTENT_TYPE_LATEST},
-        )
+        return ready, {"state": self.state, "connections": len(self.sessions)}
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -746,7 +731,5 @@ def create_app(node: AccessNode, own_backends: bool = False) -> web.Application:
     app.router.add_get("/ws", node.handle_ws)
     app.router.add_post("/internal/push", node.handle_push)
     app.router.add_post("/internal/kick", node.handle_kick)
-    app.router.add_get("/healthz", node.handle_health)
-    app.router.add_get("/readyz", node.handle_ready)
-    app.router.add_get("/metrics", node.handle_metrics)
+    add_ops_routes(app, node.supervisor, node.metrics.registry, node.readiness)
     return app

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from control.common.ops import add_ops_routes
 from control.presence.controller import Controller
 
 CONTROLLER = web.AppKey("controller", Controller)
@@ -26,25 +26,11 @@ def create_app(controller: Controller, own_backends: bool = False) -> web.Applic
             await controller.presence.close()
             await controller.kv.close()
 
-    async def healthz(request: web.Request) -> web.Response:
-        alive = controller.supervisor.alive()
-        ok = all(alive.values())
-        return web.json_response({"ok": ok, "tasks": alive}, status=200 if ok else 503)
-
-    async def readyz(request: web.Request) -> web.Response:
-        return web.json_response(
-            {"ready": controller.synced, "leader": controller.election.leader},
-            status=200 if controller.synced else 503,
-        )
-
-    async def metrics(request: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(controller.metrics.registry),
-            headers={"Content-Type": CONTENT_TYPE_LATEST},
-        )
-
     app.cleanup_ctx.append(lifecycle)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    add_ops_routes(
+        app,
+        controller.supervisor,
+        controller.metrics.registry,
+        lambda: (controller.synced, {"leader": controller.election.leader}),
+    )
     return app

@@ -12,19 +12,18 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     disable_created_metrics,
-    generate_latest,
 )
 
 from control.common.auth import Role, TokenTable
 from control.common.errors import BackendUnavailable, BadRequest
 from control.common.kv import KeyValueStore
 from control.common.mirror import PrefixMirror
+from control.common.ops import add_ops_routes
 from control.common.ratelimit import TokenBuckets
 from control.common.registry import NodeRecord, Registry
 from control.common.tasks import Supervisor
@@ -229,25 +228,6 @@ class EndpointHandler:
         if child is None:
             child = self._children[key] = self.metrics.decisions.labels(*key)
         child.inc()
-
-
-async def healthz(request: web.Request) -> web.Response:
-    alive = request.app[STATE].supervisor.alive()
-    ok = all(alive.values())
-    return web.json_response({"ok": ok, "tasks": alive}, status=200 if ok else 503)
-
-
-async def readyz(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    ready = state.synced.is_set()
-    return web.json_response(
-        {"ready": ready, "backend": state.backend}, status=200 if ready else 503
-    )
-
-
-async def metrics_handler(request: web.Request) -> web.Response:
-    data = generate_latest(request.app[METRICS].registry)
-    return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 @require("viewer")
@@ -460,7 +440,10 @@ def create_app(
     app.router.add_delete("/v1/nodes/{node}/drain", undrain_node)
     app.router.add_get("/v1/presence/count", presence_count)
     app.router.add_get("/v1/presence/{uid}", presence_who)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_handler)
+    add_ops_routes(
+        app,
+        state.supervisor,
+        metrics.registry,
+        lambda: (state.synced.is_set(), {"backend": state.backend}),
+    )
     return app

@@ -41,6 +41,12 @@ async def test_connect_heartbeat_online_and_offline(http: aiohttp.ClientSession)
             assert (await ws.receive_json(timeout=2))["t"] == "pong"
             await asyncio.sleep(1)
         assert len(await c.presence.who("alice")) == 1
+        async with http.get(c.base("n0") + "/metrics") as resp:
+            text = await resp.text()
+        assert 'imctl_access_connections{node="n0"} 1.0' in text
+        assert 'imctl_access_frames_total{node="n0",type="ping"} 5.0' in text
+        async with http.get(c.base("n0") + "/readyz") as resp:
+            assert resp.status == 200 and (await resp.json())["connections"] == 1
         await ws.close()
         await until(lambda: c.node("n0").sessions == {})
         assert await c.presence.who("alice") == []

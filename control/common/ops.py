@@ -1,0 +1,42 @@
+"""The operator endpoints every process serves: /healthz, /readyz, /metrics.
+
+Liveness means every supervised task is still running; readiness is the process's own
+answer to "can I serve?"; metrics come from the process's own registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from control.common.tasks import Supervisor
+
+Readiness = Callable[[], tuple[bool, Mapping[str, Any]]]
+
+
+def add_ops_routes(
+    app: web.Application,
+    supervisor: Supervisor,
+    registry: CollectorRegistry,
+    readiness: Readiness,
+) -> None:
+    async def healthz(request: web.Request) -> web.Response:
+        alive = supervisor.alive()
+        ok = all(alive.values())
+        return web.json_response({"ok": ok, "tasks": alive}, status=200 if ok else 503)
+
+    async def readyz(request: web.Request) -> web.Response:
+        ready, details = readiness()
+        return web.json_response({"ready": ready, **details}, status=200 if ready else 503)
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
