@@ -143,6 +143,14 @@ class AccessMetrics:
             registry=self.registry,
         ).labels(**labels)
         self.node_id = node_id
+        self._frame_children: dict[str, Any] = {}
+
+    def frame(self, kind: str) -> None:
+        """Count a frame; labelled children are cached, this runs for every ping."""
+        child = self._frame_children.get(kind)
+        if child is None:
+            child = self._frame_children[kind] = self.frames.labels(self.node_id, kind)
+        child.inc()
 
     def handshake(self, result: str) -> None:
         self.handshakes.labels(self.node_id, result).inc()
@@ -424,9 +432,7 @@ class AccessNode:
                         await self._strike(session, frame)
                         continue
                     t = frame["t"]
-                    self.metrics.frames.labels(
-                        self.id, t if t in types or t in protocol.CONTROL_TYPES else "other"
-                    ).inc()
+                    self.metrics.frame(t if t in types or t in protocol.CONTROL_TYPES else "other")
                     if t == "ping":
                         self.heartbeats.add((session.uid, session.device, session.conn))
                         await session.send({"t": "pong"})
