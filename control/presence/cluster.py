@@ -124,6 +124,9 @@ class PresenceCluster:
     ) -> AsyncIterator[PresenceEvent]:
         """Online/offline/status changes from every shard, each shard in order."""
         positions = {sid: start for sid in self.shards}
+        if start == "$":  # pin "now" once: "$" on every read would drop events between reads
+            for sid, shard in self.shards.items():
+                positions[sid] = await shard.latest_event()
         queue: asyncio.Queue[PresenceEvent] = asyncio.Queue(maxsize=10_000)
 
         async def follow(sid: str) -> None:

@@ -162,6 +162,13 @@ class RedisShard(ShardStore):
             )
         )
 
+    async def latest_event(self) -> str:
+        try:
+            newest = await self.redis.xrevrange(self.k_ev, count=1)
+        except RedisError as exc:
+            raise BackendUnavailable(f"redis shard {self.id}: {exc}") from exc
+        return str(newest[0][0]) if newest else "0-0"
+
     async def read_events(self, after: str, count: int, block_ms: int) -> list[PresenceEvent]:
         try:
             reply = await self.redis.xread(

@@ -75,6 +75,12 @@ class ShardStore(abc.ABC):
     async def read_events(self, after: str, count: int, block_ms: int) -> list[PresenceEvent]:
         """Events after stream position ``after`` ("0": from the start, "$": only new)."""
 
+    @abc.abstractmethod
+    async def latest_event(self) -> str:
+        """The position of the newest event ("0" or "0-0" when there is none). A follower
+        starts from it rather than from "$", which would skip whatever arrives between two
+        reads."""
+
     async def close(self) -> None:
         """Release connections."""
 
@@ -215,6 +221,9 @@ class EmbeddedShard(ShardStore):
         if not members:
             self._by_node.pop(node, None)
         return removed
+
+    async def latest_event(self) -> str:
+        return self._events[-1].id if self._events else "0"
 
     async def read_events(self, after: str, count: int, block_ms: int) -> list[PresenceEvent]:
         def newer() -> list[PresenceEvent]:

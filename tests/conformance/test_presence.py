@@ -134,6 +134,28 @@ async def test_event_stream(presence: PresenceCluster) -> None:
     ]
 
 
+async def test_event_stream_loses_nothing_between_reads(presence: PresenceCluster) -> None:
+    """Reads that time out while events keep arriving must not skip any (a follower that
+    re-resolved "latest" on every read lost the events written in between)."""
+    seen: list[PresenceEvent] = []
+    stop = asyncio.Event()
+
+    async def follow() -> None:
+        async for event in presence.events(block_ms=2, stop=stop):
+            seen.append(event)
+            if len(seen) == 60:
+                return
+
+    task = asyncio.create_task(follow())
+    await asyncio.sleep(0.05)
+    for i in range(60):
+        await presence.online(entry(f"user-{i}", conn=f"c{i}"))
+        await asyncio.sleep(0.002 * (i % 3))
+    await asyncio.wait_for(task, 5)
+    stop.set()
+    assert sorted(e.uid for e in seen) == sorted(f"user-{i}" for i in range(60))
+
+
 async def test_rejects_separator_in_ids(presence: PresenceCluster) -> None:
     with pytest.raises(BadRequest):
         await presence.online(entry("bad\x1fuid"))
