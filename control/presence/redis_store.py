@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from importlib import resources
+from itertools import chain
 from typing import Any
 
+import hiredis
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -15,7 +17,8 @@ from control.presence.model import SEP, Locations, Presence, PresenceEvent, Stat
 from control.presence.store import EVENTS_MAXLEN, ShardStore
 
 LOGIN_BATCH = 500
-SCRIPTS = ("online", "touch", "offline", "set_status", "sweep", "evict_node", "locate")
+SCRIPTS = ("online", "touch", "offline", "set_status", "sweep", "evict_node")
+MGET_CHUNK = 5_000  # keys per MGET: bounds one command's time on the shard
 
 
 def _load(name: str) -> str:
@@ -120,10 +123,41 @@ class RedisShard(ShardStore):
         return bool(done)
 
     async def locate(self, uids: Sequence[str]) -> Locations:
+        """Each user's value holds all of its records back to back, so locating is plain
+        MGETs whose values are joined and split once. The commands are packed by hiredis in
+        C (redis-py packs argument by argument in Python, which for thousands of keys costs
+        more than Redis's whole lookup) and pipelined on one connection."""
         if not uids:
             return Locations()
-        raw = await self._run("locate", (), (self.prefix, SEP.join(uids)))
-        return Locations([raw.split(SEP)] if raw else [])
+        key = f"{self.prefix}u:".__add__
+        packed = b"".join(
+            hiredis.pack_command(  # its stub types the argument tuple as one element
+                ("MGET", *map(key, uids[i : i + MGET_CHUNK]))  # type: ignore[arg-type]
+            )
+            for i in range(0, len(uids), MGET_CHUNK)
+        )
+        replies = await self._packed(packed, -(-len(uids) // MGET_CHUNK))
+        joined = SEP.join(filter(None, chain.from_iterable(replies)))
+        return Locations([joined.split(SEP)] if joined else [])
+
+    async def _packed(self, command: bytes, replies: int) -> list[Any]:
+        """Send already-packed commands on one pooled connection and read their replies."""
+        pool = self.redis.connection_pool
+        try:
+            conn = await pool.get_connection()
+        except RedisError as exc:
+            raise BackendUnavailable(f"redis shard {self.id} ({self.url}): {exc}") from exc
+        try:
+            await conn.send_packed_command(command)
+            return [await conn.read_response() for _ in range(replies)]
+        except BaseException as exc:
+            # A reply left half-read must not reach the connection's next user.
+            await conn.disconnect()
+            if isinstance(exc, RedisError):
+                raise BackendUnavailable(f"redis shard {self.id} ({self.url}): {exc}") from exc
+            raise
+        finally:
+            await pool.release(conn)
 
     async def who(self, uid: str) -> list[Presence]:
         found = (await self.locate([uid])).get(uid, [])

@@ -69,9 +69,9 @@ class Ring:
         if self._single is not None:
             out[self._single] = list(uids)
             return out
-        owner = self.owner
+        owner, cached = self.owner, self._cache.get
         for uid in uids:
-            shard = owner(uid)
+            shard = cached(uid) or owner(uid)
             bucket = out.get(shard)
             if bucket is None:
                 out[shard] = [uid]

@@ -172,6 +172,19 @@ async def test_locate_many_across_shards(presence: PresenceCluster) -> None:
     assert owners == {"s0", "s1"}  # the ring really spreads users
 
 
+async def test_locate_large_batch(presence: PresenceCluster) -> None:
+    """More uids than one MGET carries per shard (they go out in several pipelined chunks);
+    the few online ones come back, every record whole, the rest are simply absent."""
+    online = {f"user-{i}" for i in range(0, 12_000, 997)}
+    for i, uid in enumerate(sorted(online)):
+        await presence.online(entry(uid, device=f"d{i % 2}", conn=f"c{i}"))
+    await presence.online(entry("user-0", device="laptop", node="n9", conn="c-laptop"))
+    found = await presence.locate([f"user-{i}" for i in range(12_000)])
+    assert set(found) == online
+    assert sorted(e.device for e in found["user-0"]) == ["d0", "laptop"]
+    assert found.by_node()["n9"] == {"user-0"}
+
+
 async def test_locations_group_by_node(presence: PresenceCluster) -> None:
     await presence.online(entry("a", node="n1", conn="c1"))
     await presence.online(entry("a", device="laptop", node="n2", conn="c2"))

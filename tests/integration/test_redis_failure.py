@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
+from control.common.errors import BackendUnavailable
 from tests.cluster import LocalCluster, cluster_settings
 from tests.servers import RedisServer
 
@@ -34,6 +36,8 @@ async def test_shard_restart_is_healed_by_heartbeats(tmp_path: Path) -> None:
             assert refused["t"] == "error" and refused["code"] == "unavailable"
             closing = await late.receive(timeout=5)
             assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1011
+            with pytest.raises(BackendUnavailable):  # a clear error, not a hang
+                await asyncio.wait_for(c.presence.locate(["alice", "bob"]), 10)
             await asyncio.sleep(0.5)  # failed flushes keep the heartbeats for later
 
             redis.start()  # same port, no data
@@ -51,6 +55,8 @@ async def test_shard_restart_is_healed_by_heartbeats(tmp_path: Path) -> None:
                 await asyncio.sleep(0.3)
             assert (entries[0].node, entries[0].conn) == ("n0", welcome["conn"])
             assert (await c.presence.counts()).total == 1
+            found = await c.presence.locate(["alice", "bob"])  # pooled connections recovered
+            assert set(found) == {"alice"} and found["alice"][0].conn == welcome["conn"]
             async with http.get(c.base("n0") + "/healthz") as resp:
                 assert resp.status == 200
             await ws.close()

@@ -1,12 +1,44 @@
 -- Shared by every presence script (prepended when the scripts are loaded).
--- A record is uid␟device␟node␟conn␟epoch␟status␟region␟platform; members of the
--- expiry and node indexes are uid␟device␟conn.
+-- A record is uid␟device␟node␟conn␟epoch␟status␟region␟platform. A user's records live in
+-- ONE string key, back to back (FIELDS fields each, same separator), so locate is a plain
+-- MGET whose values need no reshaping. Members of the expiry and node indexes are
+-- uid␟device␟conn.
 local SEP = "\31"
+local FIELDS = 8
 
 local function fields(record)
   local f = {}
   for part in string.gmatch(record .. SEP, "(.-)" .. SEP) do f[#f + 1] = part end
   return f
+end
+
+-- A user's entries, each a list of FIELDS fields (a user has a handful of devices).
+local function entries(ukey)
+  local value = redis.call("GET", ukey)
+  local list = {}
+  if not value then return list end
+  local f = fields(value)
+  for i = 1, #f - FIELDS + 1, FIELDS do
+    list[#list + 1] = {unpack(f, i, i + FIELDS - 1)}
+  end
+  return list
+end
+
+local function find(list, device)
+  for i = 1, #list do
+    if list[i][2] == device then return i end
+  end
+  return nil
+end
+
+local function save(ukey, list)
+  if #list == 0 then
+    redis.call("DEL", ukey)
+    return
+  end
+  local parts = {}
+  for i = 1, #list do parts[i] = table.concat(list[i], SEP) end
+  redis.call("SET", ukey, table.concat(parts, SEP))
 end
 
 -- Counters move together with the entries, so counts stay exact.
@@ -22,13 +54,28 @@ local function event(ev, maxlen, kind, uid, device, node, conn, reason, now)
     "n", node, "c", conn, "r", reason, "t", now)
 end
 
--- Take one entry offline: the record (parsed as f) leaves the user hash, both indexes and
--- the counters, and an offline event says why.
-local function remove(prefix, exp, cnt, ev, maxlen, f, reason, now)
+-- An entry (fields f) leaves both indexes and the counters, and an offline event says
+-- why. The caller takes it out of the user's list and saves the list.
+local function drop(prefix, exp, cnt, ev, maxlen, f, reason, now)
   local m = f[1] .. SEP .. f[2] .. SEP .. f[4]
-  redis.call("HDEL", prefix .. "u:" .. f[1], f[2])
   redis.call("ZREM", exp, m)
   redis.call("SREM", prefix .. "n:" .. f[3], m)
   count(cnt, f, -1)
   event(ev, maxlen, "offline", f[1], f[2], f[3], f[4], reason, now)
+end
+
+-- Take the entry of member m (uid␟device␟conn) offline if it is still that connection's
+-- (and, given node, still on that node). Returns the removed record or nil.
+local function expire(prefix, exp, cnt, ev, maxlen, m, node, reason, now)
+  local uid, device, conn = string.match(m, "^(.-)" .. SEP .. "(.-)" .. SEP .. "(.*)$")
+  local ukey = prefix .. "u:" .. uid
+  local list = entries(ukey)
+  local i = find(list, device)
+  if not i then return nil end
+  local f = list[i]
+  if f[4] ~= conn or (node and f[3] ~= node) then return nil end
+  drop(prefix, exp, cnt, ev, maxlen, f, reason, now)
+  table.remove(list, i)
+  save(ukey, list)
+  return table.concat(f, SEP)
 end

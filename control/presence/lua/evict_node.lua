@@ -5,14 +5,8 @@
 local members = redis.call("SPOP", KEYS[1], ARGV[2])
 local removed = 0
 for _, m in ipairs(members) do
-  local uid, device, conn = string.match(m, "^(.-)" .. SEP .. "(.-)" .. SEP .. "(.*)$")
-  local old = redis.call("HGET", ARGV[3] .. "u:" .. uid, device)
-  if old then
-    local f = fields(old)
-    if f[4] == conn and f[3] == ARGV[1] then
-      remove(ARGV[3], KEYS[2], KEYS[3], KEYS[4], ARGV[5], f, "node_down", ARGV[4])
-      removed = removed + 1
-    end
+  if expire(ARGV[3], KEYS[2], KEYS[3], KEYS[4], ARGV[5], m, ARGV[1], "node_down", ARGV[4]) then
+    removed = removed + 1
   end
 end
 return removed

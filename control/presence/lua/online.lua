@@ -9,16 +9,22 @@ local replaced = {}
 for i = 4, #ARGV, 5 do
   local uid, device, packed, m = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local ukey = prefix .. "u:" .. uid
-  local old = redis.call("HGET", ukey, device)
-  if old then
-    remove(prefix, KEYS[1], KEYS[2], KEYS[3], maxlen, fields(old), "replaced", now)
-  end
+  local list = entries(ukey)
   local f = fields(packed)
-  redis.call("HSET", ukey, device, packed)
+  local at = find(list, device)
+  local old = ""
+  if at then
+    old = table.concat(list[at], SEP)
+    drop(prefix, KEYS[1], KEYS[2], KEYS[3], maxlen, list[at], "replaced", now)
+    list[at] = f
+  else
+    list[#list + 1] = f
+  end
+  save(ukey, list)
   redis.call("ZADD", KEYS[1], ARGV[i + 4], m)
   redis.call("SADD", prefix .. "n:" .. f[3], m)
   count(KEYS[2], f, 1)
   event(KEYS[3], maxlen, "online", uid, device, f[3], f[4], "", now)
-  replaced[#replaced + 1] = old or ""
+  replaced[#replaced + 1] = old
 end
 return replaced

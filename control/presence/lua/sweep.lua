@@ -6,14 +6,7 @@ local due = redis.call("ZRANGEBYSCORE", KEYS[1], "-inf", ARGV[1], "LIMIT", 0, AR
 local out = {}
 for _, m in ipairs(due) do
   redis.call("ZREM", KEYS[1], m)
-  local uid, device, conn = string.match(m, "^(.-)" .. SEP .. "(.-)" .. SEP .. "(.*)$")
-  local old = redis.call("HGET", ARGV[3] .. "u:" .. uid, device)
-  if old then
-    local f = fields(old)
-    if f[4] == conn then
-      remove(ARGV[3], KEYS[1], KEYS[2], KEYS[3], ARGV[5], f, "timeout", ARGV[4])
-      out[#out + 1] = old
-    end
-  end
+  local record = expire(ARGV[3], KEYS[1], KEYS[2], KEYS[3], ARGV[5], m, nil, "timeout", ARGV[4])
+  if record then out[#out + 1] = record end
 end
 return out
