@@ -20,6 +20,7 @@ from typing import Any
 from control.common.errors import TicketError
 
 _VERSION = "v1"
+_PREFIX = (_VERSION + ".").encode()
 MAX_TOKEN_LEN = 2048
 
 
@@ -82,15 +83,23 @@ class TicketKeys:
 
         The payload is the compact JSON of ``{uid, device, node, exp, kid}`` in that order.
         """
-        head = f'{{"uid":{_json_str(uid)},"device":{_json_str(device)},"node":'
-        tail = f',"exp":{int(exp)},"kid":{_json_str(self.active_kid)}}}'
         kid = self.active_kid
-        mac = self._mac
+        head = f'{{"uid":{_json_str(uid)},"device":{_json_str(device)},"node":'.encode()
+        tail = f',"exp":{int(exp)},"kid":{_json_str(kid)}}}'.encode()
+        inner, outer = self._pads[kid]  # type: ignore[attr-defined]
+        b64 = binascii.b2a_base64
 
         def sign(node: str) -> str:
-            payload = (head + _json_str(node) + tail).encode()
-            signed = _VERSION + "." + _b64(payload)
-            return signed + "." + _b64(mac(kid, signed.encode("ascii")))
+            # Bytes all the way (the answer needs one decode): this runs 3x per request.
+            signed = _PREFIX + b64(head + _json_str(node).encode() + tail, newline=False).translate(
+                _URLSAFE
+            ).rstrip(b"=")
+            h = inner.copy()
+            h.update(signed)
+            o = outer.copy()
+            o.update(h.digest())
+            mac = b64(o.digest(), newline=False).translate(_URLSAFE).rstrip(b"=")
+            return (signed + b"." + mac).decode("ascii")
 
         return sign
 

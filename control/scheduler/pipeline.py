@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Container, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from control.common.registry import NodeRecord
-from control.gray.model import Release, UserContext, first_match
+from control.gray.model import Release, UserContext
 from control.scheduler.snapshot import STABLE, Group, Snapshot
 
 Placement = Literal["local", "nearby", "remote"]
@@ -28,8 +27,7 @@ class PendingView(Protocol):
     def get(self, node_id: str, default: int = 0) -> int: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     node: NodeRecord
     region: str
     placement: Placement
@@ -51,7 +49,7 @@ def load(node: NodeRecord, pending: PendingView) -> float:
 
 # -- stage 2: gray ---------------------------------------------------------------------------
 def choose_track(snapshot: Snapshot, user: UserContext) -> tuple[str, Release | None]:
-    release = first_match(snapshot.releases, user)
+    release = snapshot.rules.first(user)
     return (release.name, release) if release is not None else (STABLE, None)
 
 
@@ -131,31 +129,35 @@ def fallbacks(
     going down does not take the fallbacks with it: first one node from each other zone of
     the chosen region, then one from each next region in preference order, then any node
     with room in preference order."""
-    picked: list[NodeRecord] = []
-    taken = {chosen.id}
-
-    def take(nodes: Sequence[NodeRecord]) -> bool:
-        node = p2c(nodes, pending, rng, taken)
-        if node is None:
-            return False
-        picked.append(node)
-        taken.add(node.id)
-        return True
-
     if count <= 0:
         return ()
+    picked: list[NodeRecord] = []
+    taken = {chosen.id}
     own = groups.get(chosen.region)
     if own is not None:
-        for zone in sorted(own.zones):
-            if zone != chosen.zone and take(own.zones[zone]) and len(picked) == count:
-                return tuple(picked)
+        for zone, nodes in own.zone_list:
+            if zone != chosen.zone:
+                node = p2c(nodes, pending, rng, taken)
+                if node is not None:
+                    picked.append(node)
+                    taken.add(node.id)
+                    if len(picked) == count:
+                        return tuple(picked)
     others = [groups[r] for r in ranking if r != chosen.region and r in groups]
     for group in others:
-        if take(group.nodes) and len(picked) == count:
-            return tuple(picked)
+        node = p2c(group.nodes, pending, rng, taken)
+        if node is not None:
+            picked.append(node)
+            taken.add(node.id)
+            if len(picked) == count:
+                return tuple(picked)
     for group in ([own] if own is not None else []) + others:
-        while len(picked) < count and take(group.nodes):
-            pass
+        while len(picked) < count:
+            node = p2c(group.nodes, pending, rng, taken)
+            if node is None:
+                break
+            picked.append(node)
+            taken.add(node.id)
         if len(picked) == count:
             break
     return tuple(picked)

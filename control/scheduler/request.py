@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
-
-from multidict import MultiMapping
+from urllib.parse import unquote_plus
 
 from control.common.errors import BadRequest
 from control.gray.model import Version
@@ -26,41 +25,69 @@ class EndpointQuery:
     region: str | None
 
 
-_NAMES = ("uid", "device", "platform", "version", "region")
+_NAMES = frozenset({"uid", "device", "platform", "version", "region"})
+_VERSIONS: dict[str, Version] = {}  # clients run a few hundred app versions at most
+_VERSIONS_MAX = 4096
 
 
-def _one(query: MultiMapping[str], name: str, required: bool = True) -> str | None:
-    value = query.get(name)
-    if not value:
-        if required:
-            raise BadRequest(name, "required")
-        return None
-    return value
+def query_fields(raw: str) -> dict[str, str]:
+    """The endpoint's parameters from a raw query string (form encoding: ``+`` is a space,
+    ``%XX`` escapes). Other parameters are ignored; a repeated one is an error, since the
+    client and a proxy could read different values. Hand-rolled because a general
+    MultiDict parse cost as much as the whole routing decision."""
+    found: dict[str, str] = {}
+    for part in raw.split("&"):
+        name, _, value = part.partition("=")
+        if "%" in name or "+" in name:
+            name = unquote_plus(name)
+        if name not in _NAMES:
+            continue
+        if name in found:
+            raise BadRequest(name, "given more than once")
+        found[name] = unquote_plus(value) if "%" in value or "+" in value else value
+    return found
 
 
-def parse_endpoint_query(query: MultiMapping[str], regions: Collection[str]) -> EndpointQuery:
-    if len(query) != len(set(query)):  # rare: find which parameter repeats
-        for name in _NAMES:
-            if len(query.getall(name, ())) > 1:
-                raise BadRequest(name, "given more than once")
-    uid = _one(query, "uid") or ""
+def _version(raw: str) -> Version:
+    version = _VERSIONS.get(raw)
+    if version is None:
+        try:
+            version = Version.parse(raw)
+        except ValueError:
+            shown = raw if len(raw) <= 32 else raw[:32] + "..."
+            raise BadRequest("version", f"{shown!r} is not a version like 1.2.3") from None
+        if len(_VERSIONS) >= _VERSIONS_MAX:
+            _VERSIONS.clear()
+        _VERSIONS[raw] = version
+    return version
+
+
+def parse_endpoint_query(raw_query: str, regions: Collection[str]) -> EndpointQuery:
+    """Validate ``GET /v1/endpoint``'s parameters; BadRequest names the first bad one."""
+    q = query_fields(raw_query)
+    uid = q.get("uid")
+    if not uid:
+        raise BadRequest("uid", "required")
     if len(uid) > MAX_UID:
         raise BadRequest("uid", f"at most {MAX_UID} characters, got {len(uid)}")
     if not UID_RE.fullmatch(uid):
         raise BadRequest("uid", "may hold only letters, digits and _ . : @ + = -")
-    device = _one(query, "device") or ""
+    device = q.get("device")
+    if not device:
+        raise BadRequest("device", "required")
     if not DEVICE_RE.fullmatch(device):
         raise BadRequest("device", "1-64 characters: letters, digits and _ . : -")
-    platform = (_one(query, "platform") or "").lower()
+    platform = q.get("platform")
+    if not platform:
+        raise BadRequest("platform", "required")
+    platform = platform.lower()
     if not PLATFORM_RE.fullmatch(platform):
         raise BadRequest("platform", "1-32 characters: a letter, then letters, digits, _ or -")
-    raw_version = _one(query, "version") or ""
-    try:
-        version = Version.parse(raw_version)
-    except ValueError:
-        shown = raw_version if len(raw_version) <= 32 else raw_version[:32] + "..."
-        raise BadRequest("version", f"{shown!r} is not a version like 1.2.3") from None
-    region = _one(query, "region", required=False)
+    raw_version = q.get("version")
+    if not raw_version:
+        raise BadRequest("version", "required")
+    version = _version(raw_version)
+    region = q.get("region") or None
     if region is not None and region not in regions:
         shown = region if len(region) <= 32 else region[:32] + "..."
         raise BadRequest("region", f"unknown region {shown!r}; known: {', '.join(sorted(regions))}")

@@ -193,7 +193,9 @@ class EndpointHandler:
                 retry_after=max(1, math.ceil(wait)),
             )
         try:
-            q = parse_endpoint_query(request.query, self.known_regions)
+            q = parse_endpoint_query(
+                request.raw_path.partition("?")[2].partition("#")[0], self.known_regions
+            )
         except BadRequest as exc:
             self._count("none", "none", "bad_request")
             return _error(400, "bad_request", str(exc), field=exc.field)

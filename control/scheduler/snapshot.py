@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from control.common.registry import NodeRecord
-from control.gray.model import Release
+from control.gray.model import Release, RuleSet
 
 STABLE = "stable"
 
@@ -20,6 +20,7 @@ class Group:
 
     nodes: tuple[NodeRecord, ...]
     zones: Mapping[str, tuple[NodeRecord, ...]]
+    zone_list: tuple[tuple[str, tuple[NodeRecord, ...]], ...] = ()  # zones in name order
 
 
 def _group(nodes: Iterable[NodeRecord]) -> dict[str, Group]:
@@ -32,9 +33,8 @@ def _group(nodes: Iterable[NodeRecord]) -> dict[str, Group]:
         zones: dict[str, list[NodeRecord]] = {}
         for node in members:
             zones.setdefault(node.zone, []).append(node)
-        groups[region] = Group(
-            tuple(members), MappingProxyType({z: tuple(ns) for z, ns in zones.items()})
-        )
+        frozen = {z: tuple(ns) for z, ns in sorted(zones.items())}
+        groups[region] = Group(tuple(members), MappingProxyType(frozen), tuple(frozen.items()))
     return groups
 
 
@@ -49,6 +49,7 @@ class Snapshot:
     tracks: Mapping[str, Mapping[str, Group]] = field(default_factory=dict)
     # '"node":…,"endpoint":…' per node, escaped once per snapshot instead of per answer
     fragments: Mapping[str, str] = field(default_factory=dict)
+    rules: RuleSet = field(default_factory=lambda: RuleSet(()))
 
     @classmethod
     def build(
@@ -82,6 +83,7 @@ class Snapshot:
             held=held,
             tracks=MappingProxyType(tracks),
             fragments=MappingProxyType(fragments),
+            rules=RuleSet(routing),
         )
 
 

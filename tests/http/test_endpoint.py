@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient
 
 from control.common.kv.embedded import EmbeddedKV
 from control.common.registry import NodeRecord, Registry
-from control.scheduler.service import create_app
+from control.scheduler.service import SETTINGS, create_app
 from control.settings import Settings, parse_settings
 
 BASE: dict[str, Any] = {
@@ -103,6 +103,24 @@ async def test_bad_parameters_name_the_field(
 async def test_duplicate_parameter(client: TestClient) -> None:
     resp = await client.get("/v1/endpoint?uid=a&uid=b&device=d&platform=ios&version=1")
     assert resp.status == 400 and (await resp.json())["field"] == "uid"
+    # the same parameter spelled with an escape is still the same parameter
+    resp = await client.get("/v1/endpoint?uid=a&u%69d=b&device=d&platform=ios&version=1")
+    assert resp.status == 400 and (await resp.json())["field"] == "uid"
+
+
+async def test_query_is_form_decoded(client: TestClient) -> None:
+    """Escapes are decoded (the signed ticket carries the decoded uid), ``+`` is a space
+    (so not a valid device), and unknown parameters and a fragment are ignored."""
+    resp = await client.get(
+        "/v1/endpoint?uid=al%69ce%40home&device=d1&platform=iOS&version=5.1&x=1&region=north"
+    )
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["region"] == "north"
+    keys = client.app[SETTINGS].tickets.ticket_keys()
+    assert keys.verify(body["ticket"], body["node"], 0).uid == "alice@home"
+    resp = await client.get("/v1/endpoint?uid=a&device=d+1&platform=ios&version=1")
+    assert resp.status == 400 and (await resp.json())["field"] == "device"
 
 
 MALFORMED = [

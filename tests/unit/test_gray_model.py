@@ -9,6 +9,7 @@ from control.gray.model import (
     Exclude,
     Include,
     Release,
+    RuleSet,
     Target,
     UserContext,
     Version,
@@ -93,6 +94,58 @@ def test_first_running_release_wins() -> None:
     later = release("c", 100)
     assert first_match((draft, paused, later), user("u")) is paused
     assert first_match((draft,), user("u")) is None
+
+
+release_sets = st.lists(
+    st.builds(
+        lambda i, pct, plats, vers, regions, inc, exc, state: release(
+            f"rel-{i}",
+            pct,
+            include=Include(
+                uids=tuple(inc),
+                regions=tuple(regions),
+                platforms=tuple(plats),
+                app_versions=tuple(VersionRange.parse(v) for v in vers),
+            ),
+            exclude=Exclude(uids=tuple(exc)),
+            state=state,
+        ),
+        st.integers(0, 99),
+        st.sampled_from([0, 0.01, 5, 50, 100]),
+        st.lists(st.sampled_from(["ios", "android", "web"]), max_size=2),
+        st.lists(st.sampled_from([">=5.0,<6", "<5", "==6.1"]), max_size=2),
+        st.lists(st.sampled_from(["r1", "r2"]), max_size=1),
+        st.lists(st.sampled_from(["u1", "u2", "u3"]), max_size=2),
+        st.lists(st.sampled_from(["u1", "u2", "u4"]), max_size=2),
+        st.sampled_from(["running", "paused", "draft", "rolled_back"]),
+    ),
+    max_size=6,
+    unique_by=lambda r: r.name,
+)
+
+
+@given(
+    releases=release_sets,
+    users=st.lists(
+        st.builds(
+            user,
+            st.sampled_from(["u1", "u2", "u3", "u4", "u5", "someone-else"]) | uids,
+            st.sampled_from(["ios", "android", "web"]),
+            st.sampled_from(["4.9", "5.0", "5.9.9", "6.1"]),
+            st.sampled_from(["r1", "r2", None]),
+        ),
+        min_size=1,
+        max_size=20,
+    ),
+)
+def test_compiled_rules_decide_as_first_match(
+    releases: list[Release], users: list[UserContext]
+) -> None:
+    """The scheduler's compiled RuleSet (profile cache, whitelist path) never disagrees with
+    the plain rule walk, including for repeat visitors served from the cache."""
+    compiled = RuleSet(tuple(releases))
+    for u in users + users:
+        assert compiled.first(u) is first_match(tuple(releases), u)
 
 
 @pytest.mark.parametrize(
