@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient
 
 from control.common.kv.embedded import EmbeddedKV
 from control.common.registry import NodeRecord, Registry
-from control.scheduler.service import SETTINGS, create_app
+from control.scheduler.service import ENGINE, SETTINGS, create_app
 from control.settings import Settings, parse_settings
 
 BASE: dict[str, Any] = {
@@ -123,6 +123,19 @@ async def test_query_is_form_decoded(client: TestClient) -> None:
     assert resp.status == 400 and (await resp.json())["field"] == "device"
 
 
+async def test_unexpected_failure_is_a_json_500(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(user: object) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(client.app[ENGINE], "assign", broken)
+    resp = await client.get("/v1/endpoint", params=OK)
+    assert resp.status == 500
+    body = await resp.json()
+    assert body["error"] == "internal" and "bug" not in body["message"]
+
+
 MALFORMED = [
     "/v1/endpoint",
     "/v1/endpoint?uid=%00&device=d&platform=ios&version=1",
@@ -152,7 +165,10 @@ async def test_malformed_never_500(client: TestClient, path: str) -> None:
 
 async def test_wrong_method_and_path_are_json(client: TestClient) -> None:
     resp = await client.post("/v1/endpoint", data=b"x")
-    assert resp.status == 405 and (await resp.json())["error"]
+    assert resp.status == 405 and (await resp.json())["error"] == "method_not_allowed"
+    assert resp.headers["Allow"] == "GET,HEAD"
+    resp = await client.put("/v1/nodes/n1/drain")
+    assert resp.status == 405 and resp.headers["Allow"] == "DELETE,POST"
     resp = await client.get("/v2/nothing")
     assert resp.status == 404 and (await resp.json())["error"] == "not_found"
 
