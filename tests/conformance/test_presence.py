@@ -108,17 +108,24 @@ async def test_status(presence: PresenceCluster) -> None:
         await presence.set_status("alice", "phone", "c1", "sleeping")
 
 
-async def test_event_stream(presence: PresenceCluster) -> None:
+def follow(
+    presence: PresenceCluster, count: int, block_ms: int
+) -> tuple[asyncio.Task[None], list[PresenceEvent], asyncio.Event]:
+    """Collect the next ``count`` events in a task; the test writes, then awaits it."""
     seen: list[PresenceEvent] = []
     stop = asyncio.Event()
 
-    async def follow() -> None:
-        async for event in presence.events(block_ms=100, stop=stop):
+    async def run() -> None:
+        async for event in presence.events(block_ms=block_ms, stop=stop):
             seen.append(event)
-            if len(seen) == 5:
+            if len(seen) == count:
                 return
 
-    task = asyncio.create_task(follow())
+    return asyncio.create_task(run()), seen, stop
+
+
+async def test_event_stream(presence: PresenceCluster) -> None:
+    task, seen, stop = follow(presence, 5, block_ms=100)
     await asyncio.sleep(0.3)
     await presence.online(entry("alice", conn="a"))
     await presence.online(entry("bob", conn="b"))
@@ -137,16 +144,7 @@ async def test_event_stream(presence: PresenceCluster) -> None:
 async def test_event_stream_loses_nothing_between_reads(presence: PresenceCluster) -> None:
     """Reads that time out while events keep arriving must not skip any (a follower that
     re-resolved "latest" on every read lost the events written in between)."""
-    seen: list[PresenceEvent] = []
-    stop = asyncio.Event()
-
-    async def follow() -> None:
-        async for event in presence.events(block_ms=2, stop=stop):
-            seen.append(event)
-            if len(seen) == 60:
-                return
-
-    task = asyncio.create_task(follow())
+    task, seen, stop = follow(presence, 60, block_ms=2)
     await asyncio.sleep(0.05)
     for i in range(60):
         await presence.online(entry(f"user-{i}", conn=f"c{i}"))
