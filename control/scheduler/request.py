@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import unquote_plus
 
 from control.common.errors import BadRequest
@@ -16,8 +16,7 @@ DEVICE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 PLATFORM_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 
-@dataclass(frozen=True, slots=True)
-class EndpointQuery:
+class EndpointQuery(NamedTuple):
     uid: str
     device: str
     platform: str
