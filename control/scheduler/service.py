@@ -163,7 +163,8 @@ def add_json_fallbacks(app: web.Application) -> None:
         resource.add_route("*", not_allowed)
 
     async def not_found(request: web.Request) -> web.Response:
-        return _error(404, "not_found", "Not Found")
+        path = request.path if len(request.path) <= 100 else request.path[:100] + "..."
+        return _error(404, "not_found", f"no such path: {path}")
 
     app.router.add_route("*", "/{tail:.*}", not_found)
 
