@@ -56,6 +56,9 @@ class PresenceCluster:
         """Record a login; returns the entry it replaced (same user and device), if any,
         so the caller can kick that older connection wherever it is."""
         _check(uid=p.uid, device=p.device, node=p.node, conn=p.conn)
+        for name, value in (("region", p.region), ("platform", p.platform)):
+            if SEP in value:  # may be empty, but a separator would corrupt the stored record
+                raise BadRequest(name, "must be free of control characters")
         now = self.clock()
         return await self._shard(p.uid).online(p, self._deadline_ms(now), now)
 

@@ -157,6 +157,10 @@ async def test_event_stream_loses_nothing_between_reads(presence: PresenceCluste
 async def test_rejects_separator_in_ids(presence: PresenceCluster) -> None:
     with pytest.raises(BadRequest):
         await presence.online(entry("bad\x1fuid"))
+    for field in ("region", "platform"):
+        with pytest.raises(BadRequest) as err:
+            await presence.online(entry("alice", **{field: "x\x1fy"}))
+        assert err.value.field == field
     assert (await presence.counts()).total == 0
 
 
