@@ -187,6 +187,19 @@ async def test_locate_large_batch(presence: PresenceCluster) -> None:
     assert found.by_node()["n9"] == {"user-0"}
 
 
+async def test_empty_fields_survive_in_a_multi_device_record(presence: PresenceCluster) -> None:
+    """Records sit back to back in one value, so an empty last field must not shift the
+    next record's fields."""
+    await presence.online(entry("alice", device="phone", conn="c1", region="", platform=""))
+    await presence.online(entry("alice", device="laptop", node="n2", conn="c2"))
+    found = {p.device: p for p in (await presence.locate(["alice"]))["alice"]}
+    assert (found["phone"].region, found["phone"].platform, found["phone"].conn) == ("", "", "c1")
+    assert (found["laptop"].node, found["laptop"].platform) == ("n2", "ios")
+    assert await presence.offline("alice", "phone", "c1")
+    (left,) = (await presence.locate(["alice"]))["alice"]
+    assert (left.device, left.conn, left.platform) == ("laptop", "c2", "ios")
+
+
 async def test_locations_group_by_node(presence: PresenceCluster) -> None:
     await presence.online(entry("a", node="n1", conn="c1"))
     await presence.online(entry("a", device="laptop", node="n2", conn="c2"))
