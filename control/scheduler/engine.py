@@ -61,7 +61,11 @@ class Engine:
         nodes.update(preserved.nodes)  # a live record beats a static one of the same id
         self.builds += 1
         self.snapshot = Snapshot.build(
-            nodes, self.releases(), revision=self.builds, held=preserved.held_since is not None
+            nodes,
+            self.releases(),
+            revision=self.builds,
+            held=preserved.held_since is not None,
+            previous=self.snapshot,
         )
         self.pending.sync(self.snapshot.nodes)
         self.message = preserved.message

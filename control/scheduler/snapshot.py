@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from control.common.registry import NodeRecord
-from control.gray.model import Release, RuleSet
+from control.gray.model import Release, RuleSet, Target
 
 STABLE = "stable"
 
@@ -58,24 +58,39 @@ class Snapshot:
         releases: Iterable[Release] = (),
         revision: int = 0,
         held: bool = False,
+        previous: Snapshot | None = None,
     ) -> Snapshot:
+        """``previous`` lends its escaped node fragments (endpoints rarely change, and a
+        registry of 1,000 nodes reporting load rebuilds many times a second)."""
         releases = tuple(releases)
         routing = tuple(r for r in releases if r.routes)
-        fences = [r.target for r in releases if r.fences]
         usable = [n for n in nodes.values() if n.state == "up" and n.weight > 0]
+        # Targets pick nodes by pool or by version: index once, not nodes x releases.
+        by_pool: dict[str, list[NodeRecord]] = {}
+        by_version: dict[str, list[NodeRecord]] = {}
+        for n in usable:
+            by_pool.setdefault(n.pool, []).append(n)
+            by_version.setdefault(n.version, []).append(n)
+
+        def selected(target: Target) -> list[NodeRecord]:
+            found = by_pool.get(target.pool) if target.pool else by_version.get(target.version)
+            return found or []
+
+        fenced = {n.id for r in releases if r.fences for n in selected(r.target)}
         tracks: dict[str, Mapping[str, Group]] = {
-            STABLE: MappingProxyType(
-                _group(n for n in usable if not any(t.selects(n.pool, n.version) for t in fences))
-            )
+            STABLE: MappingProxyType(_group(n for n in usable if n.id not in fenced))
         }
         for release in routing:
-            tracks[release.name] = MappingProxyType(
-                _group(n for n in usable if release.target.selects(n.pool, n.version))
-            )
-        fragments = {
-            n.id: f'"node":{json.dumps(n.id)},"endpoint":{json.dumps(n.endpoint)}'
-            for n in nodes.values()
-        }
+            tracks[release.name] = MappingProxyType(_group(selected(release.target)))
+        old = previous.fragments if previous is not None else {}
+        old_nodes = previous.nodes if previous is not None else {}
+        fragments = {}
+        for n in nodes.values():
+            before = old_nodes.get(n.id)
+            if before is not None and before.endpoint == n.endpoint and n.id in old:
+                fragments[n.id] = old[n.id]
+            else:
+                fragments[n.id] = f'"node":{json.dumps(n.id)},"endpoint":{json.dumps(n.endpoint)}'
         return cls(
             nodes=MappingProxyType(dict(nodes)),
             releases=routing,

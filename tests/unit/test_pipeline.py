@@ -179,3 +179,62 @@ def test_pending_resets_on_report_and_window() -> None:
     now[0] = 11.0
     pending.tick()
     assert pending.get("n") == 0
+
+
+@settings(max_examples=200)
+@given(
+    specs=st.lists(
+        st.tuples(
+            st.sampled_from(["r1", "r2"]),
+            st.sampled_from(["a", "b"]),
+            st.sampled_from(["default", "canary", "beta"]),
+            st.sampled_from(["1.0", "2.0", "2.1"]),
+            st.sampled_from(["up", "draining"]),
+            st.sampled_from([0.0, 1.0]),
+        ),
+        max_size=25,
+    ),
+    targets=st.lists(
+        st.tuples(
+            st.sampled_from([("canary", ""), ("beta", ""), ("", "2.0"), ("", "2.1")]),
+            st.sampled_from(["running", "paused", "rolled_back", "draft", "promoted"]),
+        ),
+        max_size=4,
+    ),
+)
+def test_snapshot_tracks_follow_the_definition(
+    specs: list[tuple[str, str, str, str, str, float]], targets: list[tuple[tuple[str, str], str]]
+) -> None:
+    """Tracks as built (indexed by pool and version) equal their definition: stable is every
+    usable node no fencing release targets; a routing release's track is its target's."""
+    nodes = {
+        f"n{i}": node(f"n{i}", region, zone, pool=pool, version=version, state=state, weight=w)
+        for i, (region, zone, pool, version, state, w) in enumerate(specs)
+    }
+    releases = [
+        Release(name=f"rel{i}", target=Target(pool=p, version=v), percent=50, state=state)  # type: ignore[arg-type]
+        for i, ((p, v), state) in enumerate(targets)
+    ]
+    snap = Snapshot.build(nodes, releases)
+    usable = [n for n in nodes.values() if n.state == "up" and n.weight > 0]
+
+    def ids(track: str) -> set[str]:
+        return {n.id for g in snap.tracks.get(track, {}).values() for n in g.nodes}
+
+    fences = [r.target for r in releases if r.fences]
+    assert ids(STABLE) == {
+        n.id for n in usable if not any(t.selects(n.pool, n.version) for t in fences)
+    }
+    for r in releases:
+        expected = {n.id for n in usable if r.target.selects(n.pool, n.version)}
+        assert ids(r.name) == (expected if r.routes else set())
+    again = Snapshot.build(nodes, releases, previous=snap)
+    assert again.fragments == snap.fragments
+
+
+def test_rebuild_reescapes_a_changed_endpoint() -> None:
+    first = Snapshot.build({"a": node("a"), "b": node("b")})
+    moved = NodeRecord(id="b", endpoint='ws://h/"new"', region="r1", zone="a")
+    second = Snapshot.build({"a": node("a"), "b": moved}, previous=first)
+    assert second.fragments["a"] is first.fragments["a"]
+    assert second.fragments["b"] == '"node":"b","endpoint":"ws://h/\\"new\\""'
