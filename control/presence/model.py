@@ -9,7 +9,6 @@ from typing import Literal, NamedTuple
 Status = Literal["online", "busy", "away", "invisible"]
 STATUSES: tuple[str, ...] = ("online", "busy", "away", "invisible")
 SEP = "\x1f"  # never valid in uids, devices, node ids or conn ids (see the request rules)
-RS = "\x1e"  # between records in batch replies
 
 
 class Presence(NamedTuple):

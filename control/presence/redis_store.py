@@ -129,7 +129,7 @@ class RedisShard(ShardStore):
         more than Redis's whole lookup) and pipelined on one connection."""
         if not uids:
             return Locations()
-        key = f"{self.prefix}u:".__add__
+        key = self.user_key("").__add__
         packed = b"".join(
             hiredis.pack_command(  # its stub types the argument tuple as one element
                 ("MGET", *map(key, uids[i : i + MGET_CHUNK]))  # type: ignore[arg-type]
