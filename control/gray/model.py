@@ -278,11 +278,8 @@ class Rule:
         return True
 
     def takes(self, uid_hash: int) -> bool:
-        """Inside the percent: ``mix`` inlined, as this runs for every release per request."""
-        z = uid_hash ^ self.salt_hash
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
-        return (z ^ (z >> 31)) % BUCKETS < self.cutoff
+        """Inside the percent."""
+        return mix(uid_hash, self.salt_hash) % BUCKETS < self.cutoff
 
 
 def first_match(releases: tuple[Release, ...], user: UserContext) -> Release | None:
@@ -304,6 +301,7 @@ class RuleSet:
 
     def __init__(self, releases: tuple[Release, ...]) -> None:
         self.rules = tuple(r.rule for r in releases if r.routes)
+        self.releases = tuple(r.release for r in self.rules)
         # Whitelisted users skip the filters; they take the plain path.
         self.listed = frozenset().union(*(r.include for r in self.rules))
         self._by_profile: dict[tuple[str, Version, str | None], tuple[Rule, ...]] = {}
@@ -313,7 +311,7 @@ class RuleSet:
             return None
         uid = user.uid
         if uid in self.listed:
-            return first_match(tuple(r.release for r in self.rules), user)
+            return first_match(self.releases, user)
         profile = (user.platform, user.app_version, user.region)
         candidates = self._by_profile.get(profile)
         if candidates is None:
