@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -73,15 +73,14 @@ class RegionMap:
 
 
 def client_ip(
-    peer: str | None, forwarded_for: str | None, trusted: Iterable[Network]
+    peer: str | None, forwarded_for: str | None, trusted: tuple[Network, ...]
 ) -> str | None:
     """The client's address: the peer, or from X-Forwarded-For when the peer is trusted.
 
     Walks X-Forwarded-For right to left past trusted proxies, so a client cannot pick its
     own address by sending the header itself.
     """
-    trusted = tuple(trusted)
-    if not peer or not forwarded_for or not trusted:
+    if not trusted or not peer or not forwarded_for:
         return peer
     if not _is_trusted(peer, trusted):
         return peer

@@ -61,31 +61,28 @@ def _version(raw: str) -> Version:
     return version
 
 
+def _required(q: dict[str, str], name: str) -> str:
+    value = q.get(name)
+    if not value:
+        raise BadRequest(name, "required")
+    return value
+
+
 def parse_endpoint_query(raw_query: str, regions: Collection[str]) -> EndpointQuery:
     """Validate ``GET /v1/endpoint``'s parameters; BadRequest names the first bad one."""
     q = query_fields(raw_query)
-    uid = q.get("uid")
-    if not uid:
-        raise BadRequest("uid", "required")
+    uid = _required(q, "uid")
     if len(uid) > MAX_UID:
         raise BadRequest("uid", f"at most {MAX_UID} characters, got {len(uid)}")
     if not UID_RE.fullmatch(uid):
         raise BadRequest("uid", "may hold only letters, digits and _ . : @ + = -")
-    device = q.get("device")
-    if not device:
-        raise BadRequest("device", "required")
+    device = _required(q, "device")
     if not DEVICE_RE.fullmatch(device):
         raise BadRequest("device", "1-64 characters: letters, digits and _ . : -")
-    platform = q.get("platform")
-    if not platform:
-        raise BadRequest("platform", "required")
-    platform = platform.lower()
+    platform = _required(q, "platform").lower()
     if not PLATFORM_RE.fullmatch(platform):
         raise BadRequest("platform", "1-32 characters: a letter, then letters, digits, _ or -")
-    raw_version = q.get("version")
-    if not raw_version:
-        raise BadRequest("version", "required")
-    version = _version(raw_version)
+    version = _version(_required(q, "version"))
     region = q.get("region") or None
     if region is not None and region not in regions:
         shown = region if len(region) <= 32 else region[:32] + "..."

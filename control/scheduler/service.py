@@ -225,9 +225,7 @@ class EndpointHandler:
         return response
 
     def answer(self, request: web.Request) -> web.Response:
-        ip = request.remote
-        if self.trusted:  # X-Forwarded-For means nothing without trusted proxies
-            ip = client_ip(ip, request.headers.get("X-Forwarded-For"), self.trusted)
+        ip = client_ip(request.remote, request.headers.get("X-Forwarded-For"), self.trusted)
         wait = self.buckets.allow(ip or "unknown")
         if wait > 0:
             self._count("none", "none", "rate_limited")
