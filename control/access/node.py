@@ -12,7 +12,7 @@ import re
 import secrets
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -30,7 +30,7 @@ from control.access.push import Pusher
 from control.common.errors import BackendUnavailable, ImctlError, TicketError
 from control.common.kv import KeyValueStore
 from control.common.mirror import PrefixMirror
-from control.common.ops import add_ops_routes
+from control.common.ops import add_ops_routes, lifecycle
 from control.common.ratelimit import TokenBuckets
 from control.common.registry import NodeRecord, Registration, Registry
 from control.common.tasks import Supervisor, pause
@@ -718,21 +718,17 @@ def create_app(node: AccessNode, own_backends: bool = False) -> web.Application:
     app = web.Application()
     app[NODE] = node
 
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        if own_backends:
-            await node.kv.connect()
-        await node.start()
-        yield
-        await node.stop()
-        if own_backends:
-            await node.presence.close()
-            await node.kv.close()
-
     async def close_sessions(app: web.Application) -> None:
         # Before aiohttp waits for handlers: open WebSockets would hold shutdown up.
         await node.stop()
 
-    app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(
+        lifecycle(
+            node,
+            opens=[node.kv.connect] if own_backends else [],
+            closes=[node.presence.close, node.kv.close] if own_backends else [],
+        )
+    )
     app.on_shutdown.append(close_sessions)
     app.router.add_get("/ws", node.handle_ws)
     app.router.add_post("/internal/push", node.handle_push)

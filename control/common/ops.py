@@ -6,8 +6,8 @@ answer to "can I serve?"; metrics come from the process's own registry.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -15,6 +15,32 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from control.common.tasks import Supervisor
 
 Readiness = Callable[[], tuple[bool, Mapping[str, Any]]]
+
+
+class Component(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def lifecycle(
+    component: Component,
+    opens: Sequence[Callable[[], Awaitable[None]]] = (),
+    closes: Sequence[Callable[[], Awaitable[None]]] = (),
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """An app's cleanup context for one component: open its backends, start it; on the way
+    out stop it first (it may still write), then close the backends in the given order."""
+
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        for open_ in opens:
+            await open_()
+        await component.start()
+        yield
+        await component.stop()
+        for close in closes:
+            await close()
+
+    return run
 
 
 def add_ops_routes(

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 from aiohttp import web
 
-from control.common.ops import add_ops_routes
+from control.common.ops import add_ops_routes, lifecycle
 from control.presence.controller import Controller
 
 CONTROLLER = web.AppKey("controller", Controller)
@@ -16,17 +14,13 @@ def create_app(controller: Controller, own_backends: bool = False) -> web.Applic
     app = web.Application()
     app[CONTROLLER] = controller
 
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        if own_backends:
-            await controller.kv.connect()
-        await controller.start()
-        yield
-        await controller.stop()
-        if own_backends:
-            await controller.presence.close()
-            await controller.kv.close()
-
-    app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(
+        lifecycle(
+            controller,
+            opens=[controller.kv.connect] if own_backends else [],
+            closes=[controller.presence.close, controller.kv.close] if own_backends else [],
+        )
+    )
     add_ops_routes(
         app,
         controller.supervisor,
