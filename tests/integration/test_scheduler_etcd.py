@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from control.common.kv.etcd import EtcdKV
@@ -16,14 +17,14 @@ from control.common.registry import NodeRecord, Registry
 from control.gray.model import Release, Target
 from control.gray.store import GrayStore
 from control.scheduler.service import ENGINE, STATE, create_app
-from control.settings import parse_settings
+from control.settings import Settings, parse_settings
 from tests.servers import EtcdServer
 
 pytestmark = pytest.mark.etcd
 OK = {"uid": "alice", "device": "d1", "platform": "ios", "version": "1.0"}
 
 
-def config(endpoint: str, prefix: str, **registry: Any) -> Any:
+def config(endpoint: str, prefix: str, **registry: Any) -> Settings:
     return parse_settings(
         {
             "cluster": {"backend": "etcd", "prefix": prefix, "etcd": {"endpoints": [endpoint]}},
@@ -60,12 +61,20 @@ async def keep_alive(reg: Any, stop: asyncio.Event) -> None:
     await reg.run(stop)
 
 
+async def synced_scheduler(
+    aiohttp_client: Any, settings: Settings
+) -> tuple[web.Application, TestClient]:
+    """The scheduler app behind a test client, once its first registry view is in."""
+    app = create_app(settings)
+    client: TestClient = await aiohttp_client(app)
+    await asyncio.wait_for(app[STATE].synced.wait(), 10)
+    return app, client
+
+
 async def test_lease_expiry_leaves_snapshot_within_ttl_plus_1s(
     aiohttp_client: Any, etcd_server: EtcdServer, etcd_kv: EtcdKV, prefix: str
 ) -> None:
-    app = create_app(config(etcd_server.endpoint, prefix))
-    client: TestClient = await aiohttp_client(app)
-    await asyncio.wait_for(app[STATE].synced.wait(), 10)
+    app, client = await synced_scheduler(aiohttp_client, config(etcd_server.endpoint, prefix))
     registry = Registry(etcd_kv, prefix)
     stop = asyncio.Event()
     regs = [await registry.register(node(f"keep-{i}"), ttl=2) for i in range(3)]
@@ -88,9 +97,7 @@ async def test_lease_expiry_leaves_snapshot_within_ttl_plus_1s(
 
 
 async def test_watch_survives_etcd_restart(aiohttp_client: Any, own_etcd: EtcdServer) -> None:
-    app = create_app(config(own_etcd.endpoint, "/imctl"))
-    await aiohttp_client(app)
-    await asyncio.wait_for(app[STATE].synced.wait(), 10)
+    app, _ = await synced_scheduler(aiohttp_client, config(own_etcd.endpoint, "/imctl"))
     engine = app[ENGINE]
     mirror = app[STATE].mirrors["nodes"]
     writer = EtcdKV(own_etcd.endpoint)
@@ -118,9 +125,7 @@ async def test_self_preservation_holds_then_accepts(
         prefix,
         self_preservation={"threshold": 0.5, "window_s": 10, "grace_s": 4},
     )
-    app = create_app(cfg)
-    await aiohttp_client(app)
-    await asyncio.wait_for(app[STATE].synced.wait(), 10)
+    app, _ = await synced_scheduler(aiohttp_client, cfg)
     engine = app[ENGINE]
     registry = Registry(etcd_kv, prefix)
     stop = asyncio.Event()
@@ -143,9 +148,7 @@ async def test_self_preservation_holds_then_accepts(
 async def test_releases_from_store_and_cas(
     aiohttp_client: Any, etcd_server: EtcdServer, etcd_kv: EtcdKV, prefix: str
 ) -> None:
-    app = create_app(config(etcd_server.endpoint, prefix))
-    client: TestClient = await aiohttp_client(app)
-    await asyncio.wait_for(app[STATE].synced.wait(), 10)
+    app, client = await synced_scheduler(aiohttp_client, config(etcd_server.endpoint, prefix))
     registry = Registry(etcd_kv, prefix)
     await registry.register(node("stable-1"), ttl=10)
     await registry.register(node("canary-1", pool="canary"), ttl=10)
