@@ -23,6 +23,8 @@ from pathlib import Path
 
 import yaml
 
+from control.scheduler.service import build_engine
+from control.settings import parse_settings
 from tests.servers import free_port, wait_port
 
 REGIONS = ["r1", "r2", "r3", "r4"]
@@ -107,9 +109,6 @@ def rebuild_ms(port: int, repeats: int = 20) -> float:
     """One snapshot rebuild of the same 1,000 nodes and 10 releases, in process: with nodes
     reporting load every few seconds a scheduler rebuilds many times a second, and a
     rebuild holds the event loop (so it adds to every waiting request's latency)."""
-    from control.scheduler.service import build_engine
-    from control.settings import parse_settings
-
     engine = build_engine(parse_settings(scheduler_config(port)))
     times = []
     for _ in range(repeats):
