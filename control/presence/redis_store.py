@@ -60,6 +60,9 @@ class RedisShard(ShardStore):
         self.k_cnt = f"{key_prefix}cnt"
         self.k_ev = f"{key_prefix}ev"
 
+    def _unavailable(self, exc: Exception) -> BackendUnavailable:
+        return BackendUnavailable(f"redis shard {self.id} ({self.url}): {exc}")
+
     def user_key(self, uid: str) -> str:
         return f"{self.prefix}u:{uid}"
 
@@ -67,7 +70,7 @@ class RedisShard(ShardStore):
         try:
             return await self._scripts[name](keys=list(keys), args=list(args))
         except RedisError as exc:
-            raise BackendUnavailable(f"redis shard {self.id} ({self.url}): {exc}") from exc
+            raise self._unavailable(exc) from exc
 
     async def online(self, p: Presence, deadline_ms: int, now: float) -> Presence | None:
         """Logins that arrive in the same loop iteration go to Redis in one script call:
@@ -146,7 +149,7 @@ class RedisShard(ShardStore):
         try:
             conn = await pool.get_connection()
         except RedisError as exc:
-            raise BackendUnavailable(f"redis shard {self.id} ({self.url}): {exc}") from exc
+            raise self._unavailable(exc) from exc
         try:
             await conn.send_packed_command(command)
             return [await conn.read_response() for _ in range(replies)]
@@ -154,7 +157,7 @@ class RedisShard(ShardStore):
             # A reply left half-read must not reach the connection's next user.
             await conn.disconnect()
             if isinstance(exc, RedisError):
-                raise BackendUnavailable(f"redis shard {self.id} ({self.url}): {exc}") from exc
+                raise self._unavailable(exc) from exc
             raise
         finally:
             await pool.release(conn)
@@ -166,7 +169,7 @@ class RedisShard(ShardStore):
         try:
             scores = await self.redis.zmscore(self.k_exp, [p.member for p in found])
         except RedisError as exc:
-            raise BackendUnavailable(f"redis shard {self.id}: {exc}") from exc
+            raise self._unavailable(exc) from exc
         return [
             p._replace(last_seen=max(0.0, (s or 0) / 1000 - self.timeout_s))
             for p, s in zip(found, scores, strict=True)
@@ -176,7 +179,7 @@ class RedisShard(ShardStore):
         try:
             raw = await self.redis.hgetall(self.k_cnt)
         except RedisError as exc:
-            raise BackendUnavailable(f"redis shard {self.id}: {exc}") from exc
+            raise self._unavailable(exc) from exc
         return {str(k): int(v) for k, v in raw.items() if int(v)}
 
     async def sweep(self, now_ms: int, limit: int, now: float) -> list[Presence]:
@@ -200,7 +203,7 @@ class RedisShard(ShardStore):
         try:
             newest = await self.redis.xrevrange(self.k_ev, count=1)
         except RedisError as exc:
-            raise BackendUnavailable(f"redis shard {self.id}: {exc}") from exc
+            raise self._unavailable(exc) from exc
         return str(newest[0][0]) if newest else "0-0"
 
     async def read_events(self, after: str, count: int, block_ms: int) -> list[PresenceEvent]:
@@ -209,7 +212,7 @@ class RedisShard(ShardStore):
                 {self.k_ev: after}, count=count, block=block_ms if block_ms > 0 else None
             )
         except RedisError as exc:
-            raise BackendUnavailable(f"redis shard {self.id}: {exc}") from exc
+            raise self._unavailable(exc) from exc
         events = []
         streams: Any = reply or []
         for _stream, entries in streams:

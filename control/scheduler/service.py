@@ -120,11 +120,9 @@ def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _from_http_exception(exc: web.HTTPException) -> web.Response:
-    response = _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
-    if "Allow" in exc.headers:
-        response.headers["Allow"] = exc.headers["Allow"]
-    return response
+def _internal_error(request: web.Request) -> web.Response:
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return _error(500, "internal", "internal error; see the scheduler log")
 
 
 def guarded(handler: Handler) -> Handler:
@@ -138,10 +136,9 @@ def guarded(handler: Handler) -> Handler:
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            return _from_http_exception(exc)
+            return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
         except Exception:
-            log.exception("unhandled error on %s %s", request.method, request.path)
-            return _error(500, "internal", "internal error; see the scheduler log")
+            return _internal_error(request)
 
     return run
 
@@ -219,8 +216,7 @@ class EndpointHandler:
         try:
             response = self.answer(request)
         except Exception:
-            log.exception("unhandled error on GET /v1/endpoint")
-            response = _error(500, "internal", "internal error; see the scheduler log")
+            response = _internal_error(request)
         self.metrics.latency.observe(time.perf_counter() - started)
         return response
 
