@@ -79,6 +79,7 @@ async def _session(
         while True:
             line = await lines.get()
             if line is None:
+                print("# end of input: disconnecting", flush=True)
                 await ws.close()
                 return
             if line:
