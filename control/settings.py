@@ -20,6 +20,7 @@ import yaml
 
 from control.common.auth import Grant, TokenTable
 from control.common.errors import ConfigError
+from control.common.geoip import CONTINENT, GeoDatabase, GeoError
 from control.common.registry import NodeRecord, PreservationPolicy
 from control.common.schema import build, register_converter, setting
 from control.common.tickets import TicketKeys
@@ -191,11 +192,47 @@ class SchedulerSettings:
     rate_limit: RateLimitSettings = setting(RateLimitSettings(), "per-client-IP token bucket")
 
 
+# A place a geo database names: country (ISO 3166-1), country-subdivision (ISO 3166-2),
+# or a continent code.
+PLACE_PATTERN = r"[A-Z]{2}(-[A-Z0-9]{1,3})?|" + CONTINENT + r"[A-Z]{2}"
+
+
+@dataclass(frozen=True)
+class GeoIPSettings:
+    database: str = setting(
+        "", "MaxMind DB file, GeoIP2/GeoLite2 City or Country (empty: off)", max_len=4096
+    )
+    places: Mapping[str, str] = setting(
+        MappingProxyType({}), "place -> region; a place is CC-SUB (ISO 3166-2), CC or continent:XX"
+    )
+    reload_s: float = setting(60.0, "look for a replaced database file this often", gt=0, le=86400)
+
+    def check(self, path: str) -> list[str]:
+        problems = []
+        for place in self.places:
+            if not re.fullmatch(PLACE_PATTERN, place):
+                problems.append(
+                    f"{path}.places.{place}: expected a place like CN, CN-GD or continent:EU"
+                )
+        if not self.database:
+            if self.places:
+                problems.append(f"{path}.database: required when places are given")
+            return problems
+        if not self.places:
+            problems.append(f"{path}.places: empty, so the database would place no client")
+        try:
+            GeoDatabase(self.database).close()
+        except GeoError as exc:
+            problems.append(f"{path}.database: {exc}")
+        return problems
+
+
 @dataclass(frozen=True)
 class RegionSettings:
     known: tuple[str, ...] = setting(("local",), "every region name", min_len=1)
     default: str = setting("", "region for clients no rule places (empty: none)")
     cidrs: Mapping[Network, str] = setting(MappingProxyType({}), "client network -> region")
+    geoip: GeoIPSettings = setting(GeoIPSettings(), "client IP -> place, after the CIDRs")
     preference: Mapping[str, tuple[str, ...]] = setting(
         MappingProxyType({}), "region -> regions to try, nearest first"
     )
@@ -211,6 +248,9 @@ class RegionSettings:
         for net, region in self.cidrs.items():
             if region not in known:
                 problems.append(f"{path}.cidrs.{net}: unknown region {region!r}")
+        for place, region in self.geoip.places.items():
+            if region not in known:
+                problems.append(f"{path}.geoip.places.{place}: unknown region {region!r}")
         for region, ranked in self.preference.items():
             if region not in known:
                 problems.append(f"{path}.preference.{region}: unknown region {region!r}")

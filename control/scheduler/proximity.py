@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -13,12 +13,19 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 @dataclass(frozen=True)
 class RegionMap:
-    """CIDR -> region (longest prefix wins) and the region preference matrix."""
+    """Client IP -> region, and the region preference matrix.
+
+    An IP is placed by the CIDR table first (longest prefix wins: operators' own networks
+    and exceptions), then by ``geo`` — where a geo database says the IP is, most specific
+    name first (``CN-GD``, ``CN``, ``continent:AS``) — through ``places``, else the default.
+    """
 
     known: tuple[str, ...]
     default: str | None = None
     cidrs: Mapping[Network, str] = field(default_factory=dict)
     preference: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    geo: Callable[[str], tuple[str, ...]] | None = None
+    places: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Per IP version: prefix lengths longest first, each a dict of network int -> region.
@@ -48,6 +55,11 @@ class RegionMap:
             region = table.get(key)
             if region is not None:
                 return str(region)
+        if self.geo is not None:
+            for place in self.geo(str(addr)):
+                region = self.places.get(place)
+                if region is not None:
+                    return region
         return None
 
     def region_of(self, ip: str | None) -> str | None:

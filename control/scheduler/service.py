@@ -22,6 +22,7 @@ from prometheus_client import (
 
 from control.common.auth import Role, TokenTable
 from control.common.errors import BackendUnavailable, BadRequest
+from control.common.geoip import GeoDatabase
 from control.common.kv import KeyValueStore
 from control.common.mirror import PrefixMirror
 from control.common.ops import add_ops_routes
@@ -33,8 +34,9 @@ from control.gray.store import GrayStore
 from control.presence.cluster import PresenceCluster
 from control.runtime import make_kv, make_presence
 from control.scheduler.engine import Engine
+from control.scheduler.geo import GeoReloader, build_region_map, open_geo
 from control.scheduler.pipeline import load
-from control.scheduler.proximity import RegionMap, client_ip
+from control.scheduler.proximity import client_ip
 from control.scheduler.request import UID_RE, parse_endpoint_query
 from control.settings import Settings
 
@@ -79,6 +81,11 @@ class SchedulerMetrics:
         )
         self.ready = Gauge(
             "imctl_scheduler_ready", "1 when the registry view is synced", registry=self.registry
+        )
+        self.geoip_built = Gauge(
+            "imctl_scheduler_geoip_build_timestamp_seconds",
+            "When the geo database in use was built (alert when it grows old)",
+            registry=self.registry,
         )
 
     def observe_snapshot(self, nodes: Mapping[str, NodeRecord], held: bool) -> None:
@@ -369,15 +376,13 @@ def _who(request: web.Request) -> str:
     return "anonymous (open admin API)"
 
 
-def build_engine(settings: Settings) -> Engine:
-    regions = settings.regions
+def build_engine(settings: Settings, geo: GeoDatabase | None = None) -> Engine:
+    """The engine for ``settings``; ``geo`` is the open geo database (opened here when
+    configured and not given)."""
+    if geo is None:
+        geo = open_geo(settings.regions.geoip)
     return Engine(
-        RegionMap(
-            known=regions.known,
-            default=regions.default or None,
-            cidrs=regions.cidrs,
-            preference=regions.preference,
-        ),
+        build_region_map(settings.regions, geo),
         static_nodes=[n.record() for n in settings.registry.static_nodes],
         releases=settings.gray.releases,
         policy=settings.registry.self_preservation.policy(),
@@ -395,8 +400,15 @@ def create_app(
     """The scheduler application. ``kv`` and ``presence`` share already-open backends
     (in-process clusters); otherwise they are opened from the settings."""
     app = web.Application()
-    engine = build_engine(settings)
     metrics = SchedulerMetrics()
+    geo = open_geo(settings.regions.geoip)
+    engine = build_engine(settings, geo)
+    reloader = None
+    if geo is not None:
+        metrics.geoip_built.set(geo.info.build_epoch)
+        reloader = GeoReloader(
+            settings.regions, engine, geo, lambda info: metrics.geoip_built.set(info.build_epoch)
+        )
     state = SchedulerState()
     app[SETTINGS] = settings
     app[ENGINE] = engine
@@ -464,8 +476,12 @@ def create_app(
             await stop.wait()
 
         state.supervisor.spawn("readiness", ready_when_synced)
+        if reloader is not None:
+            state.supervisor.spawn("geoip-reload", reloader.run)
         yield
         await state.supervisor.close(timeout=3.0)
+        if reloader is not None:
+            reloader.close()
         for handle in (state._rebuild_handle, state._hold_handle):
             if handle is not None:
                 handle.cancel()

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import re
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
+from control.common.geoip import GeoDatabase
 from control.common.kv.embedded import EmbeddedKV
 from control.common.registry import NodeRecord, Registry
 from control.scheduler.service import ENGINE, SETTINGS, create_app
 from control.settings import Settings, parse_settings
+from tests.geodb import write_geo_db
 
 BASE: dict[str, Any] = {
     "regions": {
@@ -75,6 +79,27 @@ async def test_region_from_trusted_forwarded_for(client: TestClient) -> None:
     assert (await resp.json())["region"] == "south"
     resp = await client.get("/v1/endpoint", params=OK, headers={"X-Forwarded-For": "10.1.3.4"})
     assert (await resp.json())["region"] == "north"
+
+
+async def test_region_from_the_geo_database(aiohttp_client: Any, tmp_path: Path) -> None:
+    db = write_geo_db(tmp_path / "city.mmdb")
+    geoip = {"database": str(db), "places": {"CN-GD": "south", "continent:EU": "north"}}
+    client = await aiohttp_client(create_app(settings(regions={"geoip": geoip})))
+
+    async def region(forwarded_for: str) -> str:
+        resp = await client.get(
+            "/v1/endpoint", params=OK, headers={"X-Forwarded-For": forwarded_for}
+        )
+        assert resp.status == 200
+        return str((await resp.json())["region"])
+
+    assert await region("192.0.2.9") == "south"  # CN-GD
+    assert await region("198.51.100.9") == "north"  # FR, by its continent
+    assert await region("10.2.0.1") == "south"  # the CIDR table comes first
+    metrics = await (await client.get("/metrics")).text()
+    gauge = re.search(r"^imctl_scheduler_geoip_build_timestamp_seconds (\S+)$", metrics, re.M)
+    assert gauge is not None
+    assert float(gauge.group(1)) == GeoDatabase(str(db)).info.build_epoch
 
 
 @pytest.mark.parametrize(

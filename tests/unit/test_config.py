@@ -7,6 +7,7 @@ import pytest
 from control.cli import main
 from control.common.errors import ConfigError
 from control.settings import load_settings, parse_settings
+from tests.geodb import write_geo_db
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -118,3 +119,48 @@ def test_cli_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture
         main(argv)
     assert exit_.value.code == 2
     assert "imctl" in capsys.readouterr().err
+
+
+def test_geoip_problems_all_at_once(tmp_path: Path) -> None:
+    (tmp_path / "garbage.mmdb").write_bytes(b"no database here" * 64)
+
+    def problems(geoip: dict) -> list[str]:  # type: ignore[type-arg]
+        with pytest.raises(ConfigError) as err:
+            parse_settings({"regions": {"known": ["a", "b"], "geoip": geoip}}, "t.yaml")
+        return err.value.problems
+
+    found = problems(
+        {
+            "database": str(tmp_path / "garbage.mmdb"),
+            "places": {"CN": "a", "cn-gd": "b", "continent:EU": "mars", "USA": "a"},
+            "reload_s": 0,
+        }
+    )
+    text = "\n".join(found)
+    assert "regions.geoip.database: cannot open MaxMind DB" in text and "garbage.mmdb" in text
+    assert "regions.geoip.places.cn-gd: expected a place like CN, CN-GD or continent:EU" in text
+    assert "regions.geoip.places.USA: expected a place" in text
+    assert "regions.geoip.places.continent:EU: unknown region 'mars'" in text
+    assert "regions.geoip.reload_s: must be > 0" in text
+    assert all(p.startswith("t.yaml: ") for p in found)
+    assert problems({"database": str(tmp_path / "nowhere.mmdb"), "places": {"CN": "a"}}) == [
+        "t.yaml: regions.geoip.database: cannot open MaxMind DB "
+        f"{tmp_path / 'nowhere.mmdb'}: [Errno 2] No such file or directory: "
+        f"'{tmp_path / 'nowhere.mmdb'}'"
+    ]
+    assert problems({"places": {"CN": "a"}}) == [
+        "t.yaml: regions.geoip.database: required when places are given"
+    ]
+
+
+def test_geoip_database_needs_places(tmp_path: Path) -> None:
+    db = write_geo_db(tmp_path / "city.mmdb")
+    with pytest.raises(ConfigError) as err:
+        parse_settings({"regions": {"geoip": {"database": str(db)}}}, "t.yaml")
+    assert err.value.problems == [
+        "t.yaml: regions.geoip.places: empty, so the database would place no client"
+    ]
+    ok = parse_settings(
+        {"regions": {"known": ["a"], "geoip": {"database": str(db), "places": {"CN": "a"}}}}
+    )
+    assert ok.regions.geoip.database == str(db)
