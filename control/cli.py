@@ -275,15 +275,27 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.file)
     except ConfigError as exc:
+        if args.output == "json":
+            print(json.dumps({"file": args.file, "ok": False, "problems": exc.problems}, indent=2))
+            return EXIT_USAGE
         print(f"{args.file}: {len(exc.problems)} problem(s):", file=sys.stderr)
         for problem in exc.problems:
             print(f"  - {problem}", file=sys.stderr)
         return EXIT_USAGE
-    nodes = len(settings.registry.static_nodes)
-    releases = len(settings.gray.releases)
+    summary = {
+        "cluster": settings.cluster.name,
+        "backend": settings.cluster.backend,
+        "regions": len(settings.regions.known),
+        "static_nodes": len(settings.registry.static_nodes),
+        "releases": len(settings.gray.releases),
+    }
+    if args.output == "json":
+        print(json.dumps({"file": args.file, "ok": True, "problems": [], **summary}, indent=2))
+        return 0
     print(
-        f"{args.file}: OK (cluster {settings.cluster.name}, backend {settings.cluster.backend}, "
-        f"{len(settings.regions.known)} regions, {nodes} static nodes, {releases} releases)"
+        f"{args.file}: OK (cluster {summary['cluster']}, backend {summary['backend']}, "
+        f"{summary['regions']} regions, {summary['static_nodes']} static nodes, "
+        f"{summary['releases']} releases)"
     )
     return 0
 
@@ -427,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate FILE (with IMCTL_ overrides) and list every problem.",
     )
     c.add_argument("file", metavar="FILE")
+    c.add_argument("--output", "-o", choices=["table", "json"], default="table")
     c.set_defaults(func=cmd_config_check)
     return parser
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -110,9 +111,28 @@ def test_cli_config_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "no such file" in capsys.readouterr().err
 
 
+def test_cli_config_check_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "check", "-o", "json", str(ROOT / "configs" / "local.yaml")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] is True and out["problems"] == [] and out["backend"] == "embedded"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("scheduler: {port: x}\nbogus: 1\n")
+    assert main(["config", "check", "--output", "json", str(bad)]) == 2
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] is False and len(out["problems"]) == 2
+    assert any("scheduler.port" in p for p in out["problems"])
+
+
 @pytest.mark.parametrize(
     "argv",
-    [["frobnicate"], ["nodes", "--output", "xml"], ["config"], ["scheduler"], []],
+    [
+        ["frobnicate"],
+        ["nodes", "--output", "xml"],
+        ["config"],
+        ["config", "check", "-o", "yaml", "f.yaml"],
+        ["scheduler"],
+        [],
+    ],
 )
 def test_cli_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
