@@ -4,6 +4,7 @@ kicks and the internal push endpoint. This module is the node's IO edge."""
 from __future__ import annotations
 
 import asyncio
+import hmac
 import itertools
 import json
 import logging
@@ -540,11 +541,10 @@ class AccessNode:
 
     # -- internal API ------------------------------------------------------------------------
     def _authorized(self, request: web.Request) -> bool:
-        import hmac
-
         presented = request.headers.get("Authorization", "")
         expected = f"Bearer {self.access.internal_token}"
-        return hmac.compare_digest(presented.encode(), expected.encode())
+        # surrogateescape: header bytes that are not UTF-8 compare as the bytes they were.
+        return hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), expected.encode())
 
     async def _json_body(self, request: web.Request) -> dict[str, Any] | web.Response:
         if not self._authorized(request):

@@ -32,7 +32,8 @@ class TokenTable:
             return "operator"
         if not authorization or not authorization.startswith("Bearer "):
             return None
-        presented = authorization[len("Bearer ") :].strip().encode()
+        # surrogateescape: header bytes that are not UTF-8 compare as the bytes they were.
+        presented = authorization[len("Bearer ") :].strip().encode("utf-8", "surrogateescape")
         found: Role | None = None
         for grant in self.grants:  # compare against all: timing reveals nothing
             if hmac.compare_digest(grant.token.encode(), presented):
