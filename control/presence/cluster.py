@@ -10,13 +10,13 @@ from typing import Any
 
 from control.common.errors import BadRequest
 from control.presence.model import (
-    SEP,
     STATUSES,
     Counts,
     Locations,
     Presence,
     PresenceEvent,
     Status,
+    has_separator,
     member,
     split_member,
 )
@@ -26,7 +26,7 @@ from control.presence.store import ShardStore
 
 def _check(**fields: str) -> None:
     for name, value in fields.items():
-        if not value or SEP in value:
+        if not value or has_separator(value):
             raise BadRequest(name, "must be non-empty and free of control characters")
 
 
@@ -57,7 +57,7 @@ class PresenceCluster:
         so the caller can kick that older connection wherever it is."""
         _check(uid=p.uid, device=p.device, node=p.node, conn=p.conn)
         for name, value in (("region", p.region), ("platform", p.platform)):
-            if SEP in value:  # may be empty, but a separator would corrupt the stored record
+            if has_separator(value):  # may be empty; a separator would corrupt the record
                 raise BadRequest(name, "must be free of control characters")
         now = self.clock()
         return await self._shard(p.uid).online(p, self._deadline_ms(now), now)

@@ -8,7 +8,13 @@ from typing import Literal, NamedTuple
 
 Status = Literal["online", "busy", "away", "invisible"]
 STATUSES: tuple[str, ...] = ("online", "busy", "away", "invisible")
-SEP = "\x1f"  # never valid in uids, devices, node ids or conn ids (see the request rules)
+# Separators of stored records; neither is allowed in any field (see PresenceCluster.online).
+SEP = "\x1f"  # between uid, node and the rest, and between records
+RS = "\x1e"  # between the rest's fields
+
+
+def has_separator(value: str) -> bool:
+    return SEP in value or RS in value
 
 
 class Presence(NamedTuple):
@@ -34,24 +40,18 @@ class Presence(NamedTuple):
         return member(self.uid, self.device, self.conn)
 
     def pack(self) -> str:
-        """The stored record: every field but ``last_seen``, separated by SEP. It names its
-        own user and device, so a batch read can return bare records back to back."""
-        return SEP.join(
-            (
-                self.uid,
-                self.device,
-                self.node,
-                self.conn,
-                str(self.epoch),
-                self.status,
-                self.region,
-                self.platform,
-            )
+        """The stored record, every field but ``last_seen``: ``uid␟node␟rest`` with the rest
+        ␞-separated. It names its own user, so a batch read can return bare records back to
+        back; and a reader that wants only uid and node (a push) splits out three strings."""
+        rest = RS.join(
+            (self.device, self.conn, str(self.epoch), self.status, self.region, self.platform)
         )
+        return f"{self.uid}{SEP}{self.node}{SEP}{rest}"
 
     @classmethod
     def unpack(cls, packed: str, last_seen: float = 0.0) -> Presence:
-        uid, device, node, conn, epoch, status, region, platform = packed.split(SEP)
+        uid, node, rest = packed.split(SEP)
+        device, conn, epoch, status, region, platform = rest.split(RS)
         return cls(uid, device, node, conn, int(epoch), status, region, platform, last_seen)  # type: ignore[arg-type]
 
     def with_status(self, status: Status) -> Presence:
@@ -71,7 +71,7 @@ class Presence(NamedTuple):
         }
 
 
-FIELDS = 8  # in a packed record
+FIELDS = 3  # SEP-fields of a packed record: uid, node, rest
 
 
 class Locations(Mapping[str, list[Presence]]):
@@ -108,21 +108,13 @@ class Locations(Mapping[str, list[Presence]]):
             index = dict(self._index or {})
             make = Presence._make
             for f in self._chunks:
-                for i in range(0, len(f), FIELDS):
+                for uid, node, rest in zip(f[0::FIELDS], f[1::FIELDS], f[2::FIELDS], strict=True):
+                    # Inlined Presence.unpack: this runs once per entry of a big lookup.
+                    device, conn, epoch, status, region, platform = rest.split(RS)
                     entry = make(
-                        (
-                            f[i],
-                            f[i + 1],
-                            f[i + 2],
-                            f[i + 3],
-                            int(f[i + 4]),
-                            f[i + 5],
-                            f[i + 6],
-                            f[i + 7],
-                            0.0,
-                        )
+                        (uid, device, node, conn, int(epoch), status, region, platform, 0.0)
                     )
-                    index.setdefault(entry.uid, []).append(entry)
+                    index.setdefault(uid, []).append(entry)
             self._index, self._chunks = index, []
         if self._index is None:
             self._index = {}
@@ -147,7 +139,7 @@ class Locations(Mapping[str, list[Presence]]):
         """node -> users with an entry there (a user on two devices may be on two nodes)."""
         out: dict[str, set[str]] = {}
         for f in self._chunks:
-            for node, uid in zip(f[2::FIELDS], f[0::FIELDS], strict=True):
+            for node, uid in zip(f[1::FIELDS], f[0::FIELDS], strict=True):
                 group = out.get(node)
                 if group is None:
                     out[node] = {uid}

@@ -154,12 +154,11 @@ async def test_event_stream_loses_nothing_between_reads(presence: PresenceCluste
     assert sorted(e.uid for e in seen) == sorted(f"user-{i}" for i in range(60))
 
 
-async def test_rejects_separator_in_ids(presence: PresenceCluster) -> None:
-    with pytest.raises(BadRequest):
-        await presence.online(entry("bad\x1fuid"))
-    for field in ("region", "platform"):
+@pytest.mark.parametrize("sep", ["\x1f", "\x1e"])
+async def test_rejects_separator_in_ids(presence: PresenceCluster, sep: str) -> None:
+    for field in ("uid", "device", "node", "conn", "region", "platform"):
         with pytest.raises(BadRequest) as err:
-            await presence.online(entry("alice", **{field: "x\x1fy"}))
+            await presence.online(entry("alice")._replace(**{field: f"x{sep}y"}))
         assert err.value.field == field
     assert (await presence.counts()).total == 0
 

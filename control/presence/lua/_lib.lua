@@ -1,25 +1,42 @@
 -- Shared by every presence script (prepended when the scripts are loaded).
--- A record is uid␟device␟node␟conn␟epoch␟status␟region␟platform. A user's records live in
--- ONE string key, back to back (FIELDS fields each, same separator), so locate is a plain
--- MGET whose values need no reshaping. Members of the expiry and node indexes are
--- uid␟device␟conn.
+-- In memory a record is a list {uid, device, node, conn, epoch, status, region, platform}.
+-- Stored, it is uid␟node␟device␞conn␞epoch␞status␞region␞platform: three ␟-fields, the
+-- last holding the rest (␞-separated). A user's records live in ONE string key, back to
+-- back (␟ between them too), so locate is a plain MGET whose values are joined and split
+-- once, and a push — which needs only uid and node — splits out three strings per record,
+-- not eight. Members of the expiry and node indexes are uid␟device␟conn.
 local SEP = "\31"
-local FIELDS = 8
+local RS = "\30"
 
-local function fields(record)
-  local f = {}
-  for part in string.gmatch(record .. SEP, "(.-)" .. SEP) do f[#f + 1] = part end
-  return f
+local function split(s, sep)
+  local out = {}
+  for part in string.gmatch(s .. sep, "(.-)" .. sep) do out[#out + 1] = part end
+  return out
 end
 
--- A user's entries, each a list of FIELDS fields (a user has a handful of devices).
+local function from_parts(uid, node, rest)
+  local r = split(rest, RS)
+  return {uid, r[1], node, r[2], r[3], r[4], r[5], r[6]}
+end
+
+local function pack(f)
+  return f[1] .. SEP .. f[3] .. SEP .. table.concat({f[2], f[4], f[5], f[6], f[7], f[8]}, RS)
+end
+
+-- One packed record (as the client sends it).
+local function record(packed)
+  local p = split(packed, SEP)
+  return from_parts(p[1], p[2], p[3])
+end
+
+-- A user's entries, each a record list (a user has a handful of devices).
 local function entries(ukey)
   local value = redis.call("GET", ukey)
   local list = {}
   if not value then return list end
-  local f = fields(value)
-  for i = 1, #f - FIELDS + 1, FIELDS do
-    list[#list + 1] = {unpack(f, i, i + FIELDS - 1)}
+  local p = split(value, SEP)
+  for i = 1, #p - 2, 3 do
+    list[#list + 1] = from_parts(p[i], p[i + 1], p[i + 2])
   end
   return list
 end
@@ -37,7 +54,7 @@ local function save(ukey, list)
     return
   end
   local parts = {}
-  for i = 1, #list do parts[i] = table.concat(list[i], SEP) end
+  for i = 1, #list do parts[i] = pack(list[i]) end
   redis.call("SET", ukey, table.concat(parts, SEP))
 end
 
@@ -77,5 +94,5 @@ local function expire(prefix, exp, cnt, ev, maxlen, m, node, reason, now)
   drop(prefix, exp, cnt, ev, maxlen, f, reason, now)
   table.remove(list, i)
   save(ukey, list)
-  return table.concat(f, SEP)
+  return pack(f)
 end

@@ -10,11 +10,11 @@ for i = 4, #ARGV, 5 do
   local uid, device, packed, m = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local ukey = prefix .. "u:" .. uid
   local list = entries(ukey)
-  local f = fields(packed)
+  local f = record(packed)
   local at = find(list, device)
   local old = ""
   if at then
-    old = table.concat(list[at], SEP)
+    old = pack(list[at])
     drop(prefix, KEYS[1], KEYS[2], KEYS[3], maxlen, list[at], "replaced", now)
     list[at] = f
   else
