@@ -28,7 +28,7 @@ from prometheus_client import (
 from control.access import protocol
 from control.access.core import CoreContext, MessageCore, load_core
 from control.access.push import Pusher
-from control.common.errors import BackendUnavailable, ImctlError, TicketError
+from control.common.errors import BAD_JSON, BackendUnavailable, ImctlError, TicketError
 from control.common.kv import KeyValueStore
 from control.common.mirror import PrefixMirror
 from control.common.ops import add_ops_routes, lifecycle
@@ -551,7 +551,7 @@ class AccessNode:
             return _refuse(401, "unauthorized", "internal token required")
         try:
             body = await request.json()
-        except ValueError:
+        except BAD_JSON:
             return _refuse(400, "bad_request", "body must be JSON")
         if not isinstance(body, dict):
             return _refuse(400, "bad_request", "body must be a JSON object")
@@ -689,7 +689,7 @@ def _query(query_string: str) -> dict[str, str]:
 def _parse_json(key: str, raw: bytes) -> Mapping[str, Any] | None:
     try:
         value = json.loads(raw)
-    except ValueError:
+    except BAD_JSON:
         log.warning("ignoring unreadable value at %s", key)
         return None
     return value if isinstance(value, dict) else None

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from control.common.errors import BAD_JSON
+
 # Close codes the server uses (4000-4999 are the application's own).
 CLOSE_IDLE = 4000  # no frame within the heartbeat timeout
 CLOSE_KICKED = 4001  # the same device logged in elsewhere
@@ -31,7 +33,7 @@ def parse_frame(data: str, max_bytes: int) -> dict[str, Any] | FrameError:
         return FrameError("too_large", f"frames are limited to {max_bytes} bytes")
     try:
         frame = json.loads(data)
-    except ValueError:
+    except BAD_JSON:
         return FrameError("malformed", "frames are JSON objects")
     if not isinstance(frame, dict):
         return FrameError("malformed", "frames are JSON objects")

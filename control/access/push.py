@@ -89,7 +89,7 @@ class Pusher:
                     log.warning("internal call %s on %s: HTTP %d", path, node, resp.status)
                     return None
                 data = await resp.json()
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as exc:
             log.warning("internal call %s on %s failed: %r", path, node, exc)
             return None
         return data if isinstance(data, dict) else None

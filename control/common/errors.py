@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# json.loads raises RecursionError, not ValueError, for input nested too deep (a frame of
+# 30,000 "[" fits in 64 KB): every parse of outside input catches both.
+BAD_JSON: tuple[type[Exception], ...] = (ValueError, RecursionError)
+
 
 class ImctlError(Exception):
     """Root of every error imctl raises on purpose."""

@@ -50,7 +50,10 @@ class NodeRecord:
     @classmethod
     def from_json(cls, raw: bytes) -> NodeRecord:
         """Parse a record; raises ValueError naming what is wrong."""
-        data = json.loads(raw)
+        try:
+            data = json.loads(raw)
+        except RecursionError:
+            raise ValueError("node record: nested too deep") from None
         if not isinstance(data, dict):
             raise ValueError("node record must be a JSON object")
         known = set(cls.__dataclass_fields__)

@@ -116,7 +116,7 @@ class TicketKeys:
         try:
             payload = json.loads(_unb64(parts[1]))
             mac = _unb64(parts[2])
-        except (binascii.Error, ValueError, UnicodeDecodeError):
+        except (binascii.Error, ValueError, RecursionError):  # as BAD_JSON, and bad base64
             raise TicketError("malformed ticket") from None
         if not isinstance(payload, dict):
             raise TicketError("malformed ticket")

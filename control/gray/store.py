@@ -6,7 +6,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 
-from control.common.errors import BadRequest
+from control.common.errors import BAD_JSON, BadRequest
 from control.common.kv import KeyValueStore
 from control.common.mirror import PrefixMirror
 from control.common.schema import build
@@ -40,7 +40,7 @@ def release_from_json(raw: bytes, where: str = "release") -> Release:
     """Parse a stored release; raises BadRequest listing every problem."""
     try:
         data = json.loads(raw)
-    except ValueError as exc:
+    except BAD_JSON as exc:
         raise BadRequest(where, f"not JSON ({exc})") from None
     problems: list[str] = []
     release = build(Release, data, where, problems)

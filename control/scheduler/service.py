@@ -21,7 +21,7 @@ from prometheus_client import (
 )
 
 from control.common.auth import Role, TokenTable
-from control.common.errors import BackendUnavailable, BadRequest
+from control.common.errors import BAD_JSON, BackendUnavailable, BadRequest
 from control.common.geoip import GeoDatabase
 from control.common.kv import KeyValueStore
 from control.common.mirror import PrefixMirror
@@ -348,7 +348,7 @@ async def drain_node(request: web.Request) -> web.Response:
         return _error(404, "not_found", f"no node {node_id!r} in the registry")
     try:
         body = await request.json() if request.can_read_body else {}
-    except ValueError:
+    except BAD_JSON:
         return _error(400, "bad_request", "body must be JSON", field="body")
     over = body.get("over_s", 60) if isinstance(body, dict) else None
     if isinstance(over, bool) or not isinstance(over, (int, float)) or not 0 <= over <= 86_400:

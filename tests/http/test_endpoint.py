@@ -277,3 +277,19 @@ async def test_admin_tokens_and_roles(aiohttp_client: Any) -> None:
     assert bad.status == 401
     ok = await client.get("/v1/nodes", headers={"Authorization": "Bearer viewer-token-0123456"})
     assert ok.status == 200
+
+
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        (b"{nope", "body must be JSON"),
+        (b"[" * 30_000 + b"]" * 30_000, "body must be JSON"),  # RecursionError, not ValueError
+        (b'{"over_s": "soon"}', "over_s"),
+        (b'{"over_s": -1}', "over_s"),
+    ],
+)
+async def test_drain_body_errors_are_400(client: TestClient, body: bytes, message: str) -> None:
+    resp = await client.post("/v1/nodes/n1/drain", data=body)
+    assert resp.status == 400, await resp.text()
+    assert message in (await resp.json())["message"]
+    assert (await client.get("/v1/nodes")).status == 200

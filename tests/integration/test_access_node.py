@@ -100,6 +100,21 @@ async def test_bad_frames_get_errors_then_1008(http: aiohttp.ClientSession) -> N
         await until(lambda: not c.node("n0").sessions)
 
 
+async def test_frame_nested_too_deep_is_malformed(http: aiohttp.ClientSession) -> None:
+    # Fits the frame limit, but json.loads raises RecursionError (not ValueError) on it.
+    deep = "[" * 30_000 + "]" * 30_000
+    async with LocalCluster(cluster_settings(nodes=1)) as c:
+        ws, _ = await c.connect(http, "mallory", "n0")
+        await ws.send_str(deep)
+        assert (await ws.receive_json(timeout=5))["code"] == "malformed"
+        await ws.send_json({"t": "ping"})
+        assert (await ws.receive_json(timeout=5))["t"] == "pong"
+        headers = {"Authorization": "Bearer test-internal-token-123"}
+        async with http.post(c.base("n0") + "/internal/push", data=deep, headers=headers) as r:
+            assert r.status == 400
+        await ws.close()
+
+
 async def test_huge_frame_closes_1009(http: aiohttp.ClientSession) -> None:
     settings = cluster_settings(nodes=1, access={"max_frame_bytes": 1024})
     async with LocalCluster(settings) as c:

@@ -1,9 +1,16 @@
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from control.common.errors import TicketError
 from control.common.tickets import TicketKeys
+
+
+def b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
 
 KEYS = TicketKeys({"k1": b"secret-one-0123456789", "k2": b"secret-two-0123456789"}, "k2")
 
@@ -28,6 +35,8 @@ def test_rotation_accepts_old_key() -> None:
         (lambda t: t.replace(".", "", 1), "malformed ticket"),
         (lambda t: "v1.!!!.???", "malformed ticket"),
         (lambda t: "x" * 5000, "ticket too long"),
+        # JSON nested deeper than the parser recurses (RecursionError, not ValueError).
+        (lambda t: "v1." + b64("[" * 1400) + ".AAAA", "malformed ticket"),
     ],
 )
 def test_rejections(mangle, reason: str) -> None:  # type: ignore[no-untyped-def]

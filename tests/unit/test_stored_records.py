@@ -1,0 +1,29 @@
+"""Records read back from the store parse or fail with the error their readers handle."""
+
+from __future__ import annotations
+
+import pytest
+
+from control.common.errors import BadRequest
+from control.common.registry import NodeRecord
+from control.gray.store import release_from_json
+
+DEEP = b"[" * 30_000 + b"]" * 30_000  # json.loads raises RecursionError on this
+
+
+@pytest.mark.parametrize("raw", [DEEP, b"{", b"[]", b'{"id": "n1"}'])
+def test_bad_node_records_raise_value_error(raw: bytes) -> None:
+    with pytest.raises(ValueError, match=r"node record|Expecting|nested"):
+        NodeRecord.from_json(raw)
+
+
+@pytest.mark.parametrize("raw", [DEEP, b"{", b"[]"])
+def test_bad_releases_raise_bad_request(raw: bytes) -> None:
+    with pytest.raises(BadRequest) as err:
+        release_from_json(raw, "gray/r1")
+    assert err.value.field == "gray/r1"
+
+
+def test_good_node_record_round_trips() -> None:
+    record = NodeRecord(id="n1", endpoint="ws://h/ws", region="north", capacity=10)
+    assert NodeRecord.from_json(record.to_json()) == record
