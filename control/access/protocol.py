@@ -27,12 +27,21 @@ class FrameError:
         return {"t": "error", "code": self.code, "message": self.message}
 
 
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# NaN and Infinity are Python's extensions: a frame carrying them could not be passed on to
+# clients whose parsers are strict (JSON.parse in every browser).
+_decode = json.JSONDecoder(parse_constant=_not_json).decode
+
+
 def parse_frame(data: str, max_bytes: int) -> dict[str, Any] | FrameError:
     """A client frame as a dict with a string ``t``, or why it is not one."""
     if len(data) > max_bytes or len(data.encode()) > max_bytes:
         return FrameError("too_large", f"frames are limited to {max_bytes} bytes")
     try:
-        frame = json.loads(data)
+        frame = _decode(data)
     except BAD_JSON:
         return FrameError("malformed", "frames are JSON objects")
     if not isinstance(frame, dict):

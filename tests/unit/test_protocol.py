@@ -1,0 +1,43 @@
+"""Client frames, pure: what parses and what gets which error frame."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from control.access.protocol import FrameError, parse_frame
+
+
+@pytest.mark.parametrize(
+    "data,code",
+    [
+        ('{"t": "ping"', "malformed"),
+        ("[1, 2]", "malformed"),
+        ('"ping"', "malformed"),
+        ('{"type": "ping"}', "malformed"),
+        ('{"t": ""}', "malformed"),
+        ('{"t": 5}', "malformed"),
+        ('{"t": "msg", "v": NaN}', "malformed"),  # not JSON: browsers could not read it
+        ('{"t": "msg", "v": Infinity}', "malformed"),
+        ("[" * 30_000 + "]" * 30_000, "malformed"),  # json.loads: RecursionError
+        ('{"t": "msg", "body": "' + "é" * 40 + '"}', "too_large"),  # 64 bytes, not chars
+    ],
+)
+def test_bad_frames(data: str, code: str) -> None:
+    found = parse_frame(data, 64 if code == "too_large" else 65_536)
+    assert isinstance(found, FrameError) and found.code == code
+
+
+def test_good_frame() -> None:
+    assert parse_frame('{"t": "msg", "to": "bob", "n": 1.5}', 1024) == {
+        "t": "msg",
+        "to": "bob",
+        "n": 1.5,
+    }
+
+
+@given(st.text(max_size=300))
+def test_any_text_parses_or_is_refused(data: str) -> None:
+    found = parse_frame(data, 256)
+    assert isinstance(found, FrameError) or isinstance(found.get("t"), str)
