@@ -87,9 +87,12 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def _server(args: argparse.Namespace) -> str:
     if args.server:
-        return str(args.server).rstrip("/")
+        return str(args.server)
     if os.environ.get("IMCTL_SERVER"):
-        return os.environ["IMCTL_SERVER"].rstrip("/")
+        try:
+            return server_url(os.environ["IMCTL_SERVER"])
+        except argparse.ArgumentTypeError as exc:
+            raise SystemExit(_fail(f"IMCTL_SERVER: {exc}", EXIT_USAGE)) from None
     settings = _load(args.config) if args.config else load_settings(None)
     host = settings.scheduler.host
     host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
@@ -130,6 +133,32 @@ def _admin(args: argparse.Namespace, path: str, method: str = "GET", body: Any =
 
 def _admin_get(args: argparse.Namespace, path: str) -> Any:
     return _admin(args, path)
+
+
+def server_url(text: str) -> str:
+    """A scheduler base URL: http(s)://host[:port][/path]."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(text.strip())
+        parts.port  # noqa: B018  # raises ValueError on a bad port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a scheduler URL like http://127.0.0.1:8080"
+        )
+    return text.strip().rstrip("/")
+
+
+def user_id(text: str) -> str:
+    from control.scheduler.request import UID_RE
+
+    if not UID_RE.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a uid (1-128 of letters, digits and _.:@+=-)"
+        )
+    return text
 
 
 def parse_duration(text: str) -> float:
@@ -310,7 +339,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _admin_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", help="scheduler URL (default: $IMCTL_SERVER, else from --config)")
+    p.add_argument(
+        "--server",
+        type=server_url,
+        help="scheduler URL (default: $IMCTL_SERVER, else from --config)",
+    )
     p.add_argument("--config", help="config file to find the scheduler address in")
     p.add_argument("--token", help="admin bearer token (default: $IMCTL_TOKEN)")
     p.add_argument("--output", "-o", choices=["table", "json"], default="table")
@@ -401,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where a user is connected",
         description="Every device of UID: node, connection, status, last seen.",
     )
-    w.add_argument("uid", metavar="UID")
+    w.add_argument("uid", metavar="UID", type=user_id)
     _admin_args(w)
     w.set_defaults(func=cmd_presence_who)
     c = psub.add_parser(
@@ -419,12 +452,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="A reference client: asks the scheduler for an endpoint, opens the "
         "WebSocket, keeps the heartbeat, prints frames and sends each stdin line as a frame.",
     )
-    p.add_argument("--uid", required=True)
+    p.add_argument("--uid", required=True, type=user_id)
     p.add_argument("--device", default="cli-1")
     p.add_argument("--platform", default="linux")
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--region")
-    p.add_argument("--server", help="scheduler URL (default: $IMCTL_SERVER, else from --config)")
+    p.add_argument(
+        "--server",
+        type=server_url,
+        help="scheduler URL (default: $IMCTL_SERVER, else from --config)",
+    )
     p.add_argument("--config", help="config file to find the scheduler address in")
     p.set_defaults(func=cmd_connect)
 

@@ -131,6 +131,11 @@ def test_cli_config_check_json(tmp_path: Path, capsys: pytest.CaptureFixture[str
         ["config"],
         ["config", "check", "-o", "yaml", "f.yaml"],
         ["scheduler"],
+        ["nodes", "--server", "notaurl"],
+        ["nodes", "--server", "http://h:99999"],
+        ["presence", "who", ""],
+        ["connect", "--uid", "bad uid"],
+        ["access", "drain", "n1", "--over", "soon"],
         [],
     ],
 )
@@ -139,6 +144,16 @@ def test_cli_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture
         main(argv)
     assert exit_.value.code == 2
     assert "imctl" in capsys.readouterr().err
+
+
+def test_cli_bad_server_in_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("IMCTL_SERVER", "ftp://h")
+    with pytest.raises(SystemExit) as exit_:
+        main(["nodes"])
+    assert exit_.value.code == 2
+    assert "IMCTL_SERVER: 'ftp://h' is not a scheduler URL" in capsys.readouterr().err
 
 
 def test_geoip_problems_all_at_once(tmp_path: Path) -> None:
