@@ -207,6 +207,7 @@ class AccessNode:
         self._drain_requested: Mapping[str, Any] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        self._missing_from_registry = False
         hb = settings.heartbeat
         self.idle_timeout_s = hb.timeout_s
         self.idle_check_s = min(hb.interval_s / 2, 5.0)
@@ -242,9 +243,16 @@ class AccessNode:
 
     async def _report_forever(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            # Reports are written only when the load changes; a record deleted by hand (its
+            # lease still alive) would stay gone through a quiet hour: write it again.
+            missing, self._missing_from_registry = self._missing_from_registry, False
             try:
-                await self.report_once()
+                if await self.report_once(force=missing) and missing:
+                    log.warning(
+                        "%s: own record was gone from the registry; wrote it again", self.id
+                    )
             except BackendUnavailable as exc:
+                self._missing_from_registry |= missing
                 log.warning("%s: load report failed: %s", self.id, exc)
             await pause(stop, self.access.report_interval_s)
 
@@ -645,6 +653,8 @@ class AccessNode:
 
     def _on_peers(self, nodes: Mapping[str, NodeRecord]) -> None:
         self.peers = dict(nodes)
+        if self.id not in nodes and not self._stopping:
+            self._missing_from_registry = True
 
     async def stop(self, drain_s: float = 0.0) -> None:
         """Drain (when asked), close what is left, leave the registry, stop the tasks.

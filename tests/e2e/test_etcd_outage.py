@@ -1,0 +1,140 @@
+"""etcd failures with the whole system running as real processes: etcd stopped while
+clients log in, then a node's record deleted by hand. Presence lives in Redis and tickets
+are checked locally, so neither may cost a connected client anything."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from control.common.kv.etcd import EtcdKV
+from tests.e2e.test_cluster import Cluster, counts_by_node, get, ready, until
+from tests.servers import EtcdServer, RedisServer
+
+pytestmark = pytest.mark.e2e
+
+
+class Client:
+    """A WebSocket client that keeps its heartbeat and notes whether it was dropped."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.pongs = 0
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while not self.ws.closed:
+            await self.ws.send_json({"t": "ping"})
+            msg = await self.ws.receive(timeout=5)
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                return
+            self.pongs += msg.json()["t"] == "pong"
+            await asyncio.sleep(1)
+
+    @property
+    def alive(self) -> bool:
+        return not self.task.done() and not self.ws.closed
+
+    async def close(self) -> None:
+        self.task.cancel()
+        await self.ws.close()
+
+
+async def connect(http: aiohttp.ClientSession, url: str) -> Client:
+    ws = await http.ws_connect(url)
+    assert (await ws.receive_json(timeout=5))["t"] == "welcome"
+    return Client(ws)
+
+
+async def total(http: aiohttp.ClientSession, c: Cluster) -> int:
+    return int((await get(http, f"{c.url}/v1/presence/count"))["total"])
+
+
+@pytest.mark.timeout(120)
+async def test_etcd_outage_then_a_deleted_record(
+    tmp_path: Path, own_etcd: EtcdServer, redis_servers: list[RedisServer]
+) -> None:
+    c = Cluster(tmp_path, own_etcd, redis_servers)
+    clients: list[Client] = []
+
+    def logged(process: str, text: str) -> bool:
+        return text in (tmp_path / f"{process}.log").read_text()
+
+    try:
+        for name in ("controller", "n0", "n1", "scheduler"):
+            c.start(name)
+        async with aiohttp.ClientSession() as http:
+            await ready(http, c, {"n0", "n1"})
+            for i in range(10):
+                clients.append(await connect(http, c.ws(f"n{i % 2}", f"before-{i}")))
+
+            async def all_online(n: int) -> bool:
+                return await total(http, c) == n
+
+            await until(lambda: all_online(10), 10, "10 clients online")
+
+            # etcd is gone for longer than the lease TTL and the heartbeat timeout: the
+            # scheduler answers from its snapshot, nodes take logins, nobody is dropped.
+            own_etcd.stop()
+            outage_end = time.monotonic() + 8
+            late = 0
+            while time.monotonic() < outage_end:
+                answer = await get(
+                    http,
+                    f"{c.url}/v1/endpoint?uid=late-{late}&device=phone&platform=ios&version=1.0",
+                )
+                url = f"{answer['endpoint']}?ticket={answer['ticket']}"
+                clients.append(await connect(http, url))
+                late += 1
+                await asyncio.sleep(1)
+            assert late >= 5
+            assert all(cl.alive for cl in clients)
+            own_etcd.start()
+
+            async def controller_leads() -> bool:
+                async with http.get(f"http://127.0.0.1:{c.ports['controller']}/metrics") as r:
+                    return "imctl_controller_leader 1.0" in await r.text()
+
+            await until(controller_leads, 20, "the controller leading again")
+            await ready(http, c, {"n0", "n1"})
+            await until(lambda: all_online(10 + late), 10, "everyone online after etcd")
+            assert all(cl.alive for cl in clients)
+
+            # Someone deletes n0's record by hand (its lease is alive). n0 sees itself gone
+            # from the registry and writes its record again. A controller that noticed the
+            # gap first takes n0's users offline as for a dead node; n0's next heartbeat
+            # flush then logs them back in. Either way nobody stays offline.
+            on_n0 = (await counts_by_node(http, c))["n0"]
+            kv = EtcdKV([own_etcd.endpoint])
+            await kv.connect()
+            try:
+                prefix = c.config.read_text().split("prefix: ", 1)[1].split()[0]
+                assert await kv.delete(f"{prefix}/nodes/n0")
+            finally:
+                await kv.close()
+
+            async def n0_back() -> bool:
+                listed = await get(http, f"{c.url}/v1/nodes")
+                return "n0" in {n["id"] for n in listed["nodes"]}
+
+            async def healed() -> bool:
+                return (
+                    logged("n0", "own record was gone from the registry; wrote it again")
+                    and await n0_back()
+                    and (await counts_by_node(http, c)).get("n0", 0) == on_n0
+                )
+
+            await until(healed, 20, "n0 listed and its users online again")
+            assert await total(http, c) == 10 + late
+            if logged("controller", "node n0 is gone"):
+                assert logged("n0", "live connections had no presence entry; logging them")
+            assert all(cl.alive for cl in clients)
+            assert min(cl.pongs for cl in clients) >= 5
+    finally:
+        for cl in clients:
+            await cl.close()
+        c.stop_all()
