@@ -16,7 +16,6 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     disable_created_metrics,
 )
 
@@ -24,6 +23,7 @@ from control.common.auth import Role, TokenTable
 from control.common.errors import BAD_JSON, BackendUnavailable, BadRequest
 from control.common.geoip import GeoDatabase
 from control.common.kv import KeyValueStore
+from control.common.metrics import LoopCounter, LoopHistogram
 from control.common.mirror import PrefixMirror
 from control.common.ops import add_ops_routes
 from control.common.ratelimit import TokenBuckets
@@ -53,17 +53,18 @@ _json_str = json.encoder.encode_basestring
 class SchedulerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.decisions = Counter(
+        # Updated on every request: lock-free loop metrics (see control/common/metrics.py).
+        self.decisions = LoopCounter(
             "imctl_scheduler_decisions_total",
             "Endpoint decisions by strategy, placement and result",
             ["strategy", "placement", "result"],
-            registry=self.registry,
+            self.registry,
         )
-        self.latency = Histogram(
+        self.latency = LoopHistogram(
             "imctl_scheduler_decision_seconds",
             "Time to answer GET /v1/endpoint, parsing to response",
-            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
-            registry=self.registry,
+            (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+            self.registry,
         )
         self.nodes = Gauge(
             "imctl_scheduler_nodes",
@@ -215,7 +216,6 @@ class EndpointHandler:
             f'"heartbeat":{json.dumps(self.heartbeat, separators=(",", ":"))},'
             f'"backoff":{json.dumps(self.backoff, separators=(",", ":"))}'
         )
-        self._children: dict[tuple[str, str, str], Any] = {}
         self.ttl = settings.tickets.ttl_s
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -271,11 +271,7 @@ class EndpointHandler:
         return web.Response(body=body.encode(), content_type=JSON)
 
     def _count(self, strategy: str, placement: str, result: str) -> None:
-        key = (strategy, placement, result)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self.metrics.decisions.labels(*key)
-        child.inc()
+        self.metrics.decisions.inc(strategy, placement, result)
 
 
 @require("viewer")
