@@ -30,6 +30,7 @@ from control.access.core import CoreContext, MessageCore, load_core
 from control.access.push import Pusher
 from control.common.errors import BAD_JSON, BackendUnavailable, ImctlError, TicketError
 from control.common.kv import KeyValueStore
+from control.common.metrics import LoopCounter
 from control.common.mirror import PrefixMirror
 from control.common.ops import add_ops_routes, lifecycle
 from control.common.ratelimit import TokenBuckets
@@ -104,29 +105,27 @@ class AccessMetrics:
         self.connections = Gauge(
             "imctl_access_connections", "Open client connections", ["node"], registry=self.registry
         ).labels(**labels)
-        self.handshakes = Counter(
+        # Per handshake, frame and close: lock-free loop metrics (control/common/metrics.py).
+        self.handshakes = LoopCounter(
             "imctl_access_handshakes_total",
             "WebSocket handshakes by result",
             ["node", "result"],
-            registry=self.registry,
+            self.registry,
         )
-        self.frames = Counter(
-            "imctl_access_frames_total",
-            "Client frames by type",
-            ["node", "type"],
-            registry=self.registry,
+        self.frames = LoopCounter(
+            "imctl_access_frames_total", "Client frames by type", ["node", "type"], self.registry
         )
-        self.frame_errors = Counter(
+        self.frame_errors = LoopCounter(
             "imctl_access_frame_errors_total",
             "Rejected client frames by code",
             ["node", "code"],
-            registry=self.registry,
+            self.registry,
         )
-        self.closes = Counter(
+        self.closes = LoopCounter(
             "imctl_access_closes_total",
             "Connections closed by reason",
             ["node", "reason"],
-            registry=self.registry,
+            self.registry,
         )
         self.flush = Histogram(
             "imctl_access_heartbeat_flush_seconds",
@@ -144,20 +143,15 @@ class AccessMetrics:
             registry=self.registry,
         ).labels(**labels)
         self.node_id = node_id
-        self._frame_children: dict[str, Any] = {}
 
     def frame(self, kind: str) -> None:
-        """Count a frame; labelled children are cached, this runs for every ping."""
-        child = self._frame_children.get(kind)
-        if child is None:
-            child = self._frame_children[kind] = self.frames.labels(self.node_id, kind)
-        child.inc()
+        self.frames.inc(self.node_id, kind)
 
     def handshake(self, result: str) -> None:
-        self.handshakes.labels(self.node_id, result).inc()
+        self.handshakes.inc(self.node_id, result)
 
     def closed(self, reason: str) -> None:
-        self.closes.labels(self.node_id, reason).inc()
+        self.closes.inc(self.node_id, reason)
 
 
 class AccessNode:
@@ -497,7 +491,7 @@ class AccessNode:
 
     async def _strike(self, session: Session, error: protocol.FrameError) -> None:
         session.strikes += 1
-        self.metrics.frame_errors.labels(self.id, error.code).inc()
+        self.metrics.frame_errors.inc(self.id, error.code)
         await session.send(error.frame())
 
     async def _set_status(self, session: Session, frame: Mapping[str, Any]) -> None:
