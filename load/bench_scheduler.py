@@ -81,14 +81,28 @@ def scheduler_config(port: int) -> dict:  # type: ignore[type-arg]
     }
 
 
-def wrk(url: str, duration: int, connections: int, script: Path) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(
+    url: str, duration: int, connections: int, script: Path, server_pid: int
+) -> dict[str, float]:
+    """One wrk run; also the server's CPU time per request (its cost, whatever else the
+    machine was doing during the run)."""
+    before = cpu_seconds(server_pid)
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+    spent = cpu_seconds(server_pid) - before
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
 
     def ms(label: str) -> float:
         m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -99,6 +113,7 @@ def wrk(url: str, duration: int, connections: int, script: Path) -> dict[str, fl
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
         "rps": rps,
+        "cpu_us_per_request": round(spent / max(requests, 1) * 1e6, 1),
         "p50_ms": ms("50"),
         "p99_ms": ms("99"),
         "non_2xx": float(non2xx.group(1)) if non2xx else 0.0,
@@ -146,10 +161,10 @@ def main() -> None:
         results: dict[str, list[dict[str, float]]] = {"imctl": [], "bare": []}
         for _ in range(args.runs):
             results["bare"].append(
-                wrk(f"http://127.0.0.1:{bport}", args.duration, args.connections, script)
+                wrk(f"http://127.0.0.1:{bport}", args.duration, args.connections, script, bare.pid)
             )
             results["imctl"].append(
-                wrk(f"http://127.0.0.1:{sport}", args.duration, args.connections, script)
+                wrk(f"http://127.0.0.1:{sport}", args.duration, args.connections, script, sched.pid)
             )
     finally:
         for p in (sched, bare):
@@ -176,6 +191,11 @@ def main() -> None:
                         for i, b in zip(results["imctl"], results["bare"], strict=True)
                     ),
                     3,
+                ),
+                # Server CPU per request, bare over imctl: how many of the bare handler's
+                # requests one core serves per request of ours.
+                "ratio_cpu": round(
+                    med["bare"]["cpu_us_per_request"] / med["imctl"]["cpu_us_per_request"], 3
                 ),
                 "all_runs": results,
             },
