@@ -41,7 +41,8 @@ from control.presence.model import Presence
 from control.settings import AccessNodeSettings, Settings
 
 log = logging.getLogger(__name__)
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# allow_nan=False: NaN is not JSON, and browsers' parsers refuse it.
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 class Session:
@@ -87,6 +88,9 @@ class Session:
         try:
             await self.ws.send_str(_dumps(frame))
         except (ConnectionError, RuntimeError):
+            return False
+        except ValueError as exc:  # NaN, or half a surrogate pair, in a core's frame
+            log.warning("not sending a frame no client could read: %s", exc)
             return False
         return True
 
@@ -552,9 +556,10 @@ class AccessNode:
         if not self._authorized(request):
             return _refuse(401, "unauthorized", "internal token required")
         try:
-            body = await request.json()
-        except BAD_JSON:
-            return _refuse(400, "bad_request", "body must be JSON")
+            # Strict: the payload goes on to clients as it is.
+            body = protocol.loads_strict(await request.text())
+        except BAD_JSON as exc:
+            return _refuse(400, "bad_request", f"body must be JSON ({exc})")
         if not isinstance(body, dict):
             return _refuse(400, "bad_request", "body must be a JSON object")
         return body

@@ -36,12 +36,25 @@ def _not_json(name: str) -> Any:
 _decode = json.JSONDecoder(parse_constant=_not_json).decode
 
 
+def loads_strict(text: str) -> Any:
+    """JSON that can be passed on to any client: no NaN or Infinity, and no ``\\u`` escape
+    naming half a surrogate pair (it decodes to a str that cannot be encoded as UTF-8, so
+    sending it on would fail). Raises ValueError (or RecursionError, see BAD_JSON)."""
+    value = _decode(text)
+    if "\\u" in text:  # only escapes can make a lone surrogate; most frames have none
+        try:
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise ValueError("a \\u escape names half a surrogate pair") from None
+    return value
+
+
 def parse_frame(data: str, max_bytes: int) -> dict[str, Any] | FrameError:
     """A client frame as a dict with a string ``t``, or why it is not one."""
     if len(data) > max_bytes or len(data.encode()) > max_bytes:
         return FrameError("too_large", f"frames are limited to {max_bytes} bytes")
     try:
-        frame = _decode(data)
+        frame = loads_strict(data)
     except BAD_JSON:
         return FrameError("malformed", "frames are JSON objects")
     if not isinstance(frame, dict):

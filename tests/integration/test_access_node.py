@@ -100,7 +100,7 @@ async def test_bad_frames_get_errors_then_1008(http: aiohttp.ClientSession) -> N
         await until(lambda: not c.node("n0").sessions)
 
 
-async def test_frame_nested_too_deep_is_malformed(http: aiohttp.ClientSession) -> None:
+async def test_frames_no_client_could_read_back_are_malformed(http: aiohttp.ClientSession) -> None:
     # Fits the frame limit, but json.loads raises RecursionError (not ValueError) on it.
     deep = "[" * 30_000 + "]" * 30_000
     async with LocalCluster(cluster_settings(nodes=1)) as c:
@@ -112,6 +112,15 @@ async def test_frame_nested_too_deep_is_malformed(http: aiohttp.ClientSession) -
         headers = {"Authorization": "Bearer test-internal-token-123"}
         async with http.post(c.base("n0") + "/internal/push", data=deep, headers=headers) as r:
             assert r.status == 400
+        # Half a surrogate pair decodes to a str no client could be sent: refused on the
+        # way in, on both paths (it used to kill the connection when echoed back).
+        await ws.send_str('{"t": "echo", "body": "\\ud800"}')
+        assert (await ws.receive_json(timeout=5))["code"] == "malformed"
+        await ws.send_str('{"t": "echo", "body": "\\ud83d\\ude00"}')  # a whole pair is fine
+        assert (await ws.receive_json(timeout=5)) == {"t": "echo", "body": "😀"}
+        bad = '{"uids": ["mallory"], "payload": {"x": "\\udc80"}}'
+        async with http.post(c.base("n0") + "/internal/push", data=bad, headers=headers) as r:
+            assert r.status == 400 and "surrogate" in (await r.json())["message"]
         await ws.close()
 
 

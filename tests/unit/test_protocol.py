@@ -21,12 +21,18 @@ from control.access.protocol import FrameError, parse_frame
         ('{"t": "msg", "v": NaN}', "malformed"),  # not JSON: browsers could not read it
         ('{"t": "msg", "v": Infinity}', "malformed"),
         ("[" * 30_000 + "]" * 30_000, "malformed"),  # json.loads: RecursionError
+        ('{"t": "msg", "body": "\\ud800"}', "malformed"),  # half a surrogate pair: not UTF-8
+        ('{"t": "msg", "body": "\\udc00 x"}', "malformed"),
         ('{"t": "msg", "body": "' + "é" * 40 + '"}', "too_large"),  # 64 bytes, not chars
     ],
 )
 def test_bad_frames(data: str, code: str) -> None:
     found = parse_frame(data, 64 if code == "too_large" else 65_536)
     assert isinstance(found, FrameError) and found.code == code
+
+
+def test_escaped_surrogate_pair_is_a_character() -> None:
+    assert parse_frame('{"t": "msg", "body": "\\ud83d\\ude00"}', 1024) == {"t": "msg", "body": "😀"}
 
 
 def test_good_frame() -> None:
