@@ -720,11 +720,15 @@ def _refuse(status: int, code: str, message: str, retry_after: int | None = None
 
 
 NODE = web.AppKey("node", AccessNode)
+INTERNAL_BODY_MAX = 8 * 1024 * 1024
 
 
 def create_app(node: AccessNode, own_backends: bool = False) -> web.Application:
     """The node's aiohttp app; ``own_backends`` closes the KV and presence on cleanup."""
-    app = web.Application()
+    # Only the internal API takes bodies, and it reads them after checking the token: a
+    # push of one chunk (Pusher.CHUNK uids of up to 128 characters, plus the payload)
+    # must fit.
+    app = web.Application(client_max_size=INTERNAL_BODY_MAX)
     app[NODE] = node
 
     async def close_sessions(app: web.Application) -> None:

@@ -18,17 +18,24 @@ log = logging.getLogger(__name__)
 
 
 class Pusher:
+    # Uids per internal request: a big group's share of one node goes in several requests,
+    # concurrently. 5,000 uids of the longest kind (128 characters) are ~660 KB: inside the
+    # node's body limit, and under the size at which aiohttp warns about sending raw bytes.
+    CHUNK = 5_000
+
     def __init__(
         self,
         presence: PresenceCluster,
         node_url: Callable[[str], str | None],
         token: str,
         timeout_s: float = 2.0,
+        chunk: int = CHUNK,
     ) -> None:
         self.presence = presence
         self.node_url = node_url
         self.token = token
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.chunk = chunk
         self._http: aiohttp.ClientSession | None = None
 
     def _session(self) -> aiohttp.ClientSession:
@@ -43,25 +50,30 @@ class Pusher:
     async def push(self, uids: Sequence[str], payload: Mapping[str, Any]) -> PushResult:
         wanted = list(dict.fromkeys(uids))
         found = await self.presence.locate(wanted)
-        by_node = found.by_node()
         present = found.uids()
         offline = {u for u in wanted if u not in present}
-        delivered = 0
-        failed_nodes: list[str] = []
-        failed: set[str] = set()
+        batches = [
+            (node, ordered[i : i + self.chunk])
+            for node, group in found.by_node().items()
+            for ordered in [sorted(group)]
+            for i in range(0, len(ordered), self.chunk)
+        ]
         results = await asyncio.gather(
-            *(self._deliver(node, sorted(group), payload) for node, group in by_node.items())
+            *(self._deliver(node, batch, payload) for node, batch in batches)
         )
+        delivered = 0
+        failed_nodes: set[str] = set()
+        failed: set[str] = set()
         reached: set[str] = set()
-        for node, (ok, count, missing) in zip(by_node, results, strict=True):
+        for (node, batch), (ok, count, missing) in zip(batches, results, strict=True):
             if not ok:
-                failed_nodes.append(node)
-                failed |= by_node[node]
+                failed_nodes.add(node)
+                failed.update(batch)
                 continue
             delivered += count
-            reached |= by_node[node] - set(missing)
+            reached.update(set(batch) - set(missing))
         # A user counts as offline when no node that answered holds it any more.
-        offline |= {u for node in by_node for u in by_node[node]} - reached - failed
+        offline |= present - reached - failed
         return PushResult(
             delivered,
             tuple(sorted(offline)),

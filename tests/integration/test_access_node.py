@@ -4,6 +4,8 @@ embedded backends."""
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -11,6 +13,7 @@ import aiohttp
 import pytest
 
 from control.access import protocol
+from control.access.push import Pusher
 from tests.cluster import LocalCluster, cluster_settings
 
 
@@ -222,6 +225,40 @@ async def test_push_and_direct_message(http: aiohttp.ClientSession) -> None:
         assert (await alice.receive_json(timeout=5)) == {"t": "news"}
         await alice.close()
         await bob.close()
+
+
+async def test_a_big_group_goes_to_each_node_in_chunks(http: aiohttp.ClientSession) -> None:
+    """A node's share of a big group is sent in several requests, each inside the node's
+    body limit: here chunks of 2, so 7 users on 2 nodes take 5 requests."""
+    async with LocalCluster(cluster_settings(nodes=2)) as c:
+        sockets = {}
+        for i in range(7):
+            sockets[f"g{i}"] = (await c.connect(http, f"g{i}", f"n{i % 2}"))[0]
+        token = c.settings.access.internal_token
+        pusher = Pusher(c.presence, c.base, token, chunk=2)
+        try:
+            result = await pusher.push([*sockets, "gone"], {"t": "news", "n": 1})
+        finally:
+            await pusher.close()
+        assert result.delivered == 7 and result.offline == ("gone",) and not result.failed
+        for ws in sockets.values():
+            assert (await ws.receive_json(timeout=5)) == {"t": "news", "n": 1}
+        for ws in sockets.values():
+            await ws.close()
+
+
+async def test_one_full_chunk_of_the_longest_uids_fits_a_node(http: aiohttp.ClientSession) -> None:
+    """A chunk of the longest uids with a 500 KB payload: over aiohttp's default 1 MiB body
+    limit, inside the node's."""
+    async with LocalCluster(cluster_settings(nodes=1)) as c:
+        uids = [f"{i:0128d}" for i in range(Pusher.CHUNK)]  # 128 characters, the longest
+        headers = {"Authorization": "Bearer test-internal-token-123"}
+        body = json.dumps({"uids": uids, "payload": {"t": "news", "body": "x" * 500_000}})
+        assert len(body) > 1024 * 1024
+        url = c.base("n0") + "/internal/push"
+        async with http.post(url, data=io.BytesIO(body.encode()), headers=headers) as r:
+            assert r.status == 200
+            assert len((await r.json())["missing"]) == Pusher.CHUNK
 
 
 async def test_internal_api_needs_the_token(http: aiohttp.ClientSession) -> None:
