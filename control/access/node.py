@@ -446,7 +446,7 @@ class AccessNode:
                     elif t == "status":
                         await self._set_status(session, frame)
                     elif t in types:
-                        await self.core.on_message(session, frame)
+                        await self._core_message(session, frame)
                     else:
                         await self._strike(
                             session,
@@ -490,8 +490,23 @@ class AccessNode:
                 self._spawn(self._kick_remote(replaced))
         hb = self.settings.heartbeat
         await session.send(protocol.welcome(session.conn, self.id, hb.interval_s, hb.timeout_s))
-        await self.core.on_open(session)
+        try:
+            await self.core.on_open(session)
+        except Exception:  # a core's bug: the connection itself is fine
+            log.exception("%s: message core failed in on_open", self.id)
         return True
+
+    async def _core_message(self, session: Session, frame: Mapping[str, Any]) -> None:
+        """Hand a frame to the core. A core that fails on one frame costs the client that
+        frame (an error frame says so), not its connection; it is not the client's strike."""
+        try:
+            await self.core.on_message(session, frame)
+        except Exception:
+            log.exception("%s: message core failed on a %r frame", self.id, frame.get("t"))
+            self.metrics.frame_errors.inc(self.id, "internal")
+            await session.send(
+                {"t": "error", "code": "internal", "message": "this frame could not be handled"}
+            )
 
     async def _strike(self, session: Session, error: protocol.FrameError) -> None:
         session.strikes += 1

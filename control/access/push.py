@@ -5,6 +5,7 @@ offline instead of dropping them silently."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -15,6 +16,9 @@ from control.access.core import PushResult
 from control.presence.cluster import PresenceCluster
 
 log = logging.getLogger(__name__)
+# UTF-8, not \u escapes (a CJK payload would double); NaN is not JSON.
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_JSON = {"Content-Type": "application/json"}
 
 
 class Pusher:
@@ -48,6 +52,10 @@ class Pusher:
         return self._http
 
     async def push(self, uids: Sequence[str], payload: Mapping[str, Any]) -> PushResult:
+        """Deliver ``payload`` to every device of ``uids``. Raises ValueError when the payload
+        is not JSON any client could read (NaN, half a surrogate pair): a core's mistake,
+        told to the core rather than to every node."""
+        packed = _dumps(payload).encode()  # once, not once per node and chunk
         wanted = list(dict.fromkeys(uids))
         found = await self.presence.locate(wanted)
         present = found.uids()
@@ -59,7 +67,7 @@ class Pusher:
             for i in range(0, len(ordered), self.chunk)
         ]
         results = await asyncio.gather(
-            *(self._deliver(node, batch, payload) for node, batch in batches)
+            *(self._deliver(node, batch, packed) for node, batch in batches)
         )
         delivered = 0
         failed_nodes: set[str] = set()
@@ -82,21 +90,26 @@ class Pusher:
         )
 
     async def _deliver(
-        self, node: str, uids: list[str], payload: Mapping[str, Any]
+        self, node: str, uids: list[str], packed: bytes
     ) -> tuple[bool, int, list[str]]:
-        body = await self.call(node, "/internal/push", {"uids": uids, "payload": payload})
+        raw = b'{"uids":' + _dumps(uids).encode() + b',"payload":' + packed + b"}"
+        body = await self.call(node, "/internal/push", raw)
         if body is None:
             return False, 0, []
         return True, int(body.get("delivered", 0)), list(body.get("missing", []))
 
-    async def call(self, node: str, path: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
-        """POST to a node's internal API with the internal token; None when it failed."""
+    async def call(
+        self, node: str, path: str, body: Mapping[str, Any] | bytes
+    ) -> dict[str, Any] | None:
+        """POST JSON (a mapping, or already encoded) to a node's internal API with the
+        internal token; None when it failed."""
         base = self.node_url(node)
         if base is None:
             log.warning("internal call %s: node %s is not in the registry", path, node)
             return None
         try:
-            async with self._session().post(f"{base}{path}", json=body) as resp:
+            raw = body if isinstance(body, bytes) else _dumps(body).encode()
+            async with self._session().post(f"{base}{path}", data=raw, headers=_JSON) as resp:
                 if resp.status != 200:
                     log.warning("internal call %s on %s: HTTP %d", path, node, resp.status)
                     return None

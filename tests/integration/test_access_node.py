@@ -127,6 +127,27 @@ async def test_frames_no_client_could_read_back_are_malformed(http: aiohttp.Clie
         await ws.close()
 
 
+async def test_a_failing_core_costs_a_frame_not_the_connection(
+    http: aiohttp.ClientSession,
+) -> None:
+    settings = cluster_settings(nodes=1, access={"core": "tests.cores:FlakyCore"})
+    async with LocalCluster(settings) as c:
+        ws, _ = await c.connect(http, "alice", "n0")
+        for t in ("boom", "nan_push", "boom", "boom", "boom"):  # more than the abuse limit
+            await ws.send_json({"t": t})
+            assert (await ws.receive_json(timeout=5))["code"] == "internal"
+        await ws.send_json({"t": "nan_send"})
+        assert (await ws.receive_json(timeout=5)) == {"t": "sent", "ok": False}
+        await ws.send_json({"t": "echo", "body": "still here"})
+        assert (await ws.receive_json(timeout=5)) == {"t": "echo", "body": "still here"}
+        cursed, _ = await c.connect(http, "cursed", "n0")  # on_open raised: still served
+        await cursed.send_json({"t": "ping"})
+        assert (await cursed.receive_json(timeout=5))["t"] == "pong"
+        assert {s.uid for s in c.node("n0").sessions.values()} == {"alice", "cursed"}
+        await ws.close()
+        await cursed.close()
+
+
 async def test_huge_frame_closes_1009(http: aiohttp.ClientSession) -> None:
     settings = cluster_settings(nodes=1, access={"max_frame_bytes": 1024})
     async with LocalCluster(settings) as c:
