@@ -145,6 +145,8 @@ def guarded(handler: Handler) -> Handler:
             if exc.status < 400:
                 raise
             return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+        except BackendUnavailable as exc:  # etcd or Redis away: worth retrying, not a bug
+            return _error(503, "unavailable", str(exc), retry_after=1)
         except Exception:
             return _internal_error(request)
 

@@ -168,3 +168,33 @@ async def test_releases_from_store_and_cas(
     await until(lambda: engine.snapshot.releases[0].percent == 0, 5, "percent change")
     body = await (await client.get("/v1/endpoint", params=OK)).json()
     assert (body["node"], body["track"]) == ("stable-1", "stable")
+
+
+async def test_admin_writes_while_etcd_is_down_are_503(
+    aiohttp_client: Any, own_etcd: EtcdServer
+) -> None:
+    settings = parse_settings(
+        {
+            "cluster": {
+                "backend": "etcd",
+                "prefix": "/imctl",
+                "etcd": {"endpoints": [own_etcd.endpoint], "timeout_s": 1},
+            },
+            "regions": {"known": ["r1"]},
+            "registry": {
+                "lease_ttl_s": 2,
+                "static_nodes": [{"id": "s1", "endpoint": "ws://127.0.0.1/s1", "region": "r1"}],
+            },
+            "scheduler": {"rebuild_s": 0},
+        }
+    )
+    _, client = await synced_scheduler(aiohttp_client, settings)
+    own_etcd.stop()
+    resp = await client.post("/v1/nodes/s1/drain", json={"over_s": 10})
+    assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+    assert (await resp.json())["error"] == "unavailable"
+    resp = await client.delete("/v1/nodes/s1/drain")
+    assert resp.status == 503
+    # Clients are still answered from the snapshot.
+    assert (await client.get("/v1/endpoint", params=OK)).status == 200
+    own_etcd.start()
