@@ -519,6 +519,11 @@ class AccessNode:
             ok = await self.presence.set_status(
                 session.uid, session.device, session.conn, str(status)
             )
+        except BackendUnavailable:  # not the client's fault: no strike
+            await session.send(
+                protocol.FrameError("unavailable", "presence is unavailable; try again").frame()
+            )
+            return
         except ImctlError as exc:
             await self._strike(session, protocol.FrameError("bad_status", str(exc)))
             return

@@ -31,6 +31,11 @@ async def test_shard_restart_is_healed_by_heartbeats(tmp_path: Path) -> None:
             redis.kill()
             await ws.send_json({"t": "ping"})  # the node keeps serving its connections
             assert (await ws.receive_json(timeout=5))["t"] == "pong"
+            for _ in range(settings.access.abuse_limit + 1):  # not the client's abuse
+                await ws.send_json({"t": "status", "status": "busy"})
+                assert (await ws.receive_json(timeout=10))["code"] == "unavailable"
+            await ws.send_json({"t": "ping"})
+            assert (await ws.receive_json(timeout=5))["t"] == "pong"
             late = await http.ws_connect(c.ws_url("n0", c.ticket("bob", "d", "n0")))
             refused = await late.receive_json(timeout=10)
             assert refused["t"] == "error" and refused["code"] == "unavailable"
