@@ -34,7 +34,9 @@ class Ring:
     with the same md5 point and bisect, several times faster than ``get_node``, and
     remember owners (a ring is immutable: a new spec makes a new Ring and a new cache)."""
 
-    CACHE_MAX = 1_000_000
+    # ~100 bytes an entry with the uid it keeps alive: 25 MB at most, in every process that
+    # routes users (each access node, for its heartbeats and pushes).
+    CACHE_MAX = 262_144
 
     def __init__(self, spec: RingSpec) -> None:
         if not spec.shards:
