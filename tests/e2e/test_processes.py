@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -248,3 +249,44 @@ def test_up_on_etcd_and_redis(etcd_server: EtcdServer, redis_servers: list, tmp_
     finally:
         out, err = stop(proc)
     assert "registry etcd, presence redis" in out, err
+
+
+def test_connect_client_talks_then_leaves_at_end_of_input(
+    up: tuple[str, subprocess.Popen[str]],
+) -> None:
+    url, _ = up
+    seen: list[str] = []
+    with subprocess.Popen(
+        [*IMCTL, "connect", "--uid", "carol", "--server", url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    ) as client:
+        watchdog = threading.Timer(30, client.kill)  # bounds every read below
+        watchdog.start()
+        try:
+            assert client.stdin is not None and client.stdout is not None
+
+            def read_until(marker: str) -> None:
+                while not any(line.startswith("< ") and marker in line for line in seen):
+                    seen.append(client.stdout.readline())  # type: ignore[union-attr]
+                    assert seen[-1], f"client ended early: {seen}"
+
+            read_until('"welcome"')
+            client.stdin.write('{"t": "echo", "body": "hi"}\n')
+            client.stdin.flush()
+            read_until('"echo"')
+            _status, who = get(f"{url}/v1/presence/carol")
+            assert who["online"]
+            client.stdin.close()
+            rest = client.stdout.read()
+            assert client.wait(10) == 0
+        finally:
+            watchdog.cancel()
+            if client.poll() is None:
+                client.kill()
+    assert seen[0].startswith("# scheduler: node ")
+    assert '< {"t": "echo", "body": "hi"}' in "".join(seen)
+    assert "# end of input: disconnecting" in rest

@@ -268,6 +268,24 @@ async def test_a_big_group_goes_to_each_node_in_chunks(http: aiohttp.ClientSessi
             await ws.close()
 
 
+async def test_users_on_a_node_that_cannot_be_reached_are_failed_not_offline(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with LocalCluster(cluster_settings(nodes=3)) as c:
+        sockets = [(await c.connect(http, f"f{i}", f"n{i}"))[0] for i in range(3)]
+        urls = {"n0": c.base("n0"), "n1": "http://127.0.0.1:1"}  # n1 refuses; n2 unknown
+        pusher = Pusher(c.presence, urls.get, c.settings.access.internal_token, timeout_s=2)
+        try:
+            result = await pusher.push(["f0", "f1", "f2", "nobody"], {"t": "news"})
+        finally:
+            await pusher.close()
+        assert result.delivered == 1 and result.offline == ("nobody",)
+        assert result.failed == ("f1", "f2") and result.failed_nodes == ("n1", "n2")
+        assert (await sockets[0].receive_json(timeout=5)) == {"t": "news"}
+        for ws in sockets:
+            await ws.close()
+
+
 async def test_one_full_chunk_of_the_longest_uids_fits_a_node(http: aiohttp.ClientSession) -> None:
     """A chunk of the longest uids with a 500 KB payload: over aiohttp's default 1 MiB body
     limit, inside the node's."""
