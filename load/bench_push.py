@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import aiohttp
 import yaml
 
 from control.access.push import Pusher
@@ -94,7 +96,7 @@ async def measure(
     clients: list[subprocess.Popen[str]],
     ports: dict[str, int],
     uids: list[str],
-) -> dict[str, float]:
+) -> dict[str, object]:
     presence = build_cluster(
         [(f"s{i}", r.url, 1) for i, r in enumerate(redis)],
         "redis",
@@ -118,8 +120,23 @@ async def measure(
             )
         )
         last = max(json.loads(r)["last"] for r in reports)
+        # Each node's time writing the frame to its recipients (this run's only push).
+        async with aiohttp.ClientSession() as http:
+            writes = {}
+            for node, port in ports.items():
+                async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                    text = await resp.text()
+                found = re.search(
+                    r"^imctl_access_push_write_seconds_sum\{[^}]*\} (\S+)$", text, re.M
+                )
+                writes[node] = round(float(found.group(1)) * 1000, 1) if found else None
+        t = time.perf_counter()
+        await presence.locate(uids)  # warm, as the push's own was
+        warm_ms = (time.perf_counter() - t) * 1000
         return {
             "first_locate_ms": cold_ms,
+            "warm_locate_ms": warm_ms,
+            "node_write_ms": writes,
             "delivered": result.delivered,
             "offline": len(result.offline),
             "push_returned_ms": (returned - started) * 1000,
@@ -163,6 +180,12 @@ def main() -> None:
                 ),
                 "median_last_client_read_ms": statistics.median(
                     r["last_client_read_ms"] for r in all_runs
+                ),
+                # Where the time goes: the lookup before any node is asked, and the slowest
+                # node's write loop (nodes and client processes share the cores meanwhile).
+                "median_warm_locate_ms": statistics.median(r["warm_locate_ms"] for r in all_runs),
+                "median_slowest_node_write_ms": statistics.median(
+                    max(w for w in r["node_write_ms"].values() if w is not None) for r in all_runs
                 ),
             },
             indent=2,

@@ -137,6 +137,13 @@ class AccessMetrics:
             ["node"],
             registry=self.registry,
         ).labels(**labels)
+        self.push_write = Histogram(
+            "imctl_access_push_write_seconds",
+            "Time to write one internal push's frame to all its recipients' sockets",
+            ["node"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        ).labels(**labels)
         self.draining = Gauge(
             "imctl_access_draining", "1 while the node drains", ["node"], registry=self.registry
         ).labels(**labels)
@@ -593,6 +600,7 @@ class AccessNode:
             return _refuse(400, "bad_request", "uids: a list of strings")
         if not isinstance(payload, dict):
             return _refuse(400, "bad_request", "payload: a JSON object")
+        started = time.perf_counter()
         text = _dumps(payload)
         frame = protocol.text_frame(text.encode())
         wanted = set(uids)
@@ -621,6 +629,7 @@ class AccessNode:
                     delivered += 1
                     reached.add(s.uid)
         self.metrics.pushes.inc(delivered)
+        self.metrics.push_write.observe(time.perf_counter() - started)
         return web.json_response({"delivered": delivered, "missing": sorted(wanted - reached)})
 
     @staticmethod

@@ -244,6 +244,10 @@ async def test_push_and_direct_message(http: aiohttp.ClientSession) -> None:
         result = await c.node("n0").pusher.push(["alice", "bob", "carol"], {"t": "news"})
         assert result.delivered == 2 and result.offline == ("carol",)
         assert (await alice.receive_json(timeout=5)) == {"t": "news"}
+        async with http.get(c.base("n1") + "/metrics") as resp:
+            text = await resp.text()
+        # bob's direct message and the news: two pushes written by n1
+        assert 'imctl_access_push_write_seconds_count{node="n1"} 2.0' in text
         await alice.close()
         await bob.close()
 
