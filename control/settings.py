@@ -454,7 +454,7 @@ def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, st
             continue
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):  # the raw text, for the type check to name
             value = raw
         node = tree
         for k in keys[:-1]:
@@ -523,4 +523,6 @@ def load_settings(
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         what = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{p}: {where}not valid YAML ({what})"]) from None
+    except RecursionError:  # PyYAML's parser recurses once per level of nesting
+        raise ConfigError([f"{p}: not valid YAML (nested too deeply)"]) from None
     return parse_settings(data, str(p), env)

@@ -90,6 +90,8 @@ def test_open_admin_needs_loopback() -> None:
         ("scheduler: [1, 2", "not valid YAML"),
         ("- just\n- a list", "top level must be a mapping"),
         ("\x00binary", "not valid YAML"),
+        ("a: " + "[" * 5000 + "]" * 5000, "nested too deeply"),  # RecursionError in PyYAML
+        ("a: !!python/object:os.system x", "could not determine a constructor"),
     ],
 )
 def test_unreadable_files(tmp_path: Path, text: str, needle: str) -> None:
@@ -144,6 +146,14 @@ def test_cli_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture
         main(argv)
     assert exit_.value.code == 2
     assert "imctl" in capsys.readouterr().err
+
+
+def test_environment_value_nested_too_deeply_is_a_type_problem() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_settings({}, "t.yaml", env={"IMCTL_SCHEDULER__PORT": "[" * 5000 + "]" * 5000})
+    assert err.value.problems[0].startswith(
+        "IMCTL_SCHEDULER__PORT (environment): scheduler.port: expected an integer"
+    )
 
 
 def test_cli_bad_server_in_environment(
