@@ -72,6 +72,30 @@ class Presence(NamedTuple):
 
 
 FIELDS = 3  # SEP-fields of a packed record: uid, node, rest
+REST_SEPS = 5  # RS in a record's rest: device, conn, epoch, status, region, platform
+
+
+def split_records(values: list[str]) -> tuple[list[str], int]:
+    """The flat fields of stored values (each a user's records back to back), and how many
+    values were skipped as malformed. One join and one split for the whole batch; a value
+    that is not whole records (written by hand, or by another version) would shift every
+    record after it, so when the counts do not add up the values are split one by one and
+    the bad ones left out."""
+    joined = SEP.join(values)
+    fields = joined.split(SEP) if joined else []
+    if len(fields) % FIELDS == 0 and joined.count(RS) == len(fields) // FIELDS * REST_SEPS:
+        return fields, 0
+    good: list[str] = []
+    skipped = 0
+    for value in values:
+        parts = value.split(SEP)
+        if len(parts) % FIELDS == 0 and all(
+            rest.count(RS) == REST_SEPS for rest in parts[FIELDS - 1 :: FIELDS]
+        ):
+            good.extend(parts)
+        else:
+            skipped += 1
+    return good, skipped
 
 
 class Locations(Mapping[str, list[Presence]]):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from importlib import resources
 from itertools import chain
@@ -13,9 +14,16 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from control.common.errors import BackendUnavailable
-from control.presence.model import SEP, Locations, Presence, PresenceEvent, Status, split_member
+from control.presence.model import (
+    Locations,
+    Presence,
+    PresenceEvent,
+    Status,
+    split_records,
+)
 from control.presence.store import EVENTS_MAXLEN, ShardStore
 
+log = logging.getLogger(__name__)
 LOGIN_BATCH = 500
 SCRIPTS = ("online", "touch", "offline", "set_status", "sweep", "evict_node")
 MGET_CHUNK = 5_000  # keys per MGET: bounds one command's time on the shard
@@ -140,8 +148,10 @@ class RedisShard(ShardStore):
             for i in range(0, len(uids), MGET_CHUNK)
         )
         replies = await self._packed(packed, -(-len(uids) // MGET_CHUNK))
-        joined = SEP.join(filter(None, chain.from_iterable(replies)))
-        return Locations([joined.split(SEP)] if joined else [])
+        fields, skipped = split_records(list(filter(None, chain.from_iterable(replies))))
+        if skipped:
+            log.warning("redis shard %s: skipped %d malformed presence values", self.id, skipped)
+        return Locations([fields])
 
     async def _packed(self, command: bytes, replies: int) -> list[Any]:
         """Send already-packed commands on one pooled connection and read their replies."""
@@ -237,4 +247,4 @@ class RedisShard(ShardStore):
         await self.redis.connection_pool.disconnect()
 
 
-__all__ = ["SEP", "RedisShard", "split_member"]
+__all__ = ["RedisShard"]

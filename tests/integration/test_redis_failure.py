@@ -10,8 +10,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
 from control.common.errors import BackendUnavailable
+from control.presence.cluster import build_cluster
+from control.presence.model import Presence
 from tests.cluster import LocalCluster, cluster_settings
 from tests.servers import RedisServer
 
@@ -67,3 +70,27 @@ async def test_shard_restart_is_healed_by_heartbeats(tmp_path: Path) -> None:
             await ws.close()
     finally:
         redis.stop()
+
+
+async def test_a_malformed_stored_value_is_skipped_not_shifting_others(
+    redis_servers: list[RedisServer],
+) -> None:
+    prefix = f"bad{time.monotonic_ns()}:"
+    cluster = build_cluster([("s0", redis_servers[0].url, 1)], "redis", 90, key_prefix=prefix)
+    try:
+        for i in range(3):
+            await cluster.online(Presence(f"ok{i}", "d", f"n{i}", f"c{i}"))
+        raw = aioredis.Redis.from_url(redis_servers[0].url)
+        # The old eight-field record, as a hand edit or another version might leave it.
+        await raw.set(f"{prefix}u:old", "old\x1fd\x1fn9\x1fc9\x1f1\x1fonline\x1fr\x1fios")
+        await raw.aclose()
+        found = await cluster.locate(["ok0", "old", "ok1", "ok2"])
+        assert sorted(found) == ["ok0", "ok1", "ok2"]
+        assert found.by_node() == {"n0": {"ok0"}, "n1": {"ok1"}, "n2": {"ok2"}}
+        # The user can still log in: the bad value is read as nothing and overwritten.
+        assert await cluster.online(Presence("old", "d", "n3", "c3")) is None
+        found = await cluster.locate(["old", "ok0"])
+        assert [(p.node, p.conn) for p in found["old"]] == [("n3", "c3")]
+        assert (await cluster.counts()).total == 4
+    finally:
+        await cluster.close()

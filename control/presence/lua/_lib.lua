@@ -16,6 +16,7 @@ end
 
 local function from_parts(uid, node, rest)
   local r = split(rest, RS)
+  if #r ~= 6 then return nil end
   return {uid, r[1], node, r[2], r[3], r[4], r[5], r[6]}
 end
 
@@ -29,14 +30,18 @@ local function record(packed)
   return from_parts(p[1], p[2], p[3])
 end
 
--- A user's entries, each a record list (a user has a handful of devices).
+-- A user's entries, each a record list (a user has a handful of devices). A value that is
+-- not whole records (a hand edit, another version) reads as no entries, and a record
+-- that is not whole is left out: either is overwritten by the next save.
 local function entries(ukey)
   local value = redis.call("GET", ukey)
   local list = {}
   if not value then return list end
   local p = split(value, SEP)
+  if #p % 3 ~= 0 then return list end
   for i = 1, #p - 2, 3 do
-    list[#list + 1] = from_parts(p[i], p[i + 1], p[i + 2])
+    local f = from_parts(p[i], p[i + 1], p[i + 2])
+    if f then list[#list + 1] = f end
   end
   return list
 end
