@@ -185,6 +185,7 @@ def split_member(value: str) -> tuple[str, str, str]:
 
 
 EventKind = Literal["online", "offline", "status"]
+EVENT_KINDS: frozenset[str] = frozenset(("online", "offline", "status"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 
 from control.common.errors import BackendUnavailable
 from control.presence.model import (
+    EVENT_KINDS,
     Locations,
     Presence,
     PresenceEvent,
@@ -227,19 +228,17 @@ class RedisShard(ShardStore):
         streams: Any = reply or []
         for _stream, entries in streams:
             for event_id, f in entries:
-                events.append(
-                    PresenceEvent(
-                        f["k"],
-                        f["u"],
-                        f["d"],
-                        f["n"],
-                        f["c"],
-                        f.get("r", ""),
-                        float(f.get("t", 0)),
-                        event_id,
-                        self.id,
+                try:
+                    kind, at = f["k"], float(f.get("t", 0))
+                    if kind not in EVENT_KINDS:
+                        raise ValueError(kind)
+                    event = PresenceEvent(
+                        kind, f["u"], f["d"], f["n"], f["c"], f.get("r", ""), at, event_id, self.id
                     )
-                )
+                except (KeyError, ValueError):  # not one of ours (added by hand): skip it
+                    log.warning("redis shard %s: skipping event %s: %r", self.id, event_id, f)
+                    continue
+                events.append(event)
         return events
 
     async def close(self) -> None:
