@@ -191,7 +191,16 @@ class RedisShard(ShardStore):
             raw = await self.redis.hgetall(self.k_cnt)
         except RedisError as exc:
             raise self._unavailable(exc) from exc
-        return {str(k): int(v) for k, v in raw.items() if int(v)}
+        counters = {}
+        for k, v in raw.items():
+            try:
+                n = int(v)
+            except ValueError:  # not one of ours: a count is never anything but an integer
+                log.warning("redis shard %s: skipping counter %s=%r", self.id, k, v)
+                continue
+            if n:
+                counters[str(k)] = n
+        return counters
 
     async def sweep(self, now_ms: int, limit: int, now: float) -> list[Presence]:
         flat = await self._run(

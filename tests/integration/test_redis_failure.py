@@ -96,7 +96,7 @@ async def test_a_malformed_stored_value_is_skipped_not_shifting_others(
         await cluster.close()
 
 
-async def test_a_foreign_event_in_the_stream_is_skipped(redis_servers: list[RedisServer]) -> None:
+async def test_foreign_events_and_counters_are_skipped(redis_servers: list[RedisServer]) -> None:
     prefix = f"ev{time.monotonic_ns()}:"
     cluster = build_cluster([("s0", redis_servers[0].url, 1)], "redis", 90, key_prefix=prefix)
     try:
@@ -105,9 +105,12 @@ async def test_a_foreign_event_in_the_stream_is_skipped(redis_servers: list[Redi
         raw = aioredis.Redis.from_url(redis_servers[0].url)
         await raw.xadd(f"{prefix}ev", {"hello": "world"})  # someone's test entry
         await raw.xadd(f"{prefix}ev", {"k": "online", "u": "x", "d": "d", "n": "n", "t": "soon"})
+        await raw.hset(f"{prefix}cnt", "r:mars", "many")
         await raw.aclose()
         await cluster.online(Presence("real", "d", "n1", "c1"))
         events = await shard.read_events(start, 10, 0)
         assert [(e.kind, e.uid) for e in events] == [("online", "real")]
+        counts = await cluster.counts()
+        assert counts.total == 1 and "mars" not in counts.by_region
     finally:
         await cluster.close()
