@@ -325,7 +325,21 @@ class AccessNode:
         wanted = requests.get(self.id)
         if wanted is not None and wanted != self._drain_requested:
             self._drain_requested = wanted
-            self.start_drain(float(wanted.get("over_s", 60)), "drain")
+            over = wanted.get("over_s", DEFAULT_DRAIN_S)
+            if (
+                isinstance(over, bool)
+                or not isinstance(over, (int, float))
+                or not 0 <= over <= 86_400
+            ):
+                # Written by hand, not through the admin API (which checks it): still drain.
+                log.warning(
+                    "%s: drain request over_s=%r is not 0-86400 seconds; draining over %ss",
+                    self.id,
+                    over,
+                    DEFAULT_DRAIN_S,
+                )
+                over = DEFAULT_DRAIN_S
+            self.start_drain(float(over), "drain")
         elif wanted is None and self._drain_requested is not None:
             self._drain_requested = None
             self.undrain()
@@ -709,6 +723,7 @@ class AccessNode:
         await self.pusher.close()
 
 
+DEFAULT_DRAIN_S = 60.0
 _BACKLOG = 64 * 1024  # bytes queued for a client before its sends go to a task of their own
 _PLATFORM = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 

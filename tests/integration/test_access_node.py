@@ -355,3 +355,18 @@ async def test_drain_spreads_reconnects_and_refuses_new_clients(
         await until(lambda: not c.node("n0").sessions)
         for ws in clients:
             await ws.close()
+
+
+@pytest.mark.parametrize("over", ["soon", -5, None, True, 1e12])
+async def test_a_drain_request_written_by_hand_still_drains(
+    http: aiohttp.ClientSession, over: object
+) -> None:
+    """The admin API checks over_s; a record put into the store by hand is not checked,
+    and used to crash the node's drain watcher (and so the node)."""
+    async with LocalCluster(cluster_settings(nodes=1)) as c:
+        node = c.node("n0")
+        await c.kv.put("/imctl/drain/n0", json.dumps({"over_s": over}).encode())
+        await until(lambda: node.state == "draining")
+        assert all(node.supervisor.alive().values())
+        async with http.get(c.base("n0") + "/healthz") as resp:
+            assert resp.status == 200
