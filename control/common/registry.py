@@ -61,6 +61,9 @@ class NodeRecord:
         for name in ("id", "endpoint", "region"):
             if not isinstance(fields.get(name), str) or not fields[name]:
                 raise ValueError(f"node record: {name} must be a non-empty string")
+        for name in ("zone", "pool", "version", "internal"):
+            if name in fields and not isinstance(fields[name], str):
+                raise ValueError(f"node record: {name} must be a string")
         record = cls(**fields)
         if record.state not in NODE_STATES:
             raise ValueError(f"node record: unknown state {record.state!r}")
@@ -68,8 +71,10 @@ class NodeRecord:
             value = getattr(record, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"node record: {name} must be an integer >= 0")
-        if not isinstance(record.weight, (int, float)) or record.weight < 0:
-            raise ValueError("node record: weight must be a number >= 0")
+        for name in ("weight", "reported_at"):
+            value = getattr(record, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"node record: {name} must be a number >= 0")
         return record
 
     def is_same_report(self, other: NodeRecord) -> bool:
