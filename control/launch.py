@@ -16,7 +16,7 @@ from aiohttp import web
 
 from control.access.node import AccessNode
 from control.access.node import create_app as access_app
-from control.common.errors import BackendUnavailable
+from control.common.errors import BackendUnavailable, ImctlError
 from control.common.kv import KeyValueStore
 from control.common.tasks import Supervisor
 from control.presence.cluster import PresenceCluster
@@ -55,7 +55,11 @@ class Process:
             runner = web.AppRunner(
                 part.app, access_log=None, handle_signals=False, shutdown_timeout=5.0
             )
-            await runner.setup()
+            try:
+                await runner.setup()  # opens the part's backends
+            except ImctlError as exc:  # etcd or Redis unreachable, say: fail fast and clearly
+                await runner.cleanup()
+                return f"cannot start {part.name}: {exc}"
             part.runner = runner
             site = web.TCPSite(runner, part.host, part.port, backlog=4096, reuse_address=True)
             try:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.servers import EtcdServer, free_port, wait_port
 
@@ -57,7 +58,6 @@ def stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
 @pytest.fixture
 def up(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """``imctl up`` on the packaged local config, moved to free ports."""
-    import yaml
 
     config = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
     for node in config["access"]["nodes"]:
@@ -204,12 +204,36 @@ def test_port_in_use_is_a_clear_error() -> None:
     assert run.returncode == 1 and "cannot listen" in run.stderr
 
 
+@pytest.mark.parametrize("command", [["access", "--node-id", "n0"], ["controller"]])
+def test_unreachable_etcd_at_start_is_a_clear_error(tmp_path: Path, command: list[str]) -> None:
+    """Fail fast with one line (a process supervisor restarts it), not a traceback."""
+    dead = free_port()  # nothing listens there
+    config = {
+        "cluster": {
+            "backend": "etcd",
+            "etcd": {"endpoints": [f"127.0.0.1:{dead}"], "timeout_s": 1},
+        },
+        "regions": {"known": ["r"]},
+        "access": {
+            "nodes": [{"id": "n0", "region": "r", "port": free_port()}],
+            "internal_token": "tok-0123456789abcdef",
+        },
+        "controller": {"port": free_port()},
+        "tickets": {"active_kid": "k", "keys": {"k": "0123456789abcdef0123"}},
+    }
+    path = tmp_path / "dead-etcd.yaml"
+    path.write_text(yaml.safe_dump(config))
+    command = [command[0], "--config", str(path), *command[1:]]
+    run = subprocess.run([*IMCTL, *command], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert run.returncode == 1, run.stderr
+    assert "cannot start" in run.stderr and f"127.0.0.1:{dead}" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
 def test_up_on_etcd_and_redis(etcd_server: EtcdServer, redis_servers: list, tmp_path: Path) -> None:
     """``imctl up --config`` with the cluster backends runs the same cluster on real etcd
     and Redis."""
     import asyncio
-
-    import yaml
 
     config = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
     port = free_port()
