@@ -302,6 +302,9 @@ class AccessSettings:
     nodes: tuple[AccessNodeSettings, ...] = setting((), "access nodes of this cluster")
     max_frame_bytes: int = setting(65_536, "largest client frame accepted", ge=64)
     abuse_limit: int = setting(5, "bad frames before a connection is closed 1008", ge=1)
+    max_backlog_bytes: int = setting(
+        1_048_576, "unread bytes queued for a client before it is cut off", ge=65_536
+    )
     handshake_rate_per_s: float = setting(500.0, "WebSocket upgrades per second", gt=0)
     handshake_burst: float = setting(1000.0, "upgrade burst", ge=1)
     report_interval_s: float = setting(2.0, "load report period", gt=0, le=60)

@@ -50,6 +50,7 @@ class Session:
 
     __slots__ = (
         "conn",
+        "cut_off",
         "device",
         "last_seen",
         "node",
@@ -80,10 +81,30 @@ class Session:
         self.region = region
         self.last_seen = time.monotonic()
         self.strikes = 0
+        self.cut_off = False
         self.transport = ws._writer.transport if ws._writer is not None else None
 
+    def too_slow(self) -> bool:
+        """True, and the connection cut, when the client has stopped reading: past the
+        node's backlog limit its frames would pile up in this process's memory for as long
+        as it keeps sending pings. It reconnects once it reads again."""
+        transport = self.transport
+        if transport is None or transport.get_write_buffer_size() <= self.node.backlog_max:
+            return False
+        if not self.cut_off:
+            self.cut_off = True
+            log.warning(
+                "%s: cutting off %s (%s): %d bytes unread",
+                self.node.id,
+                self.conn,
+                self.uid,
+                transport.get_write_buffer_size(),
+            )
+            transport.abort()  # close() would wait for a flush that never comes
+        return True
+
     async def send(self, frame: Mapping[str, Any]) -> bool:
-        if self.ws.closed:
+        if self.ws.closed or self.too_slow():
             return False
         try:
             await self.ws.send_str(_dumps(frame))
@@ -176,6 +197,7 @@ class AccessNode:
         self.settings = settings
         self.cfg = node
         self.access = settings.access
+        self.backlog_max = settings.access.max_backlog_bytes
         self.id = node.id
         self.kv = kv
         self.presence = presence
@@ -482,7 +504,10 @@ class AccessNode:
                 if session.strikes >= self.access.abuse_limit:
                     await session.close(protocol.CLOSE_POLICY, "too many bad frames")
                     break
-            reason = "idle" if ws.close_code == protocol.CLOSE_IDLE else _reason(ws.close_code)
+            if session.cut_off:
+                reason = "slow_consumer"
+            else:
+                reason = "idle" if ws.close_code == protocol.CLOSE_IDLE else _reason(ws.close_code)
         finally:
             await self._close(session, reason)
         return ws
@@ -620,41 +645,21 @@ class AccessNode:
         wanted = set(uids)
         by_user = self.by_user
         targets = [s for uid in wanted if uid in by_user for s in by_user[uid].values()]
-        # Writing to a socket with room in its buffer never waits, so those sends go one
-        # after another (a task each would cost more than the send); only clients whose
-        # buffer is backed up get a task of their own, so one slow reader stalls nobody.
+        # One write per recipient, never an await: a frame for a client that reads slowly
+        # waits in its transport's buffer, up to the node's backlog limit, past which that
+        # client is cut off (too_slow) — so no reader, slow or stalled, holds up a push.
         delivered = 0
         reached: set[str] = set()
-        slow: list[Session] = []
         for s in targets:
             transport = s.transport
-            if transport is None or transport.is_closing() or s.ws.closed:
-                continue
-            if transport.get_write_buffer_size() > _BACKLOG:
-                slow.append(s)
+            if transport is None or transport.is_closing() or s.ws.closed or s.too_slow():
                 continue
             transport.write(frame)  # whole frames only: never interleaves with aiohttp's
             delivered += 1
             reached.add(s.uid)
-        if slow:
-            results = await asyncio.gather(*(self._send_text(s, text) for s in slow))
-            for s, ok in zip(slow, results, strict=True):
-                if ok:
-                    delivered += 1
-                    reached.add(s.uid)
         self.metrics.pushes.inc(delivered)
         self.metrics.push_write.observe(time.perf_counter() - started)
         return web.json_response({"delivered": delivered, "missing": sorted(wanted - reached)})
-
-    @staticmethod
-    async def _send_text(session: Session, text: str) -> bool:
-        if session.ws.closed:
-            return False
-        try:
-            await session.ws.send_str(text)
-        except (ConnectionError, RuntimeError):
-            return False
-        return True
 
     async def handle_kick(self, request: web.Request) -> web.Response:
         body = await self._json_body(request)
@@ -724,7 +729,6 @@ class AccessNode:
 
 
 DEFAULT_DRAIN_S = 60.0
-_BACKLOG = 64 * 1024  # bytes queued for a client before its sends go to a task of their own
 _PLATFORM = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 

@@ -4,8 +4,11 @@ embedded backends."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
+import os
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -370,3 +373,42 @@ async def test_a_drain_request_written_by_hand_still_drains(
         assert all(node.supervisor.alive().values())
         async with http.get(c.base("n0") + "/healthz") as resp:
             assert resp.status == 200
+
+
+async def test_a_client_that_stops_reading_is_cut_off(http: aiohttp.ClientSession) -> None:
+    """Frames for a client that keeps its TCP connection but never reads pile up in the
+    node's memory; past access.max_backlog_bytes the node cuts it off."""
+    settings = cluster_settings(nodes=1, access={"max_backlog_bytes": 256 * 1024})
+    async with LocalCluster(settings) as c:
+        node = c.node("n0")
+        reader_ok, _ = await c.connect(http, "reader", "n0")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", node.cfg.port))
+        stalled_r, stalled_w = await asyncio.open_connection(sock=sock)
+        key = base64.b64encode(os.urandom(16)).decode()
+        stalled_w.write(
+            f"GET /ws?ticket={c.ticket('stalled', 'd', 'n0')} HTTP/1.1\r\nHost: x\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        assert b"101" in await stalled_r.readline()
+        await until(lambda: "stalled" in node.by_user)
+        # From here on the stalled client reads nothing.
+        payload = {"t": "news", "body": "x" * 32_000}
+        cut = False
+        for _ in range(400):  # ~13 MB at most
+            result = await node.pusher.push(["stalled", "reader"], payload)
+            assert (await reader_ok.receive_json(timeout=5))["t"] == "news"
+            if "stalled" in result.offline:
+                cut = True
+                break
+        assert cut, "the stalled client was never cut off"
+        await until(lambda: "stalled" not in node.by_user)
+        assert node.metrics.closes.value("n0", "slow_consumer") == 1
+        assert await c.presence.who("stalled") == []
+        await reader_ok.send_json({"t": "ping"})
+        assert (await reader_ok.receive_json(timeout=5))["t"] == "pong"
+        stalled_w.close()
+        await reader_ok.close()
