@@ -116,11 +116,19 @@ class Session:
         return True
 
     async def close(self, code: int, reason: str) -> None:
-        if not self.ws.closed:
-            try:
-                await self.ws.close(code=code, message=reason.encode()[:120])
-            except (ConnectionError, RuntimeError):
-                pass
+        if self.ws.closed:
+            return
+        try:
+            await asyncio.wait_for(
+                self.ws.close(code=code, message=reason.encode()[:120]), self.node.close_timeout_s
+            )
+        except (ConnectionError, RuntimeError):
+            pass
+        except TimeoutError:
+            # The close frame waits behind frames the peer is not reading (it is gone, or
+            # stuck): drop the connection rather than wait for a flush that never comes.
+            if self.transport is not None:
+                self.transport.abort()
 
 
 class AccessMetrics:
@@ -238,6 +246,9 @@ class AccessNode:
         hb = settings.heartbeat
         self.idle_timeout_s = hb.timeout_s
         self.idle_check_s = min(hb.interval_s / 2, 5.0)
+        # How long a close may wait for its frame to be flushed before the connection is
+        # dropped; a live client reads it within a heartbeat interval.
+        self.close_timeout_s = min(hb.interval_s, 5.0)
 
     # -- identity and registration ---------------------------------------------------------
     def record(self) -> NodeRecord:
@@ -333,8 +344,9 @@ class AccessNode:
         """Close connections silent for the heartbeat timeout."""
         cutoff = time.monotonic() - self.idle_timeout_s
         silent = [s for s in self.sessions.values() if s.last_seen < cutoff]
-        for s in silent:
-            await s.close(protocol.CLOSE_IDLE, "idle")
+        # Together: a peer that is gone can take close_timeout_s, and a network blip makes
+        # thousands go silent at once.
+        await asyncio.gather(*(s.close(protocol.CLOSE_IDLE, "idle") for s in silent))
         return len(silent)
 
     async def _idle_forever(self, stop: asyncio.Event) -> None:

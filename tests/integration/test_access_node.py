@@ -375,27 +375,37 @@ async def test_a_drain_request_written_by_hand_still_drains(
             assert resp.status == 200
 
 
+async def stalled_client(
+    c: LocalCluster, uid: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WebSocket client on n0 that completes the handshake and then reads nothing (a
+    small receive buffer, and its stream reader stops the transport once it holds 128 KB)."""
+    node = c.node("n0")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", node.cfg.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET /ws?ticket={c.ticket(uid, 'd', 'n0')} HTTP/1.1\r\nHost: x\r\n"
+        f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    assert b"101" in await reader.readline()
+    await until(lambda: uid in node.by_user)
+    return reader, writer
+
+
 async def test_a_client_that_stops_reading_is_cut_off(http: aiohttp.ClientSession) -> None:
     """Frames for a client that keeps its TCP connection but never reads pile up in the
-    node's memory; past access.max_backlog_bytes the node cuts it off."""
+    node's memory; past access.max_backlog_bytes the node cuts it off, and no push waits
+    for it meanwhile."""
     settings = cluster_settings(nodes=1, access={"max_backlog_bytes": 256 * 1024})
     async with LocalCluster(settings) as c:
         node = c.node("n0")
         reader_ok, _ = await c.connect(http, "reader", "n0")
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", node.cfg.port))
-        stalled_r, stalled_w = await asyncio.open_connection(sock=sock)
-        key = base64.b64encode(os.urandom(16)).decode()
-        stalled_w.write(
-            f"GET /ws?ticket={c.ticket('stalled', 'd', 'n0')} HTTP/1.1\r\nHost: x\r\n"
-            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
-        assert b"101" in await stalled_r.readline()
-        await until(lambda: "stalled" in node.by_user)
-        # From here on the stalled client reads nothing.
+        _, stalled = await stalled_client(c, "stalled")
         payload = {"t": "news", "body": "x" * 32_000}
         cut = False
         for _ in range(400):  # ~13 MB at most
@@ -410,5 +420,34 @@ async def test_a_client_that_stops_reading_is_cut_off(http: aiohttp.ClientSessio
         assert await c.presence.who("stalled") == []
         await reader_ok.send_json({"t": "ping"})
         assert (await reader_ok.receive_json(timeout=5))["t"] == "pong"
-        stalled_w.close()
+        stalled.close()
         await reader_ok.close()
+
+
+async def test_silent_clients_are_closed_even_when_their_frames_cannot_be_flushed(
+    http: aiohttp.ClientSession,
+) -> None:
+    """A peer that vanished mid-push (a phone losing its network) leaves frames unsent; the
+    idle close must not wait for a flush that never comes, nor hold up the other closes."""
+    settings = cluster_settings(
+        nodes=1,
+        access={"max_backlog_bytes": 64 * 1024 * 1024},  # not cut off for its backlog
+        heartbeat={"interval_s": 1, "misses": 2},
+    )
+    async with LocalCluster(settings) as c:
+        node = c.node("n0")
+        stuck = [(await stalled_client(c, f"gone{i}"))[1] for i in range(3)]
+        quiet, _ = await c.connect(http, "quiet", "n0")  # also silent, reads fine
+        for _ in range(300):  # ~9.6 MB each: far past what the kernel buffers hold
+            await node.pusher.push([f"gone{i}" for i in range(3)], {"t": "x", "b": "y" * 32_000})
+        assert all(s.transport.get_write_buffer_size() > 0 for s in node.sessions.values()
+                   if s.uid.startswith("gone"))  # fmt: skip
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await until(lambda: not node.sessions, within=15)
+        # timeout 2 s, a sweep every 0.5 s, a close timeout of 1 s: not 10 s per client
+        assert loop.time() - started < 6
+        assert (await c.presence.counts()).total == 0
+        for w in stuck:
+            w.close()
+        await quiet.close()
