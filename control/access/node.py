@@ -107,8 +107,16 @@ class Session:
         if self.ws.closed or self.too_slow():
             return False
         try:
-            await self.ws.send_str(_dumps(frame))
+            # aiohttp waits for the transport to drain once enough is queued: for a peer
+            # that is not reading that is forever, and the caller (a drain walking every
+            # session, say) would wait with it.
+            async with asyncio.timeout(self.node.close_timeout_s):
+                await self.ws.send_str(_dumps(frame))
         except (ConnectionError, RuntimeError):
+            return False
+        except TimeoutError:
+            if self.transport is not None:
+                self.transport.abort()
             return False
         except ValueError as exc:  # NaN, or half a surrogate pair, in a core's frame
             log.warning("not sending a frame no client could read: %s", exc)

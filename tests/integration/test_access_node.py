@@ -451,3 +451,36 @@ async def test_silent_clients_are_closed_even_when_their_frames_cannot_be_flushe
         for w in stuck:
             w.close()
         await quiet.close()
+
+
+async def test_a_send_to_a_peer_that_does_not_read_gives_up(http: aiohttp.ClientSession) -> None:
+    """A session's own sends (core replies, pongs, drain's reconnect frames) go through
+    aiohttp, which waits for the transport to drain once enough is queued: for a peer that
+    does not read, never. A send gives up after close_timeout_s and drops the peer, so a
+    drain walking every session does not stop at it."""
+    settings = cluster_settings(
+        nodes=1,
+        access={"max_backlog_bytes": 64 * 1024 * 1024},
+        heartbeat={"interval_s": 1, "misses": 10},  # close_timeout_s 1 s; idle close after 10 s
+    )
+    async with LocalCluster(settings) as c:
+        node = c.node("n0")
+        _, stalled = await stalled_client(c, "stalled")
+        others = [(await c.connect(http, f"o{i}", "n0"))[0] for i in range(3)]
+        session = next(iter(node.by_user["stalled"].values()))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        sent = []
+        for _ in range(500):  # 16 MB, far past what the kernel and aiohttp hold
+            sent.append(await session.send({"t": "x", "b": "y" * 32_000}))
+            if not sent[-1]:
+                break
+        assert sent[-1] is False and loop.time() - started < 10
+        await until(lambda: "stalled" not in node.by_user)
+        drain = node.start_drain(0.5, "drain")
+        for ws in others:
+            assert (await ws.receive_json(timeout=5))["t"] == "reconnect"
+        await asyncio.wait_for(drain, 10)
+        stalled.close()
+        for ws in others:
+            await ws.close()
