@@ -91,17 +91,17 @@ class Session:
         transport = self.transport
         if transport is None or transport.get_write_buffer_size() <= self.node.backlog_max:
             return False
-        if not self.cut_off:
-            self.cut_off = True
-            log.warning(
-                "%s: cutting off %s (%s): %d bytes unread",
-                self.node.id,
-                self.conn,
-                self.uid,
-                transport.get_write_buffer_size(),
-            )
-            transport.abort()  # close() would wait for a flush that never comes
+        self.cut(f"{transport.get_write_buffer_size()} bytes unread")
         return True
+
+    def cut(self, why: str) -> None:
+        """Drop a client that does not read (closed as ``slow_consumer``): ``abort``, since
+        a close would wait for a flush that never comes."""
+        if self.cut_off or self.transport is None:
+            return
+        self.cut_off = True
+        log.warning("%s: cutting off %s (%s): %s", self.node.id, self.conn, self.uid, why)
+        self.transport.abort()
 
     async def send(self, frame: Mapping[str, Any]) -> bool:
         if self.ws.closed or self.too_slow():
@@ -115,8 +115,7 @@ class Session:
         except (ConnectionError, RuntimeError):
             return False
         except TimeoutError:
-            if self.transport is not None:
-                self.transport.abort()
+            self.cut(f"a send waited {self.node.close_timeout_s}s for it to read")
             return False
         except ValueError as exc:  # NaN, or half a surrogate pair, in a core's frame
             log.warning("not sending a frame no client could read: %s", exc)

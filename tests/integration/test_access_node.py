@@ -477,6 +477,7 @@ async def test_a_send_to_a_peer_that_does_not_read_gives_up(http: aiohttp.Client
                 break
         assert sent[-1] is False and loop.time() - started < 10
         await until(lambda: "stalled" not in node.by_user)
+        assert node.metrics.closes.value("n0", "slow_consumer") == 1
         drain = node.start_drain(0.5, "drain")
         for ws in others:
             assert (await ws.receive_json(timeout=5))["t"] == "reconnect"
