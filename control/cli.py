@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,7 @@ async def _request(method: str, url: str, token: str | None, body: Any = None) -
     ):
         try:
             data = await resp.json(content_type=None)
-        except ValueError:
+        except (ValueError, RecursionError):
             data = {"error": "bad_response", "message": (await resp.text())[:200]}
         return resp.status, data
 
@@ -129,6 +130,25 @@ def _admin(args: argparse.Namespace, path: str, method: str = "GET", body: Any =
         message = data.get("message", data) if isinstance(data, dict) else data
         raise SystemExit(_fail(f"{url}: HTTP {status}: {message}", EXIT_UNAVAILABLE))
     return data
+
+
+def _answer_shape(verb: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """An operator verb reads the admin API's answer; one of another shape (``--server``
+    pointing at something else) is one clear line, not a traceback."""
+
+    @functools.wraps(verb)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return verb(args)
+        except (KeyError, TypeError, AttributeError, IndexError) as exc:
+            raise SystemExit(
+                _fail(
+                    f"unexpected answer from {_server(args)} ({exc!r}): is it an imctl scheduler?",
+                    EXIT_UNAVAILABLE,
+                )
+            ) from None
+
+    return run
 
 
 def _admin_get(args: argparse.Namespace, path: str) -> Any:
@@ -180,6 +200,7 @@ def _print(args: argparse.Namespace, data: Any, text: str) -> int:
     return 0
 
 
+@_answer_shape
 def cmd_drain(args: argparse.Namespace) -> int:
     from urllib.parse import quote
 
@@ -191,6 +212,7 @@ def cmd_drain(args: argparse.Namespace) -> int:
     )
 
 
+@_answer_shape
 def cmd_undrain(args: argparse.Namespace) -> int:
     from urllib.parse import quote
 
@@ -199,6 +221,7 @@ def cmd_undrain(args: argparse.Namespace) -> int:
     return _print(args, data, f"{args.node}: taking clients again ({was})")
 
 
+@_answer_shape
 def cmd_presence_who(args: argparse.Namespace) -> int:
     from urllib.parse import quote
 
@@ -221,6 +244,7 @@ def cmd_presence_who(args: argparse.Namespace) -> int:
     return _print(args, data, _table(rows, headers))
 
 
+@_answer_shape
 def cmd_presence_count(args: argparse.Namespace) -> int:
     path = "/v1/presence/count" + (f"?by={args.by}" if args.by else "")
     data = _admin(args, path)
@@ -246,6 +270,7 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
     return "\n".join(lines)
 
 
+@_answer_shape
 def cmd_nodes(args: argparse.Namespace) -> int:
     body = _admin_get(args, "/v1/nodes")
     if args.output == "json":

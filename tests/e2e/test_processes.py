@@ -275,6 +275,20 @@ def test_up_on_etcd_and_redis(etcd_server: EtcdServer, redis_servers: list, tmp_
     assert "registry etcd, presence redis" in out, err
 
 
+def test_operator_verbs_against_something_else_are_a_clear_error(
+    up: tuple[str, subprocess.Popen[str]],
+) -> None:
+    url, _ = up
+    # A server that answers 200 with JSON of another shape: the scheduler's own /healthz.
+    other = f"{url}/healthz?path="
+    for verb in (["nodes"], ["presence", "who", "alice"], ["presence", "count"]):
+        run = subprocess.run(
+            [*IMCTL, *verb, "--server", other], capture_output=True, text=True, timeout=30
+        )
+        assert run.returncode == 1, (verb, run.stderr)
+        assert "unexpected answer from" in run.stderr and "Traceback" not in run.stderr
+
+
 def test_connect_client_talks_then_leaves_at_end_of_input(
     up: tuple[str, subprocess.Popen[str]],
 ) -> None:
