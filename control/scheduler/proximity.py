@@ -99,14 +99,31 @@ def client_ip(
     hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
     current = peer
     for hop in reversed(hops):
-        try:
-            ipaddress.ip_address(hop)
-        except ValueError:
+        address = _hop_address(hop)
+        if address is None:
             return current  # garbage in the header: stop at the last address we trust
-        current = hop
-        if not _is_trusted(hop, trusted):
-            return hop
+        current = address
+        if not _is_trusted(address, trusted):
+            return address
     return current
+
+
+def _hop_address(hop: str) -> str | None:
+    """The address in one X-Forwarded-For entry: ``1.2.3.4``, ``2001:db8::1``, or with a
+    port as some proxies and CDNs write it (``1.2.3.4:5678``, ``[2001:db8::1]:5678``)."""
+    if hop.startswith("["):
+        address, bracket, rest = hop[1:].partition("]")
+        if not bracket or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+            return None
+        hop = address
+    elif hop.count(":") == 1:
+        hop, _, port = hop.partition(":")
+        if not port.isdigit():
+            return None
+    try:
+        return str(ipaddress.ip_address(hop))
+    except ValueError:
+        return None
 
 
 def _is_trusted(ip: str, trusted: tuple[Network, ...]) -> bool:

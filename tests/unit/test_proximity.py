@@ -2,6 +2,10 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from control.scheduler.proximity import RegionMap, client_ip
 
 NETS = {
@@ -38,4 +42,27 @@ def test_forwarded_for_only_from_trusted_peers() -> None:
     assert client_ip("127.0.0.1", "1.1.1.1, 198.51.100.1, 10.9.0.4", TRUSTED) == "198.51.100.1"
     assert client_ip("127.0.0.1", "garbage", TRUSTED) == "127.0.0.1"
     assert client_ip("127.0.0.1", None, TRUSTED) == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    "header,client",
+    [
+        ("198.51.100.1:5678", "198.51.100.1"),  # some proxies and CDNs add the port
+        ("[2001:db8::7]:443", "2001:db8::7"),
+        ("[2001:db8::7]", "2001:db8::7"),
+        ("2001:db8::7", "2001:db8::7"),
+        ("198.51.100.1:5678, 10.9.0.4:80", "198.51.100.1"),  # through a trusted hop
+        ("[2001:db8::7", "127.0.0.1"),  # broken: stop at the last address trusted
+        ("198.51.100.1:port", "127.0.0.1"),
+    ],
+)
+def test_forwarded_for_entries_with_ports(header: str, client: str) -> None:
+    assert client_ip("127.0.0.1", header, TRUSTED) == client
     assert client_ip("127.0.0.1", "198.51.100.1", ()) == "127.0.0.1"
+
+
+@given(st.text(max_size=80))
+def test_any_forwarded_for_gives_the_peer_or_an_address(header: str) -> None:
+    found = client_ip("127.0.0.1", header, TRUSTED)
+    assert found is not None
+    ipaddress.ip_address(found)  # always an address, whatever the header held
