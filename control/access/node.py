@@ -669,9 +669,12 @@ class AccessNode:
         # client is cut off (too_slow) — so no reader, slow or stalled, holds up a push.
         delivered = 0
         reached: set[str] = set()
+        limit = self.backlog_max
         for s in targets:
             transport = s.transport
-            if transport is None or transport.is_closing() or s.ws.closed or s.too_slow():
+            if transport is None or transport.is_closing() or s.ws.closed:
+                continue
+            if transport.get_write_buffer_size() > limit and s.too_slow():
                 continue
             transport.write(frame)  # whole frames only: never interleaves with aiohttp's
             delivered += 1
