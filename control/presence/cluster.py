@@ -4,11 +4,12 @@ shard, run shards concurrently."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from control.common.errors import BadRequest
+from control.common.errors import BackendUnavailable, BadRequest
 from control.presence.model import (
     STATUSES,
     Counts,
@@ -22,6 +23,9 @@ from control.presence.model import (
 )
 from control.presence.ring import Ring
 from control.presence.store import ShardStore
+
+log = logging.getLogger(__name__)
+RETRY_FIRST_S, RETRY_MAX_S = 0.2, 5.0  # an unreachable shard's event reads
 
 
 def _check(**fields: str) -> None:
@@ -125,7 +129,8 @@ class PresenceCluster:
     async def events(
         self, block_ms: int = 1000, start: str = "$", stop: asyncio.Event | None = None
     ) -> AsyncIterator[PresenceEvent]:
-        """Online/offline/status changes from every shard, each shard in order."""
+        """Online/offline/status changes from every shard, each shard in order. A shard
+        that cannot be reached is retried from where its events stopped, with backoff."""
         positions = {sid: start for sid in self.shards}
         if start == "$":  # pin "now" once: "$" on every read would drop events between reads
             for sid, shard in self.shards.items():
@@ -134,8 +139,19 @@ class PresenceCluster:
 
         async def follow(sid: str) -> None:
             shard = self.shards[sid]
+            backoff = RETRY_FIRST_S
             while stop is None or not stop.is_set():
-                for event in await shard.read_events(positions[sid], 500, block_ms):
+                try:
+                    events = await shard.read_events(positions[sid], 500, block_ms)
+                except BackendUnavailable as exc:
+                    # Keep the position and try again: the stream is still there after a
+                    # blip, and a shard that restarted empty writes newer ids.
+                    log.warning("events from shard %s: %s; again in %.1fs", sid, exc, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, RETRY_MAX_S)
+                    continue
+                backoff = RETRY_FIRST_S
+                for event in events:
                     positions[sid] = event.id
                     await queue.put(event)
 

@@ -114,3 +114,42 @@ async def test_foreign_events_and_counters_are_skipped(redis_servers: list[Redis
         assert counts.total == 1 and "mars" not in counts.by_region
     finally:
         await cluster.close()
+
+
+async def test_event_follower_rides_out_a_shard_restart(tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    cluster = build_cluster([("s0", redis.url, 1)], "redis", 90, key_prefix="evr:")
+    stop = asyncio.Event()
+    seen: list[str] = []
+
+    async def consume() -> None:
+        async for event in cluster.events(block_ms=200, stop=stop):
+            seen.append(event.uid)
+
+    try:
+        follower = asyncio.create_task(consume())
+        await asyncio.sleep(0.3)
+        await cluster.online(Presence("before", "d", "n1", "c1"))
+        deadline = time.monotonic() + 5
+        while "before" not in seen:
+            assert time.monotonic() < deadline, "no event before the restart"
+            await asyncio.sleep(0.05)
+        redis.kill()
+        await asyncio.sleep(1.0)  # the follower's reads fail meanwhile
+        assert not follower.done()
+        redis.start()  # same port, empty
+        deadline = time.monotonic() + 15
+        while "after" not in seen:
+            assert not follower.done(), follower
+            assert time.monotonic() < deadline, "no event after the restart"
+            try:
+                await cluster.online(Presence("after", "d", "n1", "c2"))
+            except BackendUnavailable:
+                pass  # the pool reconnects lazily
+            await asyncio.sleep(0.3)
+        stop.set()
+        await asyncio.wait_for(follower, 5)
+    finally:
+        await cluster.close()
+        redis.stop()
