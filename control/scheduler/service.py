@@ -80,6 +80,11 @@ class SchedulerMetrics:
         self.builds = Counter(
             "imctl_scheduler_snapshot_builds_total", "Snapshots built", registry=self.registry
         )
+        self.rebuild_failures = Counter(
+            "imctl_scheduler_snapshot_build_failures_total",
+            "Snapshot builds that failed (the previous snapshot kept serving)",
+            registry=self.registry,
+        )
         self.ready = Gauge(
             "imctl_scheduler_ready", "1 when the registry view is synced", registry=self.registry
         )
@@ -417,7 +422,13 @@ def create_app(
 
     def rebuild_now() -> None:
         state._rebuild_handle = None
-        message = engine.rebuild()
+        try:
+            message = engine.rebuild()
+        except Exception:
+            # Keep answering from the last good snapshot; the next change tries again.
+            log.exception("snapshot rebuild failed; serving the previous snapshot")
+            metrics.rebuild_failures.inc()
+            return
         metrics.observe_snapshot(engine.snapshot.nodes, engine.snapshot.held)
         log.debug("%s", message)
         if state._hold_handle is not None:

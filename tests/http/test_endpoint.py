@@ -293,3 +293,39 @@ async def test_drain_body_errors_are_400(client: TestClient, body: bytes, messag
     assert resp.status == 400, await resp.text()
     assert message in (await resp.json())["message"]
     assert (await client.get("/v1/nodes")).status == 200
+
+
+async def test_a_failed_snapshot_build_keeps_the_last_one(
+    aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kv = EmbeddedKV()
+    await kv.connect()
+    try:
+        app = create_app(settings(registry={"static_nodes": []}), kv=kv)
+        client = await aiohttp_client(app)
+        registry = Registry(kv, "/imctl")
+        reg = await registry.register(
+            NodeRecord(id="live", endpoint="ws://h/live", region="south"), ttl=5
+        )
+        for _ in range(50):
+            if "live" in app[ENGINE].snapshot.nodes:
+                break
+            await __import__("asyncio").sleep(0.05)
+        engine = app[ENGINE]
+
+        def broken(*args: object, **kwargs: object) -> str:
+            raise RuntimeError("a bug in the snapshot build")
+
+        monkeypatch.setattr(engine, "rebuild", broken)  # fault injection, not a stand-in
+        await registry.register(NodeRecord(id="new", endpoint="ws://h/new", region="south"), 5)
+        for _ in range(50):
+            text = await (await client.get("/metrics")).text()
+            if "imctl_scheduler_snapshot_build_failures_total 1.0" in text:
+                break
+            await __import__("asyncio").sleep(0.05)
+        assert "imctl_scheduler_snapshot_build_failures_total 1.0" in text
+        resp = await client.get("/v1/endpoint", params=OK)
+        assert resp.status == 200 and (await resp.json())["node"] == "live"
+        await reg.close()
+    finally:
+        await kv.close()
