@@ -305,6 +305,11 @@ class AccessSettings:
     max_backlog_bytes: int = setting(
         1_048_576, "unread bytes queued for a client before it is cut off", ge=65_536
     )
+    platforms: tuple[str, ...] = setting(
+        ("ios", "android", "web", "windows", "macos", "linux", "harmonyos", "miniprogram"),
+        "platforms presence records as they are (counts and labels by platform); a client "
+        "naming another is counted as 'other', so clients cannot grow them without bound",
+    )
     handshake_rate_per_s: float = setting(500.0, "WebSocket upgrades per second", gt=0)
     handshake_burst: float = setting(1000.0, "upgrade burst", ge=1)
     report_interval_s: float = setting(2.0, "load report period", gt=0, le=60)
@@ -323,6 +328,9 @@ class AccessSettings:
 
     def check(self, path: str) -> list[str]:
         problems = []
+        for i, name in enumerate(self.platforms):
+            if not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", name) or name == "other":
+                problems.append(f"{path}.platforms[{i}]: bad platform name {name!r}")
         ids = [n.id for n in self.nodes]
         for i, nid in enumerate(ids):
             if ids.index(nid) != i:

@@ -9,7 +9,6 @@ import itertools
 import json
 import logging
 import random
-import re
 import secrets
 import sys
 import time
@@ -213,6 +212,8 @@ class AccessNode:
         self.cfg = node
         self.access = settings.access
         self.backlog_max = settings.access.max_backlog_bytes
+        # Interned once: every session of a platform shares the one string.
+        self.platforms = {p: sys.intern(p) for p in (*settings.access.platforms, "other")}
         self.id = node.id
         self.kv = kv
         self.presence = presence
@@ -477,9 +478,10 @@ class AccessNode:
             self.handshaking -= 1
         # Unique across nodes and restarts: a collision would let one login pass for another.
         conn = f"{self.id}.{self._tag}.{next(self._seq)}"
-        platform = sys.intern(params.get("platform", ""))
-        if not _PLATFORM.fullmatch(platform):
-            platform = ""
+        platform = params.get("platform", "")
+        if platform:
+            # Client-chosen: only known names become counters and metric labels.
+            platform = self.platforms.get(platform, "other")
         del params  # not kept alive by this frame for the connection's lifetime
         session = Session(self, ws, conn, ticket.uid, ticket.device, platform, self.cfg.region)
         del ticket  # this frame lives as long as the connection: keep it small
@@ -751,7 +753,6 @@ class AccessNode:
 
 
 DEFAULT_DRAIN_S = 60.0
-_PLATFORM = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 
 def _query(query_string: str) -> dict[str, str]:

@@ -485,3 +485,27 @@ async def test_a_send_to_a_peer_that_does_not_read_gives_up(http: aiohttp.Client
         stalled.close()
         for ws in others:
             await ws.close()
+
+
+async def test_platforms_outside_the_list_are_counted_as_other(
+    http: aiohttp.ClientSession,
+) -> None:
+    """The platform is the client's word: names outside access.platforms would grow the
+    counters and metric labels without bound."""
+    async with LocalCluster(cluster_settings(nodes=1)) as c:
+        sockets = []
+        for uid, platform in (("a", "ios"), ("b", "toaster-9000"), ("c", "BAD!!"), ("d", "")):
+            url = c.ws_url("n0", c.ticket(uid, "d", "n0")) + f"&platform={platform}"
+            ws = await http.ws_connect(url)
+            assert (await ws.receive_json(timeout=5))["t"] == "welcome"
+            sockets.append(ws)
+        found = await c.presence.locate(["a", "b", "c", "d"])
+        assert {u: found[u][0].platform for u in found} == {
+            "a": "ios",
+            "b": "other",
+            "c": "other",
+            "d": "",
+        }
+        assert (await c.presence.counts()).by_platform == {"ios": 1, "other": 2, "": 1}
+        for ws in sockets:
+            await ws.close()

@@ -156,6 +156,15 @@ def test_environment_value_nested_too_deeply_is_a_type_problem() -> None:
     )
 
 
+def test_platform_names_are_checked() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_settings({"access": {"platforms": ["ios", "Bad Name", "other"]}}, "t.yaml")
+    assert err.value.problems == [
+        "t.yaml: access.platforms[1]: bad platform name 'Bad Name'",
+        "t.yaml: access.platforms[2]: bad platform name 'other'",
+    ]
+
+
 def test_cli_bad_server_in_environment(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
