@@ -40,8 +40,6 @@ from control.presence.model import Presence
 from control.settings import AccessNodeSettings, Settings
 
 log = logging.getLogger(__name__)
-# allow_nan=False: NaN is not JSON, and browsers' parsers refuse it.
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 class Session:
@@ -110,7 +108,7 @@ class Session:
             # that is not reading that is forever, and the caller (a drain walking every
             # session, say) would wait with it.
             async with asyncio.timeout(self.node.close_timeout_s):
-                await self.ws.send_str(_dumps(frame))
+                await self.ws.send_str(protocol.dumps(frame))
         except (ConnectionError, RuntimeError):
             return False
         except TimeoutError:
@@ -661,7 +659,7 @@ class AccessNode:
         if not isinstance(payload, dict):
             return _refuse(400, "bad_request", "payload: a JSON object")
         started = time.perf_counter()
-        text = _dumps(payload)
+        text = protocol.dumps(payload)
         frame = protocol.text_frame(text.encode())
         wanted = set(uids)
         by_user = self.by_user

@@ -36,6 +36,11 @@ def _not_json(name: str) -> Any:
 _decode = json.JSONDecoder(parse_constant=_not_json).decode
 
 
+# Frames out: UTF-8 rather than \u escapes (a CJK payload would double), and NaN refused
+# (it is not JSON, and browsers' parsers reject it). Node and push API share it.
+dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
 def loads_strict(text: str) -> Any:
     """JSON that can be passed on to any client: no NaN or Infinity, and no ``\\u`` escape
     naming half a surrogate pair (it decodes to a str that cannot be encoded as UTF-8, so

@@ -5,7 +5,6 @@ offline instead of dropping them silently."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -13,11 +12,10 @@ from typing import Any
 import aiohttp
 
 from control.access.core import PushResult
+from control.access.protocol import dumps
 from control.presence.cluster import PresenceCluster
 
 log = logging.getLogger(__name__)
-# UTF-8, not \u escapes (a CJK payload would double); NaN is not JSON.
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 _JSON = {"Content-Type": "application/json"}
 
 
@@ -55,7 +53,7 @@ class Pusher:
         """Deliver ``payload`` to every device of ``uids``. Raises ValueError when the payload
         is not JSON any client could read (NaN, half a surrogate pair): a core's mistake,
         told to the core rather than to every node."""
-        packed = _dumps(payload).encode()  # once, not once per node and chunk
+        packed = dumps(payload).encode()  # once, not once per node and chunk
         wanted = list(dict.fromkeys(uids))
         found = await self.presence.locate(wanted)
         present = found.uids()
@@ -92,7 +90,7 @@ class Pusher:
     async def _deliver(
         self, node: str, uids: list[str], packed: bytes
     ) -> tuple[bool, int, list[str]]:
-        raw = b'{"uids":' + _dumps(uids).encode() + b',"payload":' + packed + b"}"
+        raw = b'{"uids":' + dumps(uids).encode() + b',"payload":' + packed + b"}"
         body = await self.call(node, "/internal/push", raw)
         if body is None:
             return False, 0, []
@@ -108,7 +106,7 @@ class Pusher:
             log.warning("internal call %s: node %s is not in the registry", path, node)
             return None
         try:
-            raw = body if isinstance(body, bytes) else _dumps(body).encode()
+            raw = body if isinstance(body, bytes) else dumps(body).encode()
             async with self._session().post(f"{base}{path}", data=raw, headers=_JSON) as resp:
                 if resp.status != 200:
                     log.warning("internal call %s on %s: HTTP %d", path, node, resp.status)
