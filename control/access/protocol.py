@@ -48,7 +48,7 @@ def loads_strict(text: str) -> Any:
     value = _decode(text)
     if "\\u" in text:  # only escapes can make a lone surrogate; most frames have none
         try:
-            json.dumps(value, ensure_ascii=False).encode()
+            dumps(value).encode()  # as it would be sent on
         except UnicodeEncodeError:
             raise ValueError("a \\u escape names half a surrogate pair") from None
     return value
