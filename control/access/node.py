@@ -33,7 +33,15 @@ from control.common.metrics import LoopCounter
 from control.common.mirror import PrefixMirror
 from control.common.ops import add_ops_routes, lifecycle
 from control.common.ratelimit import TokenBuckets
-from control.common.registry import NodeRecord, Registration, Registry
+from control.common.registry import (
+    DRAIN_DEFAULT_S,
+    DRAIN_MAX_S,
+    NodeRecord,
+    Registration,
+    Registry,
+    drain_prefix,
+    drain_window,
+)
 from control.common.tasks import Supervisor, pause
 from control.presence.cluster import PresenceCluster
 from control.presence.model import Presence
@@ -365,21 +373,18 @@ class AccessNode:
         wanted = requests.get(self.id)
         if wanted is not None and wanted != self._drain_requested:
             self._drain_requested = wanted
-            over = wanted.get("over_s", DEFAULT_DRAIN_S)
-            if (
-                isinstance(over, bool)
-                or not isinstance(over, (int, float))
-                or not 0 <= over <= 86_400
-            ):
+            over = drain_window(wanted.get("over_s", DRAIN_DEFAULT_S))
+            if over is None:
                 # Written by hand, not through the admin API (which checks it): still drain.
                 log.warning(
-                    "%s: drain request over_s=%r is not 0-86400 seconds; draining over %ss",
+                    "%s: drain request over_s=%r is not 0-%d seconds; draining over %ss",
                     self.id,
-                    over,
-                    DEFAULT_DRAIN_S,
+                    wanted.get("over_s"),
+                    DRAIN_MAX_S,
+                    DRAIN_DEFAULT_S,
                 )
-                over = DEFAULT_DRAIN_S
-            self.start_drain(float(over), "drain")
+                over = DRAIN_DEFAULT_S
+            self.start_drain(over, "drain")
         elif wanted is None and self._drain_requested is not None:
             self._drain_requested = None
             self.undrain()
@@ -705,7 +710,7 @@ class AccessNode:
         peers = self.registry.mirror(self._on_peers, verify_s=self.settings.registry.verify_s)
         drains = PrefixMirror(
             self.kv,
-            f"{prefix.rstrip('/')}/drain/",
+            drain_prefix(prefix),
             _parse_json,
             self.on_drain_requests,
             verify_s=self.settings.registry.verify_s,
@@ -748,9 +753,6 @@ class AccessNode:
         for task in list(self._background):
             task.cancel()
         await self.pusher.close()
-
-
-DEFAULT_DRAIN_S = 60.0
 
 
 def _query(query_string: str) -> dict[str, str]:

@@ -82,6 +82,23 @@ class NodeRecord:
         return replace(self, reported_at=0.0) == replace(other, reported_at=0.0)
 
 
+# Drain requests: the admin API writes ``<prefix>/drain/<node_id>`` = {over_s, at, by}
+# and the node watches its own key.
+DRAIN_DEFAULT_S = 60.0
+DRAIN_MAX_S = 86_400
+
+
+def drain_prefix(prefix: str) -> str:
+    return prefix.rstrip("/") + "/drain/"
+
+
+def drain_window(over_s: Any) -> float | None:
+    """A drain request's ``over_s`` as seconds, or None when it is not 0-86400 seconds."""
+    if isinstance(over_s, bool) or not isinstance(over_s, (int, float)):
+        return None
+    return float(over_s) if 0 <= over_s <= DRAIN_MAX_S else None
+
+
 class Registry:
     """Node records over any :class:`KeyValueStore`."""
 

@@ -27,7 +27,14 @@ from control.common.metrics import LoopCounter, LoopHistogram
 from control.common.mirror import PrefixMirror
 from control.common.ops import add_ops_routes
 from control.common.ratelimit import TokenBuckets
-from control.common.registry import NodeRecord, Registry
+from control.common.registry import (
+    DRAIN_DEFAULT_S,
+    DRAIN_MAX_S,
+    NodeRecord,
+    Registry,
+    drain_prefix,
+    drain_window,
+)
 from control.common.tasks import Supervisor
 from control.gray.model import Release, UserContext
 from control.gray.store import GrayStore
@@ -340,7 +347,7 @@ async def presence_count(request: web.Request) -> web.Response:
 
 
 def _drain_key(settings: Settings, node_id: str) -> str:
-    return f"{settings.cluster.prefix.rstrip('/')}/drain/{node_id}"
+    return drain_prefix(settings.cluster.prefix) + node_id
 
 
 @require("operator")
@@ -353,11 +360,13 @@ async def drain_node(request: web.Request) -> web.Response:
         body = await request.json() if request.can_read_body else {}
     except BAD_JSON:
         return _error(400, "bad_request", "body must be JSON", field="body")
-    over = body.get("over_s", 60) if isinstance(body, dict) else None
-    if isinstance(over, bool) or not isinstance(over, (int, float)) or not 0 <= over <= 86_400:
-        return _error(400, "bad_request", "over_s: seconds between 0 and 86400", field="over_s")
+    over = drain_window(body.get("over_s", DRAIN_DEFAULT_S)) if isinstance(body, dict) else None
+    if over is None:
+        return _error(
+            400, "bad_request", f"over_s: seconds between 0 and {DRAIN_MAX_S}", field="over_s"
+        )
     settings = request.app[SETTINGS]
-    record = {"over_s": float(over), "at": time.time(), "by": _who(request)}
+    record = {"over_s": over, "at": time.time(), "by": _who(request)}
     await request.app[KV].put(_drain_key(settings, node_id), json.dumps(record).encode())
     log.warning("drain of %s over %ss requested by %s", node_id, over, record["by"])
     return web.json_response({"node": node_id, "draining": True, **record})
