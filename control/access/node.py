@@ -31,7 +31,7 @@ from control.common.errors import BAD_JSON, BackendUnavailable, ImctlError, Tick
 from control.common.kv import KeyValueStore
 from control.common.metrics import LoopCounter
 from control.common.mirror import PrefixMirror
-from control.common.ops import add_ops_routes, lifecycle
+from control.common.ops import add_ops_routes, json_error, lifecycle
 from control.common.ratelimit import TokenBuckets
 from control.common.registry import (
     DRAIN_DEFAULT_S,
@@ -448,21 +448,21 @@ class AccessNode:
     async def handle_ws(self, request: web.Request) -> web.StreamResponse:
         if self.gate.allow("handshakes") > 0:
             self.metrics.handshake("rate_limited")
-            return _refuse(429, "rate_limited", "too many handshakes", retry_after=1)
+            return json_error(429, "rate_limited", "too many handshakes", retry_after=1)
         if self.state != "up":
             self.metrics.handshake("draining")
-            return _refuse(
+            return json_error(
                 503, "draining", "this node is draining; ask the scheduler again", retry_after=1
             )
         if len(self.sessions) + self.handshaking >= self.cfg.capacity:
             self.metrics.handshake("full")
-            return _refuse(503, "full", "this node is at capacity", retry_after=1)
+            return json_error(503, "full", "this node is at capacity", retry_after=1)
         params = _query(request.query_string)
         try:
             ticket = self.keys.verify(params.get("ticket", ""), self.id, time.time())
         except TicketError as exc:
             self.metrics.handshake("bad_ticket")
-            return _refuse(401, "bad_ticket", exc.reason)
+            return json_error(401, "bad_ticket", exc.reason)
         # No per-message deflate: IM frames are small, and a zlib context per connection
         # costs memory and CPU; it also lets one pushed frame be written to many sockets.
         ws = web.WebSocketResponse(
@@ -473,7 +473,7 @@ class AccessNode:
         )
         if not ws.can_prepare(request).ok:
             self.metrics.handshake("not_websocket")
-            return _refuse(400, "not_websocket", "expected a WebSocket upgrade")
+            return json_error(400, "not_websocket", "expected a WebSocket upgrade")
         self.handshaking += 1
         try:
             await ws.prepare(request)
@@ -644,14 +644,14 @@ class AccessNode:
 
     async def _json_body(self, request: web.Request) -> dict[str, Any] | web.Response:
         if not self._authorized(request):
-            return _refuse(401, "unauthorized", "internal token required")
+            return json_error(401, "unauthorized", "internal token required")
         try:
             # Strict: the payload goes on to clients as it is.
             body = protocol.loads_strict(await request.text())
         except BAD_JSON as exc:
-            return _refuse(400, "bad_request", f"body must be JSON ({exc})")
+            return json_error(400, "bad_request", f"body must be JSON ({exc})")
         if not isinstance(body, dict):
-            return _refuse(400, "bad_request", "body must be a JSON object")
+            return json_error(400, "bad_request", "body must be a JSON object")
         return body
 
     async def handle_push(self, request: web.Request) -> web.Response:
@@ -660,9 +660,9 @@ class AccessNode:
             return body
         uids, payload = body.get("uids"), body.get("payload")
         if not isinstance(uids, list) or not all(isinstance(u, str) for u in uids):
-            return _refuse(400, "bad_request", "uids: a list of strings")
+            return json_error(400, "bad_request", "uids: a list of strings")
         if not isinstance(payload, dict):
-            return _refuse(400, "bad_request", "payload: a JSON object")
+            return json_error(400, "bad_request", "payload: a JSON object")
         started = time.perf_counter()
         text = protocol.dumps(payload)
         frame = protocol.text_frame(text.encode())
@@ -783,11 +783,6 @@ def _reason(code: int | None) -> str:
         protocol.CLOSE_GOING_AWAY: "shutdown",
         1009: "too_large",
     }.get(code or 0, "closed")
-
-
-def _refuse(status: int, code: str, message: str, retry_after: int | None = None) -> web.Response:
-    headers = {"Retry-After": str(retry_after)} if retry_after else None
-    return web.json_response({"error": code, "message": message}, status=status, headers=headers)
 
 
 NODE = web.AppKey("node", AccessNode)

@@ -43,6 +43,15 @@ def lifecycle(
     return run
 
 
+def json_error(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    """The error answer of every process: ``{"error", "message", ...}``; ``retry_after``
+    also goes out as the Retry-After header."""
+    headers = {"Retry-After": str(extra["retry_after"])} if "retry_after" in extra else None
+    return web.json_response(
+        {"error": code, "message": message, **extra}, status=status, headers=headers
+    )
+
+
 def add_ops_routes(
     app: web.Application,
     supervisor: Supervisor,

@@ -25,7 +25,7 @@ from control.common.geoip import GeoDatabase
 from control.common.kv import KeyValueStore
 from control.common.metrics import LoopCounter, LoopHistogram
 from control.common.mirror import PrefixMirror
-from control.common.ops import add_ops_routes
+from control.common.ops import add_ops_routes, json_error
 from control.common.ratelimit import TokenBuckets
 from control.common.registry import (
     DRAIN_DEFAULT_S,
@@ -129,20 +129,12 @@ METRICS = web.AppKey("metrics", SchedulerMetrics)
 STATE = web.AppKey("state", SchedulerState)
 
 
-def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
-    body = {"error": code, "message": message, **extra}
-    headers = {}
-    if "retry_after" in extra:
-        headers["Retry-After"] = str(extra["retry_after"])
-    return web.json_response(body, status=status, headers=headers)
-
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _internal_error(request: web.Request) -> web.Response:
     log.exception("unhandled error on %s %s", request.method, request.path)
-    return _error(500, "internal", "internal error; see the scheduler log")
+    return json_error(500, "internal", "internal error; see the scheduler log")
 
 
 def guarded(handler: Handler) -> Handler:
@@ -156,9 +148,9 @@ def guarded(handler: Handler) -> Handler:
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+            return json_error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
         except BackendUnavailable as exc:  # etcd or Redis away: worth retrying, not a bug
-            return _error(503, "unavailable", str(exc), retry_after=1)
+            return json_error(503, "unavailable", str(exc), retry_after=1)
         except Exception:
             return _internal_error(request)
 
@@ -175,7 +167,7 @@ def add_json_fallbacks(app: web.Application) -> None:
         allow = ",".join(sorted(methods))
 
         async def not_allowed(request: web.Request, allow: str = allow) -> web.Response:
-            response = _error(405, "method_not_allowed", f"allowed: {allow}")
+            response = json_error(405, "method_not_allowed", f"allowed: {allow}")
             response.headers["Allow"] = allow
             return response
 
@@ -183,7 +175,7 @@ def add_json_fallbacks(app: web.Application) -> None:
 
     async def not_found(request: web.Request) -> web.Response:
         path = request.path if len(request.path) <= 100 else request.path[:100] + "..."
-        return _error(404, "not_found", f"no such path: {path}")
+        return json_error(404, "not_found", f"no such path: {path}")
 
     app.router.add_route("*", "/{tail:.*}", not_found)
 
@@ -195,9 +187,9 @@ def require(role: Role) -> Callable[..., Any]:
             table: TokenTable = request.app[SETTINGS].admin.grants()
             granted = table.role_of(request.headers.get("Authorization"))
             if granted is None:
-                return _error(401, "unauthorized", "a bearer token is required")
+                return json_error(401, "unauthorized", "a bearer token is required")
             if not table.allows(granted, role):
-                return _error(403, "forbidden", f"this needs the {role} role")
+                return json_error(403, "forbidden", f"this needs the {role} role")
             return await handler(request)
 
         return checked
@@ -246,7 +238,7 @@ class EndpointHandler:
         wait = self.buckets.allow(ip or "unknown")
         if wait > 0:
             self._count("none", "none", "rate_limited")
-            return _error(
+            return json_error(
                 429,
                 "rate_limited",
                 "too many requests from this address",
@@ -258,14 +250,14 @@ class EndpointHandler:
             )
         except BadRequest as exc:
             self._count("none", "none", "bad_request")
-            return _error(400, "bad_request", str(exc), field=exc.field)
+            return json_error(400, "bad_request", str(exc), field=exc.field)
         region = q.region or self.engine.region_map.region_of(ip)
         user = UserContext(q.uid, q.platform, q.version, region)
         decision = self.engine.assign(user)
         if decision is None:
             self._count("none", "none", "no_capacity")
             retry = self.settings.scheduler.retry_after_s
-            return _error(
+            return json_error(
                 503, "no_capacity", "no access node can take this client now", retry_after=retry
             )
         self._count(decision.strategy, decision.placement, "ok")
@@ -320,11 +312,11 @@ KV = web.AppKey("kv", KeyValueStore)
 async def presence_who(request: web.Request) -> web.Response:
     uid = request.match_info["uid"]
     if not UID_RE.fullmatch(uid):
-        return _error(400, "bad_request", "uid: not a valid uid", field="uid")
+        return json_error(400, "bad_request", "uid: not a valid uid", field="uid")
     try:
         entries = await request.app[PRESENCE].who(uid)
     except BackendUnavailable as exc:
-        return _error(503, "unavailable", str(exc), retry_after=1)
+        return json_error(503, "unavailable", str(exc), retry_after=1)
     return web.json_response(
         {"uid": uid, "online": bool(entries), "devices": [e.public() for e in entries]}
     )
@@ -334,11 +326,11 @@ async def presence_who(request: web.Request) -> web.Response:
 async def presence_count(request: web.Request) -> web.Response:
     by = request.query.get("by")
     if by not in (None, "region", "node", "platform"):
-        return _error(400, "bad_request", "by: one of region, node, platform", field="by")
+        return json_error(400, "bad_request", "by: one of region, node, platform", field="by")
     try:
         counts = await request.app[PRESENCE].counts()
     except BackendUnavailable as exc:
-        return _error(503, "unavailable", str(exc), retry_after=1)
+        return json_error(503, "unavailable", str(exc), retry_after=1)
     body: dict[str, Any] = {"total": counts.total}
     if by:
         body["by"] = by
@@ -355,14 +347,14 @@ async def drain_node(request: web.Request) -> web.Response:
     node_id = request.match_info["node"]
     engine = request.app[ENGINE]
     if node_id not in engine.snapshot.nodes:
-        return _error(404, "not_found", f"no node {node_id!r} in the registry")
+        return json_error(404, "not_found", f"no node {node_id!r} in the registry")
     try:
         body = await request.json() if request.can_read_body else {}
     except BAD_JSON:
-        return _error(400, "bad_request", "body must be JSON", field="body")
+        return json_error(400, "bad_request", "body must be JSON", field="body")
     over = drain_window(body.get("over_s", DRAIN_DEFAULT_S)) if isinstance(body, dict) else None
     if over is None:
-        return _error(
+        return json_error(
             400, "bad_request", f"over_s: seconds between 0 and {DRAIN_MAX_S}", field="over_s"
         )
     settings = request.app[SETTINGS]
