@@ -313,10 +313,7 @@ async def presence_who(request: web.Request) -> web.Response:
     uid = request.match_info["uid"]
     if not UID_RE.fullmatch(uid):
         return json_error(400, "bad_request", "uid: not a valid uid", field="uid")
-    try:
-        entries = await request.app[PRESENCE].who(uid)
-    except BackendUnavailable as exc:
-        return json_error(503, "unavailable", str(exc), retry_after=1)
+    entries = await request.app[PRESENCE].who(uid)  # down: guarded() answers 503
     return web.json_response(
         {"uid": uid, "online": bool(entries), "devices": [e.public() for e in entries]}
     )
@@ -327,10 +324,7 @@ async def presence_count(request: web.Request) -> web.Response:
     by = request.query.get("by")
     if by not in (None, "region", "node", "platform"):
         return json_error(400, "bad_request", "by: one of region, node, platform", field="by")
-    try:
-        counts = await request.app[PRESENCE].counts()
-    except BackendUnavailable as exc:
-        return json_error(503, "unavailable", str(exc), retry_after=1)
+    counts = await request.app[PRESENCE].counts()
     body: dict[str, Any] = {"total": counts.total}
     if by:
         body["by"] = by

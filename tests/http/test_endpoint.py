@@ -329,3 +329,16 @@ async def test_a_failed_snapshot_build_keeps_the_last_one(
         await reg.close()
     finally:
         await kv.close()
+
+
+async def test_presence_views_while_redis_is_down_are_503(aiohttp_client: Any) -> None:
+    from control.presence.cluster import build_cluster
+    from tests.servers import free_port
+
+    dead = build_cluster([("s0", f"redis://127.0.0.1:{free_port()}", 1)], "redis", 90, "x:")
+    client = await aiohttp_client(create_app(settings(), presence=dead))
+    for path in ("/v1/presence/alice", "/v1/presence/count?by=node"):
+        resp = await client.get(path)
+        assert resp.status == 503 and resp.headers["Retry-After"] == "1", path
+        assert (await resp.json())["error"] == "unavailable"
+    await dead.close()
