@@ -131,9 +131,8 @@ class Session:
         if self.ws.closed:
             return
         try:
-            await asyncio.wait_for(
-                self.ws.close(code=code, message=reason.encode()[:120]), self.node.close_timeout_s
-            )
+            async with asyncio.timeout(self.node.close_timeout_s):
+                await self.ws.close(code=code, message=reason.encode()[:120])
         except (ConnectionError, RuntimeError):
             pass
         except TimeoutError:
