@@ -33,7 +33,7 @@ class Cluster:
     def __init__(self, tmp: Path, etcd: EtcdServer, redis: list[RedisServer]) -> None:
         self.tmp = tmp
         self.ports = {name: free_port() for name in ("scheduler", "controller", "n0", "n1")}
-        prefix = f"/e2e-{self.ports['scheduler']}"
+        self.prefix = prefix = f"/e2e-{self.ports['scheduler']}"
         config = {
             "cluster": {
                 "name": "e2e",

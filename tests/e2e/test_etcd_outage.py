@@ -112,8 +112,7 @@ async def test_etcd_outage_then_a_deleted_record(
             kv = EtcdKV([own_etcd.endpoint])
             await kv.connect()
             try:
-                prefix = c.config.read_text().split("prefix: ", 1)[1].split()[0]
-                assert await kv.delete(f"{prefix}/nodes/n0")
+                assert await kv.delete(f"{c.prefix}/nodes/n0")
             finally:
                 await kv.close()
 
