@@ -31,7 +31,13 @@ from control.common.errors import BAD_JSON, BackendUnavailable, ImctlError, Tick
 from control.common.kv import KeyValueStore
 from control.common.metrics import LoopCounter
 from control.common.mirror import PrefixMirror
-from control.common.ops import add_ops_routes, json_error, lifecycle
+from control.common.ops import (
+    add_json_fallbacks,
+    add_ops_routes,
+    guarded,
+    json_error,
+    lifecycle,
+)
 from control.common.ratelimit import TokenBuckets
 from control.common.registry import (
     DRAIN_DEFAULT_S,
@@ -809,7 +815,8 @@ def create_app(node: AccessNode, own_backends: bool = False) -> web.Application:
     )
     app.on_shutdown.append(close_sessions)
     app.router.add_get("/ws", node.handle_ws)
-    app.router.add_post("/internal/push", node.handle_push)
-    app.router.add_post("/internal/kick", node.handle_kick)
+    app.router.add_post("/internal/push", guarded(node.handle_push))
+    app.router.add_post("/internal/kick", guarded(node.handle_kick))
     add_ops_routes(app, node.supervisor, node.metrics.registry, node.readiness)
+    add_json_fallbacks(app)
     return app

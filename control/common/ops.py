@@ -1,4 +1,5 @@
-"""The operator endpoints every process serves: /healthz, /readyz, /metrics.
+"""What every process's HTTP edge shares: the operator endpoints (/healthz, /readyz,
+/metrics), JSON errors (including for unknown paths and methods) and handler guarding.
 
 Liveness means every supervised task is still running; readiness is the process's own
 answer to "can I serve?"; metrics come from the process's own registry.
@@ -6,15 +7,21 @@ answer to "can I serve?"; metrics come from the process's own registry.
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from control.common.errors import BackendUnavailable
 from control.common.tasks import Supervisor
 
+log = logging.getLogger(__name__)
+
 Readiness = Callable[[], tuple[bool, Mapping[str, Any]]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Component(Protocol):
@@ -75,3 +82,52 @@ def add_ops_routes(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+
+
+def internal_error(request: web.Request) -> web.Response:
+    """A JSON 500 for a failure nobody planned for, with the traceback in the log."""
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return json_error(500, "internal", "internal error; see the process log")
+
+
+def guarded(handler: Handler) -> Handler:
+    """Every failure is a JSON body with a reason; nothing leaks a traceback. Per route
+    rather than as an app middleware, which cost every endpoint request a few us."""
+
+    @functools.wraps(handler)
+    async def run(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return json_error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+        except BackendUnavailable as exc:  # etcd or Redis away: worth retrying, not a bug
+            return json_error(503, "unavailable", str(exc), retry_after=1)
+        except Exception:
+            return internal_error(request)
+
+    return run
+
+
+def add_json_fallbacks(app: web.Application) -> None:
+    """Unknown paths get a JSON 404 and known paths a JSON 405 with ``Allow``, through
+    routes of their own. Call after every other route is added."""
+    for resource in list(app.router.resources()):
+        methods = {route.method for route in resource}
+        if not isinstance(resource, web.Resource) or "*" in methods:
+            continue
+        allow = ",".join(sorted(methods))
+
+        async def not_allowed(request: web.Request, allow: str = allow) -> web.Response:
+            response = json_error(405, "method_not_allowed", f"allowed: {allow}")
+            response.headers["Allow"] = allow
+            return response
+
+        resource.add_route("*", not_allowed)
+
+    async def not_found(request: web.Request) -> web.Response:
+        path = request.path if len(request.path) <= 100 else request.path[:100] + "..."
+        return json_error(404, "not_found", f"no such path: {path}")
+
+    app.router.add_route("*", "/{tail:.*}", not_found)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from control.common.ops import add_ops_routes, lifecycle
+from control.common.ops import add_json_fallbacks, add_ops_routes, lifecycle
 from control.presence.controller import Controller
 
 CONTROLLER = web.AppKey("controller", Controller)
@@ -27,4 +27,5 @@ def create_app(controller: Controller, own_backends: bool = False) -> web.Applic
         controller.metrics.registry,
         lambda: (controller.synced, {"leader": controller.election.leader}),
     )
+    add_json_fallbacks(app)
     return app

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -25,7 +24,14 @@ from control.common.geoip import GeoDatabase
 from control.common.kv import KeyValueStore
 from control.common.metrics import LoopCounter, LoopHistogram
 from control.common.mirror import PrefixMirror
-from control.common.ops import add_ops_routes, json_error
+from control.common.ops import (
+    Handler,
+    add_json_fallbacks,
+    add_ops_routes,
+    guarded,
+    internal_error,
+    json_error,
+)
 from control.common.ratelimit import TokenBuckets
 from control.common.registry import (
     DRAIN_DEFAULT_S,
@@ -129,57 +135,6 @@ METRICS = web.AppKey("metrics", SchedulerMetrics)
 STATE = web.AppKey("state", SchedulerState)
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _internal_error(request: web.Request) -> web.Response:
-    log.exception("unhandled error on %s %s", request.method, request.path)
-    return json_error(500, "internal", "internal error; see the scheduler log")
-
-
-def guarded(handler: Handler) -> Handler:
-    """Every failure is a JSON body with a reason; nothing leaks a traceback. Per route
-    rather than as an app middleware, which cost every endpoint request a few us."""
-
-    @functools.wraps(handler)
-    async def run(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            return json_error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
-        except BackendUnavailable as exc:  # etcd or Redis away: worth retrying, not a bug
-            return json_error(503, "unavailable", str(exc), retry_after=1)
-        except Exception:
-            return _internal_error(request)
-
-    return run
-
-
-def add_json_fallbacks(app: web.Application) -> None:
-    """Unknown paths get a JSON 404 and known paths a JSON 405 with ``Allow``, through
-    routes of their own. Call after every other route is added."""
-    for resource in list(app.router.resources()):
-        methods = {route.method for route in resource}
-        if not isinstance(resource, web.Resource) or "*" in methods:
-            continue
-        allow = ",".join(sorted(methods))
-
-        async def not_allowed(request: web.Request, allow: str = allow) -> web.Response:
-            response = json_error(405, "method_not_allowed", f"allowed: {allow}")
-            response.headers["Allow"] = allow
-            return response
-
-        resource.add_route("*", not_allowed)
-
-    async def not_found(request: web.Request) -> web.Response:
-        path = request.path if len(request.path) <= 100 else request.path[:100] + "..."
-        return json_error(404, "not_found", f"no such path: {path}")
-
-    app.router.add_route("*", "/{tail:.*}", not_found)
-
-
 def require(role: Role) -> Callable[..., Any]:
     def wrap(handler: Handler) -> Any:
         @guarded
@@ -229,7 +184,7 @@ class EndpointHandler:
         try:
             response = self.answer(request)
         except Exception:
-            response = _internal_error(request)
+            response = internal_error(request)
         self.metrics.latency.observe(time.perf_counter() - started)
         return response
 

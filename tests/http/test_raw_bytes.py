@@ -4,6 +4,7 @@ bodies — to every endpoint of every process: each gets a 4xx answer, never a 5
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 
 import pytest
@@ -82,3 +83,41 @@ async def test_no_endpoint_answers_500_to_bytes_that_are_not_utf8() -> None:
                     answered[status] = answered.get(status, 0) + 1
         # The junk reached the handlers (not only the parser's 400): they refused it.
         assert {400, 401, 403} <= set(answered), answered
+
+
+async def answer_of(port: int, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.mark.timeout(60)
+async def test_every_process_answers_unknown_paths_and_methods_in_json() -> None:
+    """Operators and the push API read the JSON error of any process; aiohttp's own 404
+    and 405 are plain text."""
+    settings = cluster_settings(nodes=1)
+    async with LocalCluster(settings, scheduler=True, controller=True):
+        wrong_method = {
+            settings.scheduler.port: ("POST", "/v1/endpoint", "GET,HEAD"),
+            settings.access.node("n0").port: ("DELETE", "/internal/push", "POST"),
+            settings.controller.port: ("POST", "/metrics", "GET,HEAD"),
+        }
+        for port, (method, path, allow) in wrong_method.items():
+            status, headers, body = await answer_of(port, "GET", "/no/such/path")
+            assert status == 404, (port, body)
+            assert json.loads(body)["error"] == "not_found", (port, body)
+            status, headers, body = await answer_of(port, method, path)
+            assert status == 405, (port, body)
+            assert json.loads(body)["error"] == "method_not_allowed", (port, body)
+            assert headers["allow"] == allow, (port, headers)
