@@ -27,7 +27,14 @@ from prometheus_client import (
 from control.access import protocol
 from control.access.core import CoreContext, MessageCore, load_core
 from control.access.push import Pusher
-from control.common.errors import BAD_JSON, BackendUnavailable, ImctlError, TicketError
+from control.common.errors import (
+    BAD_JSON,
+    BackendUnavailable,
+    ImctlError,
+    NotJson,
+    TicketError,
+    parse_json,
+)
 from control.common.kv import KeyValueStore
 from control.common.metrics import LoopCounter
 from control.common.mirror import PrefixMirror
@@ -652,9 +659,9 @@ class AccessNode:
             return json_error(401, "unauthorized", "internal token required")
         try:
             # Strict: the payload goes on to clients as it is.
-            body = protocol.loads_strict(await request.text())
-        except BAD_JSON as exc:
-            return json_error(400, "bad_request", f"body must be JSON ({exc})")
+            body = parse_json(await request.read(), protocol.loads_strict)
+        except NotJson as exc:
+            return json_error(400, "bad_request", f"body is not JSON: {exc}")
         if not isinstance(body, dict):
             return json_error(400, "bad_request", "body must be a JSON object")
         return body

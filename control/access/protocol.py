@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from control.common.errors import BAD_JSON
+from control.common.errors import NotJson, parse_json
 
 # Close codes the server uses (4000-4999 are the application's own).
 CLOSE_IDLE = 4000  # no frame within the heartbeat timeout
@@ -59,9 +59,9 @@ def parse_frame(data: str, max_bytes: int) -> dict[str, Any] | FrameError:
     if len(data) > max_bytes or len(data.encode()) > max_bytes:
         return FrameError("too_large", f"frames are limited to {max_bytes} bytes")
     try:
-        frame = loads_strict(data)
-    except BAD_JSON:
-        return FrameError("malformed", "frames are JSON objects")
+        frame = parse_json(data, loads_strict)
+    except NotJson as exc:
+        return FrameError("malformed", f"not JSON: {exc}")
     if not isinstance(frame, dict):
         return FrameError("malformed", "frames are JSON objects")
     t = frame.get("t")

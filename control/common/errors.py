@@ -2,9 +2,45 @@
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
 # json.loads raises RecursionError, not ValueError, for input nested too deep (a frame of
 # 30,000 "[" fits in 64 KB): every parse of outside input catches both.
 BAD_JSON: tuple[type[Exception], ...] = (ValueError, RecursionError)
+
+
+def _problem(text: str, exc: Exception) -> str:
+    """What is wrong with ``text`` as JSON, in a few words a client developer can act on
+    (Python's own wording for a too-long number names a Python setting)."""
+    if text.startswith("\ufeff"):
+        return "starts with a byte order mark"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at character {exc.pos}"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    message = str(exc)
+    if "integer string conversion" in message:
+        return f"a number of more than {sys.get_int_max_str_digits()} digits"
+    return message[:80]
+
+
+class NotJson(ValueError):
+    """Outside input that is not JSON; the message says what is wrong and where."""
+
+
+def parse_json(data: bytes | str, loads: Callable[[str], Any] = json.loads) -> Any:
+    """Outside input (a frame, a request body) as JSON, or NotJson saying why not."""
+    try:
+        text = data.decode() if isinstance(data, bytes) else data
+    except UnicodeDecodeError as exc:
+        raise NotJson(f"not UTF-8 at byte {exc.start}") from None
+    try:
+        return loads(text)
+    except BAD_JSON as exc:
+        raise NotJson(_problem(text, exc)) from None
 
 
 class ImctlError(Exception):

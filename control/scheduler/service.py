@@ -19,7 +19,7 @@ from prometheus_client import (
 )
 
 from control.common.auth import Role, TokenTable
-from control.common.errors import BAD_JSON, BackendUnavailable, BadRequest
+from control.common.errors import BackendUnavailable, BadRequest, NotJson, parse_json
 from control.common.geoip import GeoDatabase
 from control.common.kv import KeyValueStore
 from control.common.metrics import LoopCounter, LoopHistogram
@@ -298,9 +298,9 @@ async def drain_node(request: web.Request) -> web.Response:
     if node_id not in engine.snapshot.nodes:
         return json_error(404, "not_found", f"no node {node_id!r} in the registry")
     try:
-        body = await request.json() if request.can_read_body else {}
-    except BAD_JSON:
-        return json_error(400, "bad_request", "body must be JSON", field="body")
+        body = parse_json(await request.read()) if request.can_read_body else {}
+    except NotJson as exc:
+        return json_error(400, "bad_request", f"body is not JSON: {exc}", field="body")
     over = drain_window(body.get("over_s", DRAIN_DEFAULT_S)) if isinstance(body, dict) else None
     if over is None:
         return json_error(

@@ -282,8 +282,9 @@ async def test_admin_tokens_and_roles(aiohttp_client: Any) -> None:
 @pytest.mark.parametrize(
     "body,message",
     [
-        (b"{nope", "body must be JSON"),
-        (b"[" * 30_000 + b"]" * 30_000, "body must be JSON"),  # RecursionError, not ValueError
+        (b"{nope", "body is not JSON: Expecting property name enclosed in double quotes at"),
+        (b"[" * 30_000 + b"]" * 30_000, "body is not JSON: nested too deeply"),  # not ValueError
+        (b'{"over_s": \xff}', "body is not JSON: not UTF-8 at byte 11"),
         (b'{"over_s": "soon"}', "over_s"),
         (b'{"over_s": -1}', "over_s"),
     ],

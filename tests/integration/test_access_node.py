@@ -315,6 +315,10 @@ async def test_internal_api_needs_the_token(http: aiohttp.ClientSession) -> None
         headers = {"Authorization": "Bearer test-internal-token-123"}
         async with http.post(url, data=b"nope", headers=headers) as resp:
             assert resp.status == 400
+            assert (await resp.json())["message"].startswith("body is not JSON: Expecting value")
+        async with http.post(url, data=b'{"uids": ["\xff"]}', headers=headers) as resp:
+            assert resp.status == 400  # bytes that are not UTF-8, past the token check
+            assert (await resp.json())["message"] == "body is not JSON: not UTF-8 at byte 11"
         async with http.post(url, json={"uids": "a", "payload": {}}, headers=headers) as resp:
             assert resp.status == 400 and "uids" in (await resp.json())["message"]
 

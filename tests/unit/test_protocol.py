@@ -31,6 +31,28 @@ def test_bad_frames(data: str, code: str) -> None:
     assert isinstance(found, FrameError) and found.code == code
 
 
+@pytest.mark.parametrize(
+    "data,says",
+    [
+        ('{"t": "ping"', "not JSON: Expecting ',' delimiter at character 12"),
+        ("{'t': 'ping'}", "not JSON: Expecting property name enclosed in double quotes at"),
+        ('{"t": "ping"}{"t": "ping"}', "not JSON: Extra data at character 13"),
+        ('\ufeff{"t": "ping"}', "not JSON: starts with a byte order mark"),
+        ('{"t": "ping", "n": ' + "1" * 5000 + "}", "not JSON: a number of more than 4300 digits"),
+        ('{"t": "msg", "v": NaN}', "not JSON: NaN is not JSON"),
+        ("[" * 30_000 + "]" * 30_000, "not JSON: nested too deeply"),
+        ('{"t": "msg", "body": "\\ud800"}', "not JSON: a \\u escape names half a surrogate"),
+        ("[1, 2]", "frames are JSON objects"),
+    ],
+)
+def test_a_malformed_frame_says_what_is_wrong(data: str, says: str) -> None:
+    """The client's developer reads the error frame: it names the problem and where."""
+    found = parse_frame(data, 65_536)
+    assert isinstance(found, FrameError) and found.code == "malformed"
+    assert found.message.startswith(says), found.message
+    assert len(found.message) <= 120
+
+
 def test_escaped_surrogate_pair_is_a_character() -> None:
     assert parse_frame('{"t": "msg", "body": "\\ud83d\\ude00"}', 1024) == {"t": "msg", "body": "😀"}
 
