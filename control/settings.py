@@ -513,6 +513,39 @@ def parse_settings(
     return settings
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, noting every key a mapping repeats: PyYAML keeps the last
+    silently, and a config edited by two people would lose one edit without a word."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.repeats: list[tuple[int, int, str, int]] = []  # line, column, key, first line
+
+    @classmethod
+    def read(cls, text: str) -> tuple[Any, list[tuple[int, int, str, int]]]:
+        """The document, and every repeated key in file order."""
+        loader = cls(text)
+        try:
+            return loader.get_single_data(), sorted(loader.repeats)
+        finally:
+            loader.dispose()
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[tuple[str, str], int] = {}
+        for key, _ in node.value:
+            # A merge key (<<) is meant to be overridden; anything else is a slip.
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            mark = key.start_mark
+            if (key.tag, key.value) in first:
+                self.repeats.append(
+                    (mark.line + 1, mark.column + 1, key.value, first[(key.tag, key.value)])
+                )
+            else:
+                first[(key.tag, key.value)] = mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
 def load_settings(
     path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None
 ) -> Settings:
@@ -528,7 +561,7 @@ def load_settings(
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{p}: cannot read: {exc}"]) from None
     try:
-        data = yaml.safe_load(text)
+        data, repeated = _Loader.read(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -536,4 +569,14 @@ def load_settings(
         raise ConfigError([f"{p}: {where}not valid YAML ({what})"]) from None
     except RecursionError:  # PyYAML's parser recurses once per level of nesting
         raise ConfigError([f"{p}: not valid YAML (nested too deeply)"]) from None
-    return parse_settings(data, str(p), env)
+    repeats = [
+        f"{p}: line {line}, column {column}: key {key!r} given twice (first at line {first})"
+        for line, column, key, first in repeated
+    ]
+    try:
+        settings = parse_settings(data, str(p), env)
+    except ConfigError as exc:
+        raise ConfigError(repeats + exc.problems) from None
+    if repeats:
+        raise ConfigError(repeats)
+    return settings

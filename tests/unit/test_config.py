@@ -101,6 +101,24 @@ def test_unreadable_files(tmp_path: Path, text: str, needle: str) -> None:
         load_settings(f, env={})
 
 
+def test_a_key_given_twice_is_a_problem_not_a_silent_override(tmp_path: Path) -> None:
+    """PyYAML keeps the last of two equal keys: an SRE merging two edits would lose one
+    without a word. Every repeat is named with both lines, with the file's other problems."""
+    f = tmp_path / "c.yaml"
+    f.write_text(
+        "scheduler:\n  port: 8080\n"
+        "tickets:\n  ttl_s: 60\n  ttl_s: 600\n"
+        "scheduler:\n  port: 9090\n  fallbacks: 99\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_settings(f, env={})
+    assert err.value.problems == [
+        f"{f}: line 5, column 3: key 'ttl_s' given twice (first at line 4)",
+        f"{f}: line 6, column 1: key 'scheduler' given twice (first at line 1)",
+        f"{f}: scheduler.fallbacks: must be <= 8, got 99",
+    ], err.value.problems
+
+
 def test_cli_config_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["config", "check", str(ROOT / "configs" / "local.yaml")]) == 0
     assert "OK" in capsys.readouterr().out
