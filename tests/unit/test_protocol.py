@@ -68,4 +68,7 @@ def test_good_frame() -> None:
 @given(st.text(max_size=300))
 def test_any_text_parses_or_is_refused(data: str) -> None:
     found = parse_frame(data, 256)
-    assert isinstance(found, FrameError) or isinstance(found.get("t"), str)
+    if isinstance(found, FrameError):
+        assert found.code in ("malformed", "too_large") and 0 < len(found.message) <= 120
+    else:
+        assert isinstance(found.get("t"), str)
