@@ -450,7 +450,8 @@ def create_app(
             await app[PRESENCE].close()
 
     app.cleanup_ctx.append(backend_ctx)
-    app.router.add_get("/v1/endpoint", EndpointHandler(settings, engine, metrics).handle)
+    endpoint = EndpointHandler(settings, engine, metrics).handle
+    app.router.add_get("/v1/endpoint", endpoint, allow_head=False)  # HEAD must not decide
     app.router.add_get("/v1/nodes", nodes_handler)
     app.router.add_post("/v1/nodes/{node}/drain", drain_node)
     app.router.add_delete("/v1/nodes/{node}/drain", undrain_node)
