@@ -821,7 +821,7 @@ def create_app(node: AccessNode, own_backends: bool = False) -> web.Application:
         )
     )
     app.on_shutdown.append(close_sessions)
-    app.router.add_get("/ws", node.handle_ws)
+    app.router.add_get("/ws", node.handle_ws, allow_head=False)
     app.router.add_post("/internal/push", guarded(node.handle_push))
     app.router.add_post("/internal/kick", guarded(node.handle_kick))
     add_ops_routes(app, node.supervisor, node.metrics.registry, node.readiness)

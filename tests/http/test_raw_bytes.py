@@ -121,3 +121,6 @@ async def test_every_process_answers_unknown_paths_and_methods_in_json() -> None
             assert status == 405, (port, body)
             assert json.loads(body)["error"] == "method_not_allowed", (port, body)
             assert headers["allow"] == allow, (port, headers)
+        # HEAD of an upgrade path would spend a handshake token for nothing.
+        status, headers, body = await answer_of(settings.access.node("n0").port, "HEAD", "/ws")
+        assert status == 405 and headers["allow"] == "GET", (status, headers)
