@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+
+
+def client_key(ip: str | None) -> str:
+    """Whose bucket a request spends: an IPv4 address, or an IPv6 address's /64 (a
+    subscriber gets a whole /64 and may use a new address for every request)."""
+    if not ip:
+        return "unknown"
+    if ":" not in ip:
+        return ip  # IPv4: the common case, kept cheap
+    try:
+        address = ipaddress.IPv6Address(ip.partition("%")[0])
+    except ValueError:
+        return ip
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
 
 
 class TokenBuckets:

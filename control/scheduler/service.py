@@ -32,7 +32,7 @@ from control.common.ops import (
     internal_error,
     json_error,
 )
-from control.common.ratelimit import TokenBuckets
+from control.common.ratelimit import TokenBuckets, client_key
 from control.common.registry import (
     DRAIN_DEFAULT_S,
     DRAIN_MAX_S,
@@ -190,7 +190,7 @@ class EndpointHandler:
 
     def answer(self, request: web.Request) -> web.Response:
         ip = client_ip(request.remote, request.headers.get("X-Forwarded-For"), self.trusted)
-        wait = self.buckets.allow(ip or "unknown")
+        wait = self.buckets.allow(client_key(ip))
         if wait > 0:
             self._count("none", "none", "rate_limited")
             return json_error(
