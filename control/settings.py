@@ -302,6 +302,10 @@ class AccessSettings:
     nodes: tuple[AccessNodeSettings, ...] = setting((), "access nodes of this cluster")
     max_frame_bytes: int = setting(65_536, "largest client frame accepted", ge=64)
     abuse_limit: int = setting(5, "bad frames before a connection is closed 1008", ge=1)
+    frame_rate_per_s: float = setting(
+        20.0, "client frames per second a connection may send (beyond: refused, a strike)", gt=0
+    )
+    frame_burst: float = setting(40.0, "client frames a connection may send at once", ge=1)
     max_backlog_bytes: int = setting(
         1_048_576, "unread bytes queued for a client before it is cut off", ge=65_536
     )

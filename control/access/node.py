@@ -75,6 +75,7 @@ class Session:
         "platform",
         "region",
         "strikes",
+        "tokens",
         "transport",
         "uid",
         "ws",
@@ -98,6 +99,7 @@ class Session:
         self.platform = platform
         self.region = region
         self.last_seen = time.monotonic()
+        self.tokens = node.frame_burst  # the frame budget, refilled since last_seen
         self.strikes = 0
         self.cut_off = False
         self.transport = ws._writer.transport if ws._writer is not None else None
@@ -248,6 +250,11 @@ class AccessNode:
         self.drain_reason = ""
         self.handshaking = 0
         self.gate = TokenBuckets(self.access.handshake_rate_per_s, self.access.handshake_burst, 1)
+        self.frame_rate = self.access.frame_rate_per_s
+        self.frame_burst = self.access.frame_burst
+        self.flood_error = protocol.FrameError(
+            "rate_limited", f"more than {self.frame_rate:g} frames per second; slow down"
+        )
         self.registry = Registry(kv, settings.cluster.prefix)
         self.registration: Registration | None = None
         self.peers: dict[str, NodeRecord] = {}
@@ -507,39 +514,31 @@ class AccessNode:
                 return ws
             self.metrics.handshake("ok")
             # The frame loop lives here, not in a helper: one coroutine frame per idle
-            # connection instead of two.
-            limit = self.access.max_frame_bytes
-            types = self.core.types
+            # connection instead of two (_serve's exists only while a frame is served).
+            rate, burst = self.frame_rate, self.frame_burst
             async for msg in ws:
+                error: protocol.FrameError | None = None
                 if msg.type == WSMsgType.TEXT:
-                    session.last_seen = time.monotonic()
-                    frame = protocol.parse_frame(msg.data, limit)
-                    if isinstance(frame, protocol.FrameError):
-                        await self._strike(session, frame)
-                        continue
-                    t = frame["t"]
-                    self.metrics.frame(t if t in types or t in protocol.CONTROL_TYPES else "other")
-                    if t == "ping":
-                        self.heartbeats.add((session.uid, session.device, session.conn))
-                        await session.send({"t": "pong"})
-                    elif t == "status":
-                        await self._set_status(session, frame)
-                    elif t in types:
-                        await self._core_message(session, frame)
+                    now = time.monotonic()
+                    tokens = min(burst, session.tokens + (now - session.last_seen) * rate)
+                    session.last_seen = now
+                    if tokens < 1.0:
+                        # Refused unread: a client in a send loop must not take the event
+                        # loop from everyone else on this node.
+                        session.tokens = tokens
+                        error = self.flood_error
                     else:
-                        await self._strike(
-                            session,
-                            protocol.FrameError("unknown_type", f"unknown frame type {t!r}"),
-                        )
+                        session.tokens = tokens - 1.0
+                        error = await self._serve(session, msg.data)
                 elif msg.type == WSMsgType.BINARY:
-                    await self._strike(
-                        session, protocol.FrameError("binary", "frames are JSON text, not binary")
-                    )
+                    error = protocol.FrameError("binary", "frames are JSON text, not binary")
                 elif msg.type == WSMsgType.ERROR:
                     break
-                if session.strikes >= self.access.abuse_limit:
-                    await session.close(protocol.CLOSE_POLICY, "too many bad frames")
-                    break
+                if error is not None:
+                    await self._strike(session, error)
+                    if session.strikes >= self.access.abuse_limit:
+                        await session.close(protocol.CLOSE_POLICY, "too many bad frames")
+                        break
             if session.cut_off:
                 reason = "slow_consumer"
             else:
@@ -547,6 +546,25 @@ class AccessNode:
         finally:
             await self._close(session, reason)
         return ws
+
+    async def _serve(self, session: Session, data: str) -> protocol.FrameError | None:
+        """One text frame within the budget: answered, or why it is refused."""
+        frame = protocol.parse_frame(data, self.access.max_frame_bytes)
+        if isinstance(frame, protocol.FrameError):
+            return frame
+        t = frame["t"]
+        types = self.core.types
+        self.metrics.frame(t if t in types or t in protocol.CONTROL_TYPES else "other")
+        if t == "ping":
+            self.heartbeats.add((session.uid, session.device, session.conn))
+            await session.send({"t": "pong"})
+        elif t == "status":
+            await self._set_status(session, frame)
+        elif t in types:
+            await self._core_message(session, frame)
+        else:
+            return protocol.FrameError("unknown_type", f"unknown frame type {t!r}")
+        return None
 
     async def _open(self, session: Session) -> bool:
         devices = self.by_user.get(session.uid)

@@ -106,6 +106,52 @@ async def test_bad_frames_get_errors_then_1008(http: aiohttp.ClientSession) -> N
         await until(lambda: not c.node("n0").sessions)
 
 
+async def test_a_frame_flood_is_refused_then_closed(http: aiohttp.ClientSession) -> None:
+    """A client in a send loop (a bug, or worse) would take the node's event loop from
+    everyone else on it: past its frame budget each frame is refused, and a client that
+    keeps on is closed 1008 like any other abuse."""
+    access = {"frame_rate_per_s": 5, "frame_burst": 3, "abuse_limit": 3}
+    async with LocalCluster(cluster_settings(nodes=1, access=access)) as c:
+        ws, _ = await c.connect(http, "flooder", "n0")
+        for _ in range(4):
+            await ws.send_json({"t": "ping"})
+        answers = [await ws.receive_json(timeout=5) for _ in range(4)]
+        assert [a["t"] for a in answers[:3]] == ["pong"] * 3
+        assert answers[3]["code"] == "rate_limited", answers[3]
+        await asyncio.sleep(0.5)  # the budget refills at the configured rate
+        await ws.send_json({"t": "ping"})
+        assert (await ws.receive_json(timeout=5))["t"] == "pong"
+        for _ in range(20):
+            await ws.send_json({"t": "echo", "body": "x"})
+        kinds = []
+        for _ in range(25):
+            msg = await ws.receive(timeout=5)
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                break
+            kinds.append(json.loads(msg.data).get("code", "served"))
+        assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == protocol.CLOSE_POLICY
+        assert kinds.count("rate_limited") == 2 and kinds.count("served") <= 4, kinds
+        await until(lambda: not c.node("n0").sessions)
+
+
+async def test_malformed_frames_alone_close_1008(http: aiohttp.ClientSession) -> None:
+    """Each kind of bad frame counts toward the limit (malformed ones used to skip the
+    check, so a client sending only those was answered forever)."""
+    settings = cluster_settings(nodes=1, access={"abuse_limit": 3})
+    async with LocalCluster(settings) as c:
+        ws, _ = await c.connect(http, "mallory", "n0")
+        for _ in range(6):
+            await ws.send_str("{not json")
+        codes = []
+        for _ in range(7):
+            msg = await ws.receive(timeout=5)
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                break
+            codes.append(json.loads(msg.data)["code"])
+        assert codes == ["malformed"] * 3
+        assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == protocol.CLOSE_POLICY
+
+
 async def test_frames_no_client_could_read_back_are_malformed(http: aiohttp.ClientSession) -> None:
     # Fits the frame limit, but json.loads raises RecursionError (not ValueError) on it.
     deep = "[" * 30_000 + "]" * 30_000
