@@ -559,7 +559,7 @@ class AccessNode:
             self.heartbeats.add((session.uid, session.device, session.conn))
             await session.send({"t": "pong"})
         elif t == "status":
-            await self._set_status(session, frame)
+            return await self._set_status(session, frame)
         elif t in types:
             await self._core_message(session, frame)
         else:
@@ -613,7 +613,9 @@ class AccessNode:
         self.metrics.frame_errors.inc(self.id, error.code)
         await session.send(error.frame())
 
-    async def _set_status(self, session: Session, frame: Mapping[str, Any]) -> None:
+    async def _set_status(
+        self, session: Session, frame: Mapping[str, Any]
+    ) -> protocol.FrameError | None:
         status = frame.get("status")
         try:
             ok = await self.presence.set_status(
@@ -623,11 +625,11 @@ class AccessNode:
             await session.send(
                 protocol.FrameError("unavailable", "presence is unavailable; try again").frame()
             )
-            return
+            return None
         except ImctlError as exc:
-            await self._strike(session, protocol.FrameError("bad_status", str(exc)))
-            return
+            return protocol.FrameError("bad_status", str(exc))
         await session.send({"t": "status", "status": status, "ok": ok})
+        return None
 
     async def _close(self, session: Session, reason: str) -> None:
         if self.sessions.get(session.conn) is session:

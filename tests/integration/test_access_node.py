@@ -134,21 +134,32 @@ async def test_a_frame_flood_is_refused_then_closed(http: aiohttp.ClientSession)
         await until(lambda: not c.node("n0").sessions)
 
 
-async def test_malformed_frames_alone_close_1008(http: aiohttp.ClientSession) -> None:
-    """Each kind of bad frame counts toward the limit (malformed ones used to skip the
-    check, so a client sending only those was answered forever)."""
+@pytest.mark.parametrize(
+    "frame,code",
+    [
+        ("{not json", "malformed"),
+        ('{"t": "teleport"}', "unknown_type"),
+        ('{"t": "status", "status": "asleep"}', "bad_status"),
+        (b"\x00\x01", "binary"),
+    ],
+)
+async def test_one_kind_of_bad_frame_alone_closes_1008(
+    http: aiohttp.ClientSession, frame: str | bytes, code: str
+) -> None:
+    """Each kind of bad frame counts toward the limit on its own (malformed ones used to
+    skip the check, so a client sending only those was answered forever)."""
     settings = cluster_settings(nodes=1, access={"abuse_limit": 3})
     async with LocalCluster(settings) as c:
         ws, _ = await c.connect(http, "mallory", "n0")
         for _ in range(6):
-            await ws.send_str("{not json")
+            await (ws.send_bytes(frame) if isinstance(frame, bytes) else ws.send_str(frame))
         codes = []
         for _ in range(7):
             msg = await ws.receive(timeout=5)
             if msg.type != aiohttp.WSMsgType.TEXT:
                 break
             codes.append(json.loads(msg.data)["code"])
-        assert codes == ["malformed"] * 3
+        assert codes == [code] * 3
         assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == protocol.CLOSE_POLICY
 
 
