@@ -181,6 +181,13 @@ def user_id(text: str) -> str:
     return text
 
 
+def positive_count(text: str) -> int:
+    # isascii: str.isdigit() also takes digits int() refuses, such as "²".
+    if not (text.isascii() and text.isdigit() and len(text) <= 7 and 1 <= int(text) <= 10**6):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to 1000000")
+    return int(text)
+
+
 def parse_duration(text: str) -> float:
     """``90``, ``90s``, ``1.5m``, ``500ms``, ``1h`` as seconds."""
     import re
@@ -253,6 +260,53 @@ def cmd_presence_count(args: argparse.Namespace) -> int:
     rows = [[k, str(v)] for k, v in data["counts"].items()]
     text = _table(rows, [args.by.upper(), "ONLINE"]) + f"\n\n{data['total']} online in all"
     return _print(args, data, text)
+
+
+async def _tail(url: str, token: str | None, output: str) -> int:
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    # No total timeout: a tail runs until the count is reached or Ctrl-C.
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.get(url, headers=headers) as resp,
+    ):
+        if resp.status != 200:
+            try:
+                message = (await resp.json(content_type=None)).get("message")
+            except (ValueError, RecursionError, AttributeError):
+                message = (await resp.text())[:200]
+            return _fail(f"{url}: HTTP {resp.status}: {message}", EXIT_UNAVAILABLE)
+        print(f"# following presence events at {url} (Ctrl-C stops)", file=sys.stderr, flush=True)
+        async for line in resp.content:
+            if not line.strip():
+                continue  # keepalive
+            event = json.loads(line)
+            if output == "json":
+                print(json.dumps(event, ensure_ascii=False), flush=True)
+                continue
+            at = float(event["at"])
+            stamp = time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at * 1000) % 1000:03d}"
+            fields = [event["kind"].ljust(7), event["uid"], event["device"], event["node"]]
+            fields += [event["conn"], event.get("reason") or ""]
+            print(stamp, *fields, flush=True)
+    return 0
+
+
+@_answer_shape
+def cmd_presence_events(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    query = {k: v for k, v in (("uid", args.uid), ("count", args.count)) if v is not None}
+    url = _server(args) + "/v1/presence/events"
+    if query:
+        url += "?" + "&".join(f"{k}={v}" for k, v in query.items())
+    token = args.token or os.environ.get("IMCTL_TOKEN")
+    try:
+        return asyncio.run(_tail(url, token, args.output))
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        return _fail(f"cannot reach {url}: {exc}", EXIT_UNAVAILABLE)
 
 
 def _fail(message: str, code: int) -> int:
@@ -470,6 +524,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--by", choices=["region", "node", "platform"])
     _admin_args(c)
     c.set_defaults(func=cmd_presence_count)
+    e = psub.add_parser(
+        "events",
+        help="follow logins, logouts and status changes as they happen",
+        description="Print presence events as they happen (time, kind, uid, device, node, "
+        "connection, reason) until Ctrl-C or --count.",
+    )
+    e.add_argument("--uid", type=user_id, help="only this user's events")
+    e.add_argument("--count", type=positive_count, help="stop after this many events")
+    _admin_args(e)
+    e.set_defaults(func=cmd_presence_events)
 
     p = sub.add_parser(
         "connect",

@@ -126,15 +126,27 @@ class PresenceCluster:
 
         return sum(await asyncio.gather(*(drain(s) for s in self.shards.values())))
 
+    async def event_positions(self) -> dict[str, str]:
+        """Each shard's newest event: ``events(start=...)`` from here misses nothing that
+        happens after this returns (raises BackendUnavailable when a shard is down)."""
+        found = await asyncio.gather(*(s.latest_event() for s in self.shards.values()))
+        return dict(zip(self.shards, found, strict=True))
+
     async def events(
-        self, block_ms: int = 1000, start: str = "$", stop: asyncio.Event | None = None
+        self,
+        block_ms: int = 1000,
+        start: str | Mapping[str, str] = "$",
+        stop: asyncio.Event | None = None,
     ) -> AsyncIterator[PresenceEvent]:
-        """Online/offline/status changes from every shard, each shard in order. A shard
+        """Online/offline/status changes from every shard, each shard in order, from
+        ``start`` (one position for all shards, "$" for now, or one per shard). A shard
         that cannot be reached is retried from where its events stopped, with backoff."""
-        positions = {sid: start for sid in self.shards}
         if start == "$":  # pin "now" once: "$" on every read would drop events between reads
-            for sid, shard in self.shards.items():
-                positions[sid] = await shard.latest_event()
+            positions = await self.event_positions()
+        elif isinstance(start, str):
+            positions = {sid: start for sid in self.shards}
+        else:
+            positions = {sid: start.get(sid, "0") for sid in self.shards}
         queue: asyncio.Queue[PresenceEvent] = asyncio.Queue(maxsize=10_000)
 
         async def follow(sid: str) -> None:

@@ -45,6 +45,7 @@ from control.common.tasks import Supervisor
 from control.gray.model import Release, UserContext
 from control.gray.store import GrayStore
 from control.presence.cluster import PresenceCluster
+from control.presence.model import PresenceEvent
 from control.runtime import make_kv, make_presence
 from control.scheduler.engine import Engine
 from control.scheduler.geo import GeoReloader, build_region_map, open_geo
@@ -127,6 +128,7 @@ class SchedulerState:
         self.synced = asyncio.Event()
         self.backend = "none"
         self.mirrors: dict[str, PrefixMirror[Any]] = {}
+        self.stopping = asyncio.Event()  # set at shutdown: open event tails end
         self._rebuild_handle: asyncio.TimerHandle | None = None
         self._hold_handle: asyncio.TimerHandle | None = None
 
@@ -285,6 +287,75 @@ async def presence_count(request: web.Request) -> web.Response:
         body["by"] = by
         body["counts"] = dict(sorted(counts.by(by).items()))
     return web.json_response(body)
+
+
+EVENTS_KEEPALIVE_S = 10.0  # a blank line this often finds a tail whose reader has gone
+EVENTS_COUNT_MAX = 1_000_000
+
+
+def _event_line(event: PresenceEvent) -> bytes:
+    fields = {f: getattr(event, f) for f in event.__dataclass_fields__}
+    return json.dumps(fields, ensure_ascii=False).encode() + b"\n"
+
+
+@require("viewer")
+async def presence_events(request: web.Request) -> web.StreamResponse:
+    """Online, offline and status changes as they happen, one JSON object a line, from
+    every shard; ``uid`` keeps one user's, ``count`` ends the stream after that many."""
+    uid = request.query.get("uid")
+    if uid is not None and not UID_RE.fullmatch(uid):
+        return json_error(400, "bad_request", "uid: not a valid uid", field="uid")
+    raw_count = request.query.get("count")
+    count = None
+    if raw_count is not None:
+        digits = raw_count.isascii() and raw_count.isdigit()  # "²" is a digit int() refuses
+        count = int(raw_count) if digits and len(raw_count) <= 7 else 0
+        if not 1 <= count <= EVENTS_COUNT_MAX:
+            message = f"count: a whole number from 1 to {EVENTS_COUNT_MAX}"
+            return json_error(400, "bad_request", message, field="count")
+    presence = request.app[PRESENCE]
+    state = request.app[STATE]
+    # Pinned before the answer starts: what happens after the 200 is in the stream.
+    start = await presence.event_positions()  # down: guarded() answers 503
+    stop = asyncio.Event()
+    queue: asyncio.Queue[PresenceEvent] = asyncio.Queue(maxsize=1000)
+
+    async def follow() -> None:
+        async for event in presence.events(block_ms=1000, start=start, stop=stop):
+            if uid is None or event.uid == uid:
+                await queue.put(event)  # a slow reader backs the followers up, boundedly
+
+    response = web.StreamResponse(
+        headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    follower = asyncio.create_task(follow(), name="presence-events")
+    stopping = asyncio.ensure_future(state.stopping.wait())
+    sent = 0
+    try:
+        while count is None or sent < count:
+            getter = asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait(
+                {getter, stopping, follower},
+                timeout=EVENTS_KEEPALIVE_S,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if getter in done:
+                await response.write(_event_line(getter.result()))
+                sent += 1
+                continue
+            getter.cancel()
+            if done:  # shutting down, or the follower ended
+                break
+            await response.write(b"\n")
+    except ConnectionError:
+        pass  # the reader went away
+    finally:
+        stop.set()
+        stopping.cancel()
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
+    return response
 
 
 def _drain_key(settings: Settings, node_id: str) -> str:
@@ -449,6 +520,10 @@ def create_app(
         if own_presence:
             await app[PRESENCE].close()
 
+    async def end_streams(app: web.Application) -> None:
+        state.stopping.set()  # before aiohttp waits for handlers: tails would hold it up
+
+    app.on_shutdown.append(end_streams)
     app.cleanup_ctx.append(backend_ctx)
     endpoint = EndpointHandler(settings, engine, metrics).handle
     app.router.add_get("/v1/endpoint", endpoint, allow_head=False)  # HEAD must not decide
@@ -456,6 +531,7 @@ def create_app(
     app.router.add_post("/v1/nodes/{node}/drain", drain_node)
     app.router.add_delete("/v1/nodes/{node}/drain", undrain_node)
     app.router.add_get("/v1/presence/count", presence_count)
+    app.router.add_get("/v1/presence/events", presence_events)
     app.router.add_get("/v1/presence/{uid}", presence_who)
     add_ops_routes(
         app,

@@ -22,6 +22,8 @@ SCHEDULER = [
     (b"POST", b"/v1/nodes/" + JUNK + b"/drain"),
     (b"DELETE", b"/v1/nodes/%ff/drain"),
     (b"GET", b"/v1/presence/count?by=" + JUNK),
+    (b"GET", b"/v1/presence/events?uid=" + JUNK),
+    (b"GET", b"/v1/presence/events?count=%ff" + JUNK),
     (b"GET", b"/v1/presence/" + JUNK),
     (b"GET", b"/" + JUNK),
 ]

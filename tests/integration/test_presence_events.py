@@ -1,0 +1,134 @@
+"""The presence event stream as operators tail it: ``GET /v1/presence/events`` (NDJSON) and
+``imctl presence events``, on the embedded backend and on real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.cluster import LocalCluster, cluster_settings
+from tests.servers import RedisServer
+
+
+def _settings(backend: str, redis_servers: list[RedisServer] | None) -> Any:
+    presence: dict[str, Any] = {"flush_s": 0.1}
+    if backend == "redis":
+        assert redis_servers
+        presence |= {
+            "backend": "redis",
+            "shards": [{"id": f"s{i}", "url": s.url} for i, s in enumerate(redis_servers)],
+            "key_prefix": f"ev{uuid.uuid4().hex[:8]}:",
+        }
+    return cluster_settings(nodes=1, presence=presence)
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def settings(request: pytest.FixtureRequest) -> Any:
+    servers = request.getfixturevalue("redis_servers") if request.param == "redis" else None
+    return _settings(request.param, servers)
+
+
+async def _lines(resp: aiohttp.ClientResponse, count: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    while len(out) < count:
+        line = await asyncio.wait_for(resp.content.readline(), 10)
+        assert line, f"stream ended after {out}"
+        if line.strip():  # blank lines are keepalives
+            out.append(json.loads(line))
+    return out
+
+
+@pytest.mark.timeout(60)
+async def test_tail_sees_a_login_and_its_logout(settings: Any) -> None:
+    async with LocalCluster(settings, scheduler=True) as c, aiohttp.ClientSession() as http:
+        base = f"http://127.0.0.1:{settings.scheduler.port}"
+        async with http.get(f"{base}/v1/presence/events", params={"uid": "alice"}) as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"].startswith("application/x-ndjson")
+            bob = await c.connect(http, "bob", "n0")  # filtered out
+            ws, welcome = await c.connect(http, "alice", "n0")
+            await ws.close()
+            online, offline = await _lines(resp, 2)
+            await bob[0].close()
+        assert (online["kind"], online["uid"], online["node"]) == ("online", "alice", "n0")
+        assert online["conn"] == offline["conn"] == welcome["conn"]
+        assert offline["kind"] == "offline" and offline["reason"]
+        assert online["at"] > 0
+
+
+@pytest.mark.timeout(60)
+async def test_count_ends_the_stream_and_bad_parameters_are_400() -> None:
+    settings = _settings("embedded", None)
+    async with LocalCluster(settings, scheduler=True) as c, aiohttp.ClientSession() as http:
+        base = f"http://127.0.0.1:{settings.scheduler.port}"
+        for params, field in (
+            ({"uid": "a b"}, "uid"),
+            ({"count": "0"}, "count"),
+            ({"count": "many"}, "count"),
+            ({"count": "\u00b2"}, "count"),  # a digit to str.isdigit, not to int()
+            ({"count": "1" * 40}, "count"),
+        ):
+            async with http.get(f"{base}/v1/presence/events", params=params) as resp:
+                body = await resp.json()
+                assert resp.status == 400 and body["field"] == field, (params, body)
+        async with http.get(f"{base}/v1/presence/events", params={"count": "2"}) as resp:
+            kept = [await c.connect(http, uid, "n0") for uid in ("u1", "u2", "u3")]
+            body = await asyncio.wait_for(resp.read(), 10)  # ends after two events
+            assert len(kept) == 3
+        got = [json.loads(line) for line in body.splitlines() if line]
+        assert [(e["kind"], e["uid"]) for e in got] == [("online", "u1"), ("online", "u2")], got
+
+
+@pytest.mark.timeout(60)
+async def test_cli_tails_events() -> None:
+    settings = _settings("embedded", None)
+    async with LocalCluster(settings, scheduler=True) as c, aiohttp.ClientSession() as http:
+        server = f"http://127.0.0.1:{settings.scheduler.port}"
+        argv = ["-m", "control.cli", "presence", "events", "--server", server]
+        table = await asyncio.create_subprocess_exec(
+            sys.executable, *argv, "--uid", "carol", "--count", "1",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        as_json = await asyncio.create_subprocess_exec(
+            sys.executable, *argv, "--count", "1", "--output", "json",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        for tail in (table, as_json):  # both say so once they follow
+            assert tail.stderr is not None
+            notice = await asyncio.wait_for(tail.stderr.readline(), 20)
+            assert notice.startswith(b"# following presence events at "), notice
+        _, welcome = await c.connect(http, "carol", "n0")
+        out, err = await asyncio.wait_for(table.communicate(), 20)
+        assert table.returncode == 0, err
+        (line,) = out.decode().splitlines()
+        assert line.split()[1:5] == ["online", "carol", "phone", "n0"], line
+        assert welcome["conn"] in line
+        out, err = await asyncio.wait_for(as_json.communicate(), 20)
+        assert as_json.returncode == 0, err
+        assert json.loads(out)["conn"] == welcome["conn"]
+
+
+@pytest.mark.timeout(60)
+async def test_shutdown_ends_open_tails_at_once() -> None:
+    """A tail has no end of its own: shutdown must end it rather than wait for it."""
+    settings = _settings("embedded", None)
+    async with aiohttp.ClientSession() as http:
+        async with LocalCluster(settings, scheduler=True):
+            base = f"http://127.0.0.1:{settings.scheduler.port}"
+            resp = await http.get(f"{base}/v1/presence/events")
+            assert resp.status == 200
+            started = time.monotonic()
+        assert time.monotonic() - started < 3.0
+        try:
+            rest = await asyncio.wait_for(resp.content.read(), 5)
+        except aiohttp.ClientPayloadError:
+            rest = b""
+        assert rest.strip() == b""
+        resp.release()
