@@ -129,6 +129,7 @@ class SchedulerState:
         self.backend = "none"
         self.mirrors: dict[str, PrefixMirror[Any]] = {}
         self.stopping = asyncio.Event()  # set at shutdown: open event tails end
+        self.tails = 0  # open GET /v1/presence/events
         self._rebuild_handle: asyncio.TimerHandle | None = None
         self._hold_handle: asyncio.TimerHandle | None = None
 
@@ -289,7 +290,8 @@ async def presence_count(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
-EVENTS_KEEPALIVE_S = 10.0  # a blank line this often finds a tail whose reader has gone
+EVENTS_KEEPALIVE_S = 10.0  # a blank line this often keeps proxies from dropping a quiet tail
+EVENTS_CHECK_S = 1.0  # how soon a tail whose reader left gives up its place
 EVENTS_COUNT_MAX = 1_000_000
 
 
@@ -315,6 +317,11 @@ async def presence_events(request: web.Request) -> web.StreamResponse:
             return json_error(400, "bad_request", message, field="count")
     presence = request.app[PRESENCE]
     state = request.app[STATE]
+    cap = request.app[SETTINGS].scheduler.max_event_tails
+    if state.tails >= cap:
+        # Each tail keeps a shard connection in a blocking read most of the time.
+        message = f"{cap} event tails are open on this scheduler (scheduler.max_event_tails)"
+        return json_error(503, "too_many_tails", message, retry_after=5)
     # Pinned before the answer starts: what happens after the 200 is in the stream.
     start = await presence.event_positions()  # down: guarded() answers 503
     stop = asyncio.Event()
@@ -332,25 +339,34 @@ async def presence_events(request: web.Request) -> web.StreamResponse:
     follower = asyncio.create_task(follow(), name="presence-events")
     stopping = asyncio.ensure_future(state.stopping.wait())
     sent = 0
+    quiet_since = time.monotonic()
+    state.tails += 1
     try:
         while count is None or sent < count:
             getter = asyncio.ensure_future(queue.get())
             done, _ = await asyncio.wait(
                 {getter, stopping, follower},
-                timeout=EVENTS_KEEPALIVE_S,
+                timeout=EVENTS_CHECK_S,
                 return_when=asyncio.FIRST_COMPLETED,
             )
             if getter in done:
                 await response.write(_event_line(getter.result()))
                 sent += 1
+                quiet_since = time.monotonic()
                 continue
             getter.cancel()
             if done:  # shutting down, or the follower ended
                 break
-            await response.write(b"\n")
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                break  # the reader left: free its place (and its shard reads) now
+            if time.monotonic() - quiet_since >= EVENTS_KEEPALIVE_S:
+                await response.write(b"\n")  # through proxies that drop quiet streams
+                quiet_since = time.monotonic()
     except ConnectionError:
-        pass  # the reader went away
+        pass  # the reader went away mid-write
     finally:
+        state.tails -= 1
         stop.set()
         stopping.cancel()
         follower.cancel()

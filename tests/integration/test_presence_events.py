@@ -132,3 +132,26 @@ async def test_shutdown_ends_open_tails_at_once() -> None:
             rest = b""
         assert rest.strip() == b""
         resp.release()
+
+
+@pytest.mark.timeout(60)
+async def test_open_tails_are_capped() -> None:
+    """Each tail holds a Redis connection per shard in a blocking read for most of the
+    time: past the cap a new one is refused, so tails cannot starve who/count (and the
+    pool) of connections."""
+    settings = cluster_settings(nodes=1, scheduler={"max_event_tails": 2})
+    async with LocalCluster(settings, scheduler=True), aiohttp.ClientSession() as http:
+        url = f"http://127.0.0.1:{settings.scheduler.port}/v1/presence/events"
+        first, second = await http.get(url), await http.get(url)
+        assert first.status == second.status == 200
+        async with http.get(url) as third:
+            assert third.status == 503 and third.headers["Retry-After"]
+            assert "2 event tails" in (await third.json())["message"]
+        first.close()  # a reader leaving frees its place
+        for _ in range(50):
+            async with http.get(url, params={"count": "1"}) as again:
+                if again.status == 200:
+                    break
+            await asyncio.sleep(0.1)
+        assert again.status == 200
+        second.close()
