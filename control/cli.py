@@ -262,6 +262,52 @@ def cmd_presence_count(args: argparse.Namespace) -> int:
     return _print(args, data, text)
 
 
+@_answer_shape
+def cmd_explain(args: argparse.Namespace) -> int:
+    from urllib.parse import urlencode
+
+    params = {"uid": args.uid, "device": args.device, "platform": args.platform}
+    params["version"] = args.version
+    params |= {k: v for k, v in (("region", args.region), ("ip", args.ip)) if v}
+    data = _admin(args, "/v1/explain?" + urlencode(params))
+    unplaced = f" ({data['ip']}: no CIDR or geo database entry)" if data["ip"] else ""
+    placed = {
+        "parameter": "given as --region",
+        "ip": f"placed by ip {data['ip']}",
+        "default": "the default region" + unplaced,
+        "none": "unknown (no --region, no --ip, no default region)" + unplaced,
+    }[data["region_from"]]
+    rows = [
+        [
+            v["release"],
+            v["state"],
+            v["outcome"],
+            str(v["bucket"]),
+            str(v["cutoff"]),
+            "<- track" if v["chosen"] else "",
+        ]
+        for v in data["releases"]
+    ]
+    lines = [
+        f"{data['uid']} ({data['platform']} {data['version']}): region "
+        f"{data['region'] or '-'}, {placed}",
+        f"track {data['track']} ({data['strategy']})",
+        "",
+        _table(rows, ["RELEASE", "STATE", "OUTCOME", "BUCKET", "CUTOFF", ""])
+        if rows
+        else "no releases",
+        "",
+        f"regions in preference order: {', '.join(data['ranking']) or '-'}",
+        _table(
+            [[r["region"], str(r["nodes"]), str(r["with_room"])] for r in data["regions"]],
+            ["REGION", "NODES", "WITH ROOM"],
+        ),
+        "",
+        f"would connect in: {data['would_connect_in'] or 'nowhere (503 no_capacity)'}",
+    ]
+    return _print(args, data, "\n".join(lines))
+
+
 async def _tail(url: str, token: str | None, output: str) -> int:
     import aiohttp
 
@@ -534,6 +580,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--count", type=positive_count, help="stop after this many events")
     _admin_args(e)
     e.set_defaults(func=cmd_presence_events)
+
+    p = sub.add_parser(
+        "explain",
+        help="why a client would get its track and region",
+        description="Ask the scheduler what it would decide for a client, and why: every "
+        "gray release's verdict (bucket against cutoff), where the region comes from, the "
+        "regions it would try. Nothing is assigned.",
+    )
+    p.add_argument("--uid", required=True, type=user_id)
+    p.add_argument("--platform", required=True)
+    p.add_argument("--version", required=True, help="app version, e.g. 5.1.0")
+    p.add_argument("--device", default="cli-1")
+    p.add_argument("--region", help="the client's region= parameter")
+    p.add_argument("--ip", help="place the client by this address instead")
+    _admin_args(p)
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser(
         "connect",

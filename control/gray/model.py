@@ -291,6 +291,61 @@ def first_match(releases: tuple[Release, ...], user: UserContext) -> Release | N
     return None
 
 
+Outcome = Literal[
+    "not_routing",  # the release's state routes nobody (draft, promoted, rolled back)
+    "excluded",  # the uid is on the exclude list
+    "listed",  # the uid is on the include list: in, whatever the filters and percent
+    "other_region",
+    "other_platform",
+    "other_version",
+    "in_percent",
+    "outside_percent",
+]
+
+
+class Verdict(NamedTuple):
+    """What one release made of one user, for operators asking "why this track?"."""
+
+    release: str
+    state: str
+    outcome: Outcome
+    bucket: int  # the user's sticky bucket for this release, 0..9999
+    cutoff: int  # buckets below this are in (percent x 100)
+    chosen: bool  # this release fixed the user's track
+
+
+def explain(releases: tuple[Release, ...], user: UserContext) -> list[Verdict]:
+    """Every release's verdict on ``user`` in evaluation order; the first that takes the
+    user is ``chosen``, exactly as :func:`first_match` decides."""
+    uid_hash = hash64(user.uid)
+    verdicts: list[Verdict] = []
+    chosen = False
+    for release in releases:
+        rule = release.rule
+        outcome: Outcome
+        if not release.routes:
+            outcome = "not_routing"
+        elif user.uid in rule.exclude:
+            outcome = "excluded"
+        elif user.uid in rule.include:
+            outcome = "listed"
+        elif rule.regions is not None and user.region not in rule.regions:
+            outcome = "other_region"
+        elif rule.platforms is not None and user.platform not in rule.platforms:
+            outcome = "other_platform"
+        elif rule.versions is not None and not any(
+            r.contains(user.app_version) for r in rule.versions
+        ):
+            outcome = "other_version"
+        else:
+            outcome = "in_percent" if rule.takes(uid_hash) else "outside_percent"
+        takes = outcome in ("listed", "in_percent") and not chosen
+        chosen = chosen or takes
+        bucket = mix(uid_hash, rule.salt_hash) % BUCKETS
+        verdicts.append(Verdict(release.name, release.state, outcome, bucket, rule.cutoff, takes))
+    return verdicts
+
+
 class RuleSet:
     """The routing releases of a snapshot, compiled: which releases a profile (platform,
     app version, region) can match is worked out once per distinct profile and remembered,

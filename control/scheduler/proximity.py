@@ -70,6 +70,14 @@ class RegionMap:
                 return str(found)
         return self.default
 
+    def placed_by(self, ip: str | None) -> tuple[str | None, str]:
+        """The region for ``ip`` and what placed it there: ``ip`` (the CIDR table or the
+        geo database), ``default``, or ``none`` (for operators; region_of is the hot path)."""
+        found = self._locate(ip) if ip else None  # type: ignore[attr-defined]
+        if found is not None:
+            return str(found), "ip"
+        return (self.default, "default") if self.default else (None, "none")
+
     def _rank(self, region: str) -> tuple[str, ...]:
         ranked = list(self.preference.get(region, (region,)))
         if region not in ranked:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import math
@@ -42,16 +43,17 @@ from control.common.registry import (
     drain_window,
 )
 from control.common.tasks import Supervisor
-from control.gray.model import Release, UserContext
+from control.gray.model import Release, UserContext, explain
 from control.gray.store import GrayStore
 from control.presence.cluster import PresenceCluster
 from control.presence.model import PresenceEvent
 from control.runtime import make_kv, make_presence
 from control.scheduler.engine import Engine
 from control.scheduler.geo import GeoReloader, build_region_map, open_geo
-from control.scheduler.pipeline import load
+from control.scheduler.pipeline import has_room, load
 from control.scheduler.proximity import client_ip
 from control.scheduler.request import UID_RE, parse_endpoint_query
+from control.scheduler.snapshot import STABLE
 from control.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -288,6 +290,68 @@ async def presence_count(request: web.Request) -> web.Response:
         body["by"] = by
         body["counts"] = dict(sorted(counts.by(by).items()))
     return web.json_response(body)
+
+
+@require("viewer")
+async def explain_endpoint(request: web.Request) -> web.Response:
+    """Why a client would get the track and region it gets: ``/v1/endpoint``'s parameters
+    (plus ``ip=`` to place it by address), answered without assigning, counting or
+    signing anything."""
+    settings = request.app[SETTINGS]
+    engine = request.app[ENGINE]
+    try:
+        q = parse_endpoint_query(request.query_string, frozenset(settings.regions.known))
+    except BadRequest as exc:
+        return json_error(400, "bad_request", str(exc), field=exc.field)
+    ip = request.query.get("ip")
+    if ip is not None:
+        try:
+            ip = str(ipaddress.ip_address(ip))
+        except ValueError:
+            return json_error(400, "bad_request", "ip: not an IP address", field="ip")
+    region: str | None = q.region
+    source = "parameter"
+    if region is None:
+        region, source = engine.region_map.placed_by(ip)
+    user = UserContext(q.uid, q.platform, q.version, region)
+    snap = engine.snapshot
+    verdicts = explain(engine.releases(), user)
+    track = next((v.release for v in verdicts if v.chosen), STABLE)
+    strategy = "stable" if track == STABLE else "gray"
+    ranking = engine.region_map.ranking(region)
+
+    def regions_of(track: str) -> list[dict[str, Any]]:
+        groups = snap.tracks.get(track, {})
+        return [
+            {
+                "region": r,
+                "nodes": len(groups[r].nodes),
+                "with_room": sum(has_room(n, engine.pending) for n in groups[r].nodes),
+            }
+            for r in ranking
+            if r in groups
+        ]
+
+    regions = regions_of(track)
+    if track != STABLE and not any(r["with_room"] for r in regions):
+        track, strategy, regions = STABLE, "gray_fallback", regions_of(STABLE)
+    room = next((r["region"] for r in regions if r["with_room"]), None)
+    return web.json_response(
+        {
+            "uid": q.uid,
+            "platform": q.platform,
+            "version": request.query.get("version", str(q.version)),  # as given
+            "ip": ip,
+            "region": region,
+            "region_from": source,
+            "track": track,
+            "strategy": strategy if room is not None else "none",
+            "releases": [v._asdict() for v in verdicts],
+            "ranking": list(ranking),
+            "regions": regions,
+            "would_connect_in": room,
+        }
+    )
 
 
 EVENTS_KEEPALIVE_S = 10.0  # a blank line this often keeps proxies from dropping a quiet tail
@@ -544,6 +608,7 @@ def create_app(
     endpoint = EndpointHandler(settings, engine, metrics).handle
     app.router.add_get("/v1/endpoint", endpoint, allow_head=False)  # HEAD must not decide
     app.router.add_get("/v1/nodes", nodes_handler)
+    app.router.add_get("/v1/explain", explain_endpoint)
     app.router.add_post("/v1/nodes/{node}/drain", drain_node)
     app.router.add_delete("/v1/nodes/{node}/drain", undrain_node)
     app.router.add_get("/v1/presence/count", presence_count)

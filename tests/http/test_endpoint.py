@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -352,3 +354,77 @@ async def test_presence_views_while_redis_is_down_are_503(aiohttp_client: Any) -
         assert resp.status == 503 and resp.headers["Retry-After"] == "1", path
         assert (await resp.json())["error"] == "unavailable"
     await dead.close()
+
+
+async def test_explain_says_why_without_deciding(aiohttp_client: Any) -> None:
+    """An SRE's "why is this user on the canary?": the track with every release's
+    verdict (bucket against cutoff), where the region came from, and the regions the
+    scheduler would try; nothing is assigned, counted or signed."""
+    canary = {"id": "c1", "endpoint": "ws://127.0.0.1:4/ws", "region": "south", "pool": "canary"}
+    nodes = [*BASE["registry"]["static_nodes"], canary]
+    releases = [
+        {"name": "old", "target": {"pool": "canary"}, "percent": 100, "state": "promoted"},
+        {"name": "vip-out", "target": {"pool": "canary"}, "percent": 100,
+         "exclude": {"uids": ["alice"]}},
+        {"name": "canary", "target": {"pool": "canary"}, "percent": 100},
+    ]  # fmt: skip
+    app = create_app(settings(registry={"static_nodes": nodes}, gray={"releases": releases}))
+    client = await aiohttp_client(app)
+    resp = await client.get("/v1/explain", params={**OK, "ip": "10.1.2.3"})
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert (body["region"], body["region_from"], body["ip"]) == ("north", "ip", "10.1.2.3")
+    assert body["track"] == "canary" and body["strategy"] == "gray"
+    assert [(r["release"], r["outcome"], r["chosen"]) for r in body["releases"]] == [
+        ("old", "not_routing", False),
+        ("vip-out", "excluded", False),
+        ("canary", "in_percent", True),
+    ]
+    assert all(0 <= r["bucket"] < 10_000 and r["cutoff"] == 10_000 for r in body["releases"])
+    # The canary track has nodes only in the south: the north row is tried first.
+    assert body["regions"] == [
+        {"region": "south", "nodes": 1, "with_room": 1},
+    ]
+    assert body["would_connect_in"] == "south"
+    engine = app[ENGINE]
+    assert all(engine.pending.get(n) == 0 for n in engine.snapshot.nodes)
+
+    resp = await client.get("/v1/explain", params={**OK, "uid": "bob", "region": "south"})
+    body = await resp.json()
+    assert (body["region"], body["region_from"]) == ("south", "parameter")
+    resp = await client.get("/v1/explain", params={**OK, "uid": "vip-only"})
+    body = await resp.json()
+    assert (body["region"], body["region_from"]) == (None, "none")
+
+
+@pytest.mark.parametrize(
+    "params,field",
+    [
+        ({**OK, "ip": "10.1.2"}, "ip"),
+        ({**OK, "version": "x"}, "version"),
+        ({k: v for k, v in OK.items() if k != "uid"}, "uid"),
+    ],
+)
+async def test_explain_bad_parameters(client: TestClient, params: Any, field: str) -> None:
+    resp = await client.get("/v1/explain", params=params)
+    assert resp.status == 400 and (await resp.json())["field"] == field
+
+
+async def test_cli_explain(client: TestClient) -> None:
+    server = str(client.make_url("")).rstrip("/")
+    argv = ["explain", "--uid", "alice", "--platform", "ios", "--version", "5.1.0"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "control.cli", *argv, "--ip", "10.2.0.9", "--server", server,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err
+    text = out.decode()
+    assert text.startswith("alice (ios 5.1.0): region south, placed by ip 10.2.0.9\n"), text
+    assert "track stable (stable)" in text and "would connect in: south" in text
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "control.cli", *argv, "--ip", "nope", "--server", server,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1 and b"ip: not an IP address" in err, err

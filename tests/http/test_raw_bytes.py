@@ -19,6 +19,7 @@ SCHEDULER = [
     (b"GET", b"/v1/endpoint?uid=%ff%fe&device=d&platform=ios&version=1.0"),
     (b"GET", b"/v1/endpoint?uid=a&device=" + JUNK + b"&platform=ios&version=" + JUNK),
     (b"GET", b"/v1/nodes"),
+    (b"GET", b"/v1/explain?uid=a&device=d&platform=ios&version=1.0&ip=" + JUNK),
     (b"POST", b"/v1/nodes/" + JUNK + b"/drain"),
     (b"DELETE", b"/v1/nodes/%ff/drain"),
     (b"GET", b"/v1/presence/count?by=" + JUNK),

@@ -155,6 +155,7 @@ def test_cli_config_check_json(tmp_path: Path, capsys: pytest.CaptureFixture[str
         ["nodes", "--server", "http://h:99999"],
         ["presence", "who", ""],
         ["presence", "events", "--count", "0"],
+        ["explain", "--uid", "alice", "--platform", "ios"],
         ["presence", "events", "--count", "\u00b2"],
         ["presence", "events", "--uid", "a b"],
         ["connect", "--uid", "bad uid"],

@@ -15,6 +15,7 @@ from control.gray.model import (
     Version,
     VersionRange,
     bucket,
+    explain,
     first_match,
     threshold,
 )
@@ -146,6 +147,55 @@ def test_compiled_rules_decide_as_first_match(
     compiled = RuleSet(tuple(releases))
     for u in users + users:
         assert compiled.first(u) is first_match(tuple(releases), u)
+
+
+@given(
+    releases=release_sets,
+    u=st.builds(
+        user,
+        st.sampled_from(["u1", "u2", "u3", "u4", "someone-else"]) | uids,
+        st.sampled_from(["ios", "android", "web"]),
+        st.sampled_from(["4.9", "5.0", "6.1"]),
+        st.sampled_from(["r1", "r2", None]),
+    ),
+)
+def test_explain_agrees_with_the_decision(releases: list[Release], u: UserContext) -> None:
+    """An operator's "why" never tells a different story from the scheduler's choice."""
+    verdicts = explain(tuple(releases), u)
+    assert [v.release for v in verdicts] == [r.name for r in releases]
+    chosen = [v.release for v in verdicts if v.chosen]
+    found = first_match(tuple(releases), u)
+    assert chosen == ([found.name] if found is not None else [])
+    for v, r in zip(verdicts, releases, strict=True):
+        assert v.bucket == bucket(r.effective_salt, u.uid) and v.cutoff == threshold(r.percent)
+        if v.outcome in ("in_percent", "outside_percent"):
+            assert (v.outcome == "in_percent") == (v.bucket < v.cutoff)
+
+
+def test_explain_names_each_reason() -> None:
+    releases = (
+        release("off", 100, state="draft"),
+        release("no-vip", 100, exclude=Exclude(uids=("vip",))),
+        release("south", 100, include=Include(regions=("r2",))),
+        release("android", 100, include=Include(platforms=("android",))),
+        release("v6", 100, include=Include(app_versions=(VersionRange.parse(">=6"),))),
+        release("none", 0),
+        release("all", 100),
+        release("later", 100),
+    )
+    got = {v.release: (v.outcome, v.chosen) for v in explain(releases, user("vip"))}
+    assert got == {
+        "off": ("not_routing", False),
+        "no-vip": ("excluded", False),
+        "south": ("other_region", False),
+        "android": ("other_platform", False),
+        "v6": ("other_version", False),
+        "none": ("outside_percent", False),
+        "all": ("in_percent", True),
+        "later": ("in_percent", False),  # in, but an earlier release fixed the track
+    }
+    listed = release("beta", 0, include=Include(uids=("vip",), platforms=("web",)))
+    assert explain((listed,), user("vip"))[0][2:] == ("listed", bucket("beta", "vip"), 0, True)
 
 
 @pytest.mark.parametrize(
