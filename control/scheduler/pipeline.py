@@ -14,7 +14,7 @@ from collections.abc import Container, Mapping, Sequence
 from typing import Literal, NamedTuple, Protocol
 
 from control.common.registry import NodeRecord
-from control.gray.model import Release, UserContext
+from control.gray.model import Release, UserContext, Verdict, explain
 from control.scheduler.snapshot import STABLE, Group, Snapshot
 
 Placement = Literal["local", "nearby", "remote"]
@@ -186,3 +186,52 @@ def decide(
     node, region, placement = placed
     extra = fallbacks(groups, ranking, node, pending, rng, fallback_count)
     return Decision(node, region, placement, track, strategy, extra)
+
+
+# -- explaining a decision -------------------------------------------------------------------
+class RegionRoom(NamedTuple):
+    region: str
+    nodes: int  # the track's nodes there
+    with_room: int  # of which could take a client now
+
+
+class Explanation(NamedTuple):
+    """What :func:`decide` would do for a user and why, without its random draws."""
+
+    verdicts: list[Verdict]  # every release's, in order
+    track: str
+    strategy: Strategy | Literal["none"]
+    regions: list[RegionRoom]  # the track's regions in preference order
+    region: str | None  # where the client would connect; None: 503 no_capacity
+
+
+def _rooms(
+    groups: Mapping[str, Group], ranking: Sequence[str], pending: PendingView
+) -> list[RegionRoom]:
+    return [
+        RegionRoom(r, len(groups[r].nodes), sum(has_room(n, pending) for n in groups[r].nodes))
+        for r in ranking
+        if r in groups
+    ]
+
+
+def explain_decision(
+    snapshot: Snapshot,
+    releases: tuple[Release, ...],
+    user: UserContext,
+    ranking: Sequence[str],
+    pending: PendingView,
+) -> Explanation:
+    """The decision told stage by stage. ``releases`` are all the releases (the snapshot
+    keeps only routing ones), so a paused or drafted release shows why it took nobody.
+    Placement picks the first region with room, as :func:`place` does (its P2C returns a
+    node whenever one has room)."""
+    verdicts = explain(releases, user)
+    track = next((v.release for v in verdicts if v.chosen), STABLE)
+    strategy: Strategy = "stable" if track == STABLE else "gray"
+    rooms = _rooms(snapshot.tracks.get(track, _EMPTY), ranking, pending)
+    if track != STABLE and not any(r.with_room for r in rooms):
+        track, strategy = STABLE, "gray_fallback"
+        rooms = _rooms(snapshot.tracks.get(STABLE, _EMPTY), ranking, pending)
+    region = next((r.region for r in rooms if r.with_room), None)
+    return Explanation(verdicts, track, strategy if region else "none", rooms, region)

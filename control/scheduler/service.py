@@ -43,17 +43,16 @@ from control.common.registry import (
     drain_window,
 )
 from control.common.tasks import Supervisor
-from control.gray.model import Release, UserContext, explain
+from control.gray.model import Release, UserContext
 from control.gray.store import GrayStore
 from control.presence.cluster import PresenceCluster
 from control.presence.model import PresenceEvent
 from control.runtime import make_kv, make_presence
 from control.scheduler.engine import Engine
 from control.scheduler.geo import GeoReloader, build_region_map, open_geo
-from control.scheduler.pipeline import has_room, load
+from control.scheduler.pipeline import explain_decision, load
 from control.scheduler.proximity import client_ip
 from control.scheduler.request import UID_RE, parse_endpoint_query
-from control.scheduler.snapshot import STABLE
 from control.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -314,28 +313,8 @@ async def explain_endpoint(request: web.Request) -> web.Response:
     if region is None:
         region, source = engine.region_map.placed_by(ip)
     user = UserContext(q.uid, q.platform, q.version, region)
-    snap = engine.snapshot
-    verdicts = explain(engine.releases(), user)
-    track = next((v.release for v in verdicts if v.chosen), STABLE)
-    strategy = "stable" if track == STABLE else "gray"
     ranking = engine.region_map.ranking(region)
-
-    def regions_of(track: str) -> list[dict[str, Any]]:
-        groups = snap.tracks.get(track, {})
-        return [
-            {
-                "region": r,
-                "nodes": len(groups[r].nodes),
-                "with_room": sum(has_room(n, engine.pending) for n in groups[r].nodes),
-            }
-            for r in ranking
-            if r in groups
-        ]
-
-    regions = regions_of(track)
-    if track != STABLE and not any(r["with_room"] for r in regions):
-        track, strategy, regions = STABLE, "gray_fallback", regions_of(STABLE)
-    room = next((r["region"] for r in regions if r["with_room"]), None)
+    why = explain_decision(engine.snapshot, engine.releases(), user, ranking, engine.pending)
     return web.json_response(
         {
             "uid": q.uid,
@@ -344,12 +323,12 @@ async def explain_endpoint(request: web.Request) -> web.Response:
             "ip": ip,
             "region": region,
             "region_from": source,
-            "track": track,
-            "strategy": strategy if room is not None else "none",
-            "releases": [v._asdict() for v in verdicts],
+            "track": why.track,
+            "strategy": why.strategy,
+            "releases": [v._asdict() for v in why.verdicts],
             "ranking": list(ranking),
-            "regions": regions,
-            "would_connect_in": room,
+            "regions": [r._asdict() for r in why.regions],
+            "would_connect_in": why.region,
         }
     )
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from control.common.registry import NodeRecord
 from control.gray.model import Release, Target, UserContext, Version
-from control.scheduler.pipeline import decide, has_room, p2c, place
+from control.scheduler.pipeline import decide, explain_decision, has_room, p2c, place
 from control.scheduler.proximity import RegionMap
 from control.scheduler.snapshot import STABLE, Pending, Snapshot
 
@@ -238,3 +238,47 @@ def test_rebuild_reescapes_a_changed_endpoint() -> None:
     second = Snapshot.build({"a": node("a"), "b": moved}, previous=first)
     assert second.fragments["a"] is first.fragments["a"]
     assert second.fragments["b"] == '"node":"b","endpoint":"ws://h/\\"new\\""'
+
+
+@settings(max_examples=300)
+@given(
+    specs=st.lists(
+        st.tuples(
+            st.sampled_from(["r1", "r2", "r3"]),
+            st.sampled_from(["default", "canary"]),
+            st.integers(0, 3),  # conns, against capacity 2: some full
+            st.sampled_from(["up", "draining"]),
+        ),
+        max_size=12,
+    ),
+    percent=st.sampled_from([0, 50, 100]),
+    state=st.sampled_from(["running", "paused", "draft", "rolled_back"]),
+    uid=st.sampled_from(["u1", "u2", "u3", "u4", "u5"]),
+    home=st.sampled_from(["r1", "r2", "r3", None]),
+    seed=st.integers(0, 2**32),
+)
+def test_explain_decision_tells_what_decide_does(
+    specs: list[tuple[str, str, int, str]],
+    percent: int,
+    state: str,
+    uid: str,
+    home: str | None,
+    seed: int,
+) -> None:
+    """The operator's explanation names the track, strategy and region the scheduler's
+    decision lands in, whatever the nodes' room and the release's state."""
+    nodes = {
+        f"n{i}": node(f"n{i}", region, pool=pool, conns=min(conns, 2), capacity=2, state=st_)
+        for i, (region, pool, conns, st_) in enumerate(specs)
+    }
+    release = Release(name="c", target=Target(pool="canary"), percent=percent, state=state)  # type: ignore[arg-type]
+    snap = Snapshot.build(nodes, [release])
+    ranking = RegionMap(known=("r1", "r2", "r3")).ranking(home)
+    u = user(uid, home)
+    why = explain_decision(snap, (release,), u, ranking, NoPending())
+    d = decide(snap, u, ranking, NoPending(), random.Random(seed), 2)
+    if d is None:
+        assert (why.region, why.strategy) == (None, "none")
+    else:
+        assert (why.track, why.strategy, why.region) == (d.track, d.strategy, d.region)
+        assert {r.region: r.with_room for r in why.regions}[d.region] > 0
