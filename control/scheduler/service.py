@@ -291,6 +291,41 @@ async def presence_count(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+LOOKUP_MAX = 10_000  # uids per lookup: one batch locate, answered in a few ms
+
+
+@require("viewer")
+async def presence_lookup(request: web.Request) -> web.Response:
+    """Where many users are connected, in one batch ``locate``: ``{"uids": [...]}`` in,
+    each online user's devices and the offline uids out (no last_seen: that would cost a
+    read per user)."""
+    try:
+        body = parse_json(await request.read())
+    except NotJson as exc:
+        return json_error(400, "bad_request", f"body is not JSON: {exc}", field="body")
+    uids = body.get("uids") if isinstance(body, dict) else None
+    if not isinstance(uids, list) or not 1 <= len(uids) <= LOOKUP_MAX:
+        message = f"uids: a list of 1 to {LOOKUP_MAX} uids"
+        return json_error(400, "bad_request", message, field="uids")
+    for i, uid in enumerate(uids):
+        if not isinstance(uid, str) or not UID_RE.fullmatch(uid):
+            shown = repr(uid) if len(repr(uid)) <= 40 else repr(uid)[:40] + "..."
+            return json_error(400, "bad_request", f"uids[{i}]: {shown} is not a uid", field="uids")
+    wanted = list(dict.fromkeys(uids))
+    found = await request.app[PRESENCE].locate(wanted)  # down: guarded() answers 503
+    online: dict[str, list[dict[str, object]]] = {}
+    offline: list[str] = []
+    for uid in wanted:
+        entries = found.get(uid)
+        if entries:
+            online[uid] = [
+                {k: v for k, v in e.public().items() if k != "last_seen"} for e in entries
+            ]
+        else:
+            offline.append(uid)
+    return web.json_response({"online": online, "offline": offline})
+
+
 @require("viewer")
 async def explain_endpoint(request: web.Request) -> web.Response:
     """Why a client would get the track and region it gets: ``/v1/endpoint``'s parameters
@@ -592,6 +627,7 @@ def create_app(
     app.router.add_delete("/v1/nodes/{node}/drain", undrain_node)
     app.router.add_get("/v1/presence/count", presence_count)
     app.router.add_get("/v1/presence/events", presence_events)
+    app.router.add_post("/v1/presence/lookup", presence_lookup)
     app.router.add_get("/v1/presence/{uid}", presence_who)
     add_ops_routes(
         app,

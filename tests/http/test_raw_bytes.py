@@ -23,6 +23,7 @@ SCHEDULER = [
     (b"POST", b"/v1/nodes/" + JUNK + b"/drain"),
     (b"DELETE", b"/v1/nodes/%ff/drain"),
     (b"GET", b"/v1/presence/count?by=" + JUNK),
+    (b"POST", b"/v1/presence/lookup"),
     (b"GET", b"/v1/presence/events?uid=" + JUNK),
     (b"GET", b"/v1/presence/events?count=%ff" + JUNK),
     (b"GET", b"/v1/presence/" + JUNK),

@@ -1,5 +1,7 @@
-"""The presence event stream as operators tail it: ``GET /v1/presence/events`` (NDJSON) and
-``imctl presence events``, on the embedded backend and on real Redis."""
+"""Presence as operators and other services read it through the scheduler's admin API: the
+event stream (``GET /v1/presence/events``, ``imctl presence events``) and batch lookups
+(``POST /v1/presence/lookup``, ``imctl presence who UID...``), on the embedded backend
+and on real Redis."""
 
 from __future__ import annotations
 
@@ -155,3 +157,63 @@ async def test_open_tails_are_capped() -> None:
             await asyncio.sleep(0.1)
         assert again.status == 200
         second.close()
+
+
+@pytest.mark.timeout(60)
+async def test_batch_lookup(settings: Any) -> None:
+    async with LocalCluster(settings, scheduler=True) as c, aiohttp.ClientSession() as http:
+        url = f"http://127.0.0.1:{settings.scheduler.port}/v1/presence/lookup"
+        phone, w1 = await c.connect(http, "alice", "n0")
+        laptop, w2 = await c.connect(http, "alice", "n0", device="laptop")
+        bob, w3 = await c.connect(http, "bob", "n0")
+        uids = ["alice", "bob", "carol", "alice"]  # a repeat is answered once
+        async with http.post(url, json={"uids": uids}) as resp:
+            assert resp.status == 200, await resp.text()
+            body = await resp.json()
+        assert sorted(body["online"]) == ["alice", "bob"] and body["offline"] == ["carol"]
+        assert {d["conn"] for d in body["online"]["alice"]} == {w1["conn"], w2["conn"]}
+        assert body["online"]["bob"][0] | {"conn": "-"} == {
+            "uid": "bob", "device": "phone", "node": "n0", "conn": "-", "epoch": c.node("n0").epoch,
+            "status": "online", "region": "north", "platform": "",
+        }  # fmt: skip
+        for ws in (phone, laptop, bob):
+            await ws.close()
+
+
+@pytest.mark.timeout(60)
+async def test_batch_lookup_bad_bodies_are_400() -> None:
+    settings = _settings("embedded", None)
+    async with LocalCluster(settings, scheduler=True), aiohttp.ClientSession() as http:
+        url = f"http://127.0.0.1:{settings.scheduler.port}/v1/presence/lookup"
+        for body, says in (
+            (b"{nope", "body is not JSON"),
+            (b"[]", "uids: a list of 1 to 10000 uids"),
+            (b'{"uids": []}', "uids: a list of 1 to 10000 uids"),
+            (b'{"uids": "alice"}', "uids: a list of 1 to 10000 uids"),
+            (json.dumps({"uids": ["u"] * 10_001}).encode(), "uids: a list of 1 to 10000 uids"),
+            (b'{"uids": ["ok", "a b"]}', "uids[1]: 'a b' is not a uid"),
+            (b'{"uids": ["ok", 5]}', "uids[1]: 5 is not a uid"),
+        ):
+            async with http.post(url, data=body) as resp:
+                answer = await resp.json()
+                assert resp.status == 400 and answer["message"].startswith(says), answer
+
+
+@pytest.mark.timeout(60)
+async def test_cli_who_several_users() -> None:
+    settings = _settings("embedded", None)
+    async with LocalCluster(settings, scheduler=True) as c, aiohttp.ClientSession() as http:
+        server = f"http://127.0.0.1:{settings.scheduler.port}"
+        ws, welcome = await c.connect(http, "dave", "n0")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "control.cli", "presence", "who", "dave", "erin",
+            "--server", server,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, err
+        lines = out.decode().splitlines()
+        assert lines[0].split()[:4] == ["UID", "DEVICE", "NODE", "CONN"]
+        assert lines[1].split()[:4] == ["dave", "phone", "n0", welcome["conn"]]
+        assert lines[-1] == "1 of 2 online; offline: erin"
+        await ws.close()
