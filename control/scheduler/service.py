@@ -103,6 +103,11 @@ class SchedulerMetrics:
         self.ready = Gauge(
             "imctl_scheduler_ready", "1 when the registry view is synced", registry=self.registry
         )
+        self.event_tails = Gauge(
+            "imctl_scheduler_event_tails",
+            "Open GET /v1/presence/events streams (capped by scheduler.max_event_tails)",
+            registry=self.registry,
+        )
         self.geoip_built = Gauge(
             "imctl_scheduler_geoip_build_timestamp_seconds",
             "When the geo database in use was built (alert when it grows old)",
@@ -419,6 +424,8 @@ async def presence_events(request: web.Request) -> web.StreamResponse:
     sent = 0
     quiet_since = time.monotonic()
     state.tails += 1
+    metrics = request.app[METRICS]
+    metrics.event_tails.set(state.tails)
     try:
         while count is None or sent < count:
             getter = asyncio.ensure_future(queue.get())
@@ -445,6 +452,7 @@ async def presence_events(request: web.Request) -> web.StreamResponse:
         pass  # the reader went away mid-write
     finally:
         state.tails -= 1
+        metrics.event_tails.set(state.tails)
         stop.set()
         stopping.cancel()
         follower.cancel()

@@ -146,6 +146,8 @@ async def test_open_tails_are_capped() -> None:
         url = f"http://127.0.0.1:{settings.scheduler.port}/v1/presence/events"
         first, second = await http.get(url), await http.get(url)
         assert first.status == second.status == 200
+        async with http.get(url.replace("/v1/presence/events", "/metrics")) as metrics:
+            assert "imctl_scheduler_event_tails 2.0" in await metrics.text()
         async with http.get(url) as third:
             assert third.status == 503 and third.headers["Retry-After"]
             assert "2 event tails" in (await third.json())["message"]
