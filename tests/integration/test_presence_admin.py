@@ -167,7 +167,7 @@ async def test_batch_lookup(settings: Any) -> None:
         url = f"http://127.0.0.1:{settings.scheduler.port}/v1/presence/lookup"
         phone, w1 = await c.connect(http, "alice", "n0")
         laptop, w2 = await c.connect(http, "alice", "n0", device="laptop")
-        bob, w3 = await c.connect(http, "bob", "n0")
+        bob, _ = await c.connect(http, "bob", "n0")
         uids = ["alice", "bob", "carol", "alice"]  # a repeat is answered once
         async with http.post(url, json={"uids": uids}) as resp:
             assert resp.status == 200, await resp.text()
