@@ -263,7 +263,9 @@ def _presence_lookup(args: argparse.Namespace) -> int:
         for d in devices
     ]
     offline = data["offline"]
-    lines = [_table(rows, ["UID", "DEVICE", "NODE", "CONN", "STATUS", "REGION"]), ""]
+    lines = (
+        [_table(rows, ["UID", "DEVICE", "NODE", "CONN", "STATUS", "REGION"]), ""] if rows else []
+    )
     lines.append(
         f"{len(data['online'])} of {len(data['online']) + len(offline)} online"
         + (f"; offline: {', '.join(offline)}" if offline else "")
