@@ -330,12 +330,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return _print(args, data, "\n".join(lines))
 
 
-async def _tail(url: str, token: str | None, output: str) -> int:
+async def _tail(url: str, token: str | None, output: str, count: int | None) -> int:
     import aiohttp
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     # No total timeout: a tail runs until the count is reached or Ctrl-C.
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+    seen = 0
     async with (
         aiohttp.ClientSession(timeout=timeout) as session,
         session.get(url, headers=headers) as resp,
@@ -350,7 +351,11 @@ async def _tail(url: str, token: str | None, output: str) -> int:
         async for line in resp.content:
             if not line.strip():
                 continue  # keepalive
-            event = json.loads(line)
+            try:
+                event = json.loads(line)
+            except (ValueError, RecursionError):
+                return _fail(f"{url}: not a presence event: {line[:80]!r}", EXIT_UNAVAILABLE)
+            seen += 1
             if output == "json":
                 print(json.dumps(event, ensure_ascii=False), flush=True)
                 continue
@@ -359,7 +364,10 @@ async def _tail(url: str, token: str | None, output: str) -> int:
             fields = [event["kind"].ljust(7), event["uid"], event["device"], event["node"]]
             fields += [event["conn"], event.get("reason") or ""]
             print(stamp, *fields, flush=True)
-    return 0
+    if count is not None and seen >= count:
+        return 0
+    # A tail has no end of its own: the scheduler stopped (or restarted). Scripts see it.
+    return _fail(f"{url}: the scheduler ended the stream after {seen} event(s)", EXIT_UNAVAILABLE)
 
 
 @_answer_shape
@@ -372,7 +380,7 @@ def cmd_presence_events(args: argparse.Namespace) -> int:
         url += "?" + "&".join(f"{k}={v}" for k, v in query.items())
     token = args.token or os.environ.get("IMCTL_TOKEN")
     try:
-        return asyncio.run(_tail(url, token, args.output))
+        return asyncio.run(_tail(url, token, args.output, args.count))
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         return _fail(f"cannot reach {url}: {exc}", EXIT_UNAVAILABLE)
 

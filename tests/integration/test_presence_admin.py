@@ -115,6 +115,15 @@ async def test_cli_tails_events() -> None:
         out, err = await asyncio.wait_for(as_json.communicate(), 20)
         assert as_json.returncode == 0, err
         assert json.loads(out)["conn"] == welcome["conn"]
+        endless = await asyncio.create_subprocess_exec(
+            sys.executable, *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert endless.stderr is not None
+        await asyncio.wait_for(endless.stderr.readline(), 20)
+    # The cluster has stopped: a tail without --count says the stream ended, exit 1.
+    out, err = await asyncio.wait_for(endless.communicate(), 20)
+    assert endless.returncode == 1, (out, err)
+    assert b"the scheduler ended the stream after " in err, err  # (carol going offline)
 
 
 @pytest.mark.timeout(60)
