@@ -1,6 +1,8 @@
 """``imctl connect``: a reference client. Asks the scheduler for an endpoint, opens the
-WebSocket with the ticket, keeps the heartbeat, prints every frame, sends each line typed
-on stdin as a frame, and follows ``reconnect`` frames back to the scheduler."""
+WebSocket with the ticket (trying the answer's fallbacks when a node cannot be reached),
+keeps the heartbeat, prints every frame, sends each line typed on stdin as a frame, follows
+``reconnect`` frames back to the scheduler, and waits out failures with the backoff policy
+the scheduler sent."""
 
 from __future__ import annotations
 
@@ -8,9 +10,26 @@ import asyncio
 import json
 import random
 import sys
-from typing import Any
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 import aiohttp
+
+# Until the scheduler has answered once: the policy's shipped defaults.
+DEFAULT_BACKOFF = {"base_s": 1.0, "factor": 2.0, "jitter": 0.5, "max_s": 60.0}
+
+Ending = Literal["done", "reconnect", "lost", "kicked"]
+
+
+def backoff_delay(
+    policy: Mapping[str, float], attempt: int, rand: Callable[[], float] = random.random
+) -> float:
+    """The wait before retry ``attempt`` (0 first): ``min(max_s, base_s * factor**attempt)``
+    with a random share of it, up to ``jitter``, taken off, so clients that failed together
+    do not come back together."""
+    ceiling = min(policy["max_s"], policy["base_s"] * policy["factor"] ** min(attempt, 64))
+    return ceiling * (1 - policy["jitter"] * rand())
 
 
 async def _ask(http: aiohttp.ClientSession, server: str, params: dict[str, str]) -> dict[str, Any]:
@@ -25,6 +44,26 @@ def _show(direction: str, frame: Any) -> None:
     print(f"{direction} {json.dumps(frame, ensure_ascii=False)}", flush=True)
 
 
+def _note(text: str) -> None:
+    print(f"# {text}", flush=True)
+
+
+async def _open(
+    http: aiohttp.ClientSession, answer: Mapping[str, Any], platform: str
+) -> aiohttp.ClientWebSocketResponse | None:
+    """A WebSocket to the answer's node, else to each fallback in order; None when none of
+    them can be reached."""
+    candidates = [answer, *answer.get("fallbacks", [])]
+    for i, c in enumerate(candidates):
+        url = f"{c['endpoint']}?ticket={c['ticket']}&platform={platform}"
+        try:
+            return await http.ws_connect(url)
+        except (aiohttp.ClientError, OSError) as exc:
+            then = f"trying {candidates[i + 1]['node']}" if i + 1 < len(candidates) else "none left"
+            _note(f"{c['node']}: cannot connect ({exc}); {then}")
+    return None
+
+
 async def run(
     server: str,
     uid: str,
@@ -32,7 +71,7 @@ async def run(
     platform: str,
     version: str,
     region: str | None,
-    max_sessions: int = 10,
+    max_attempts: int = 10,
 ) -> int:
     params = {"uid": uid, "device": device, "platform": platform, "version": version}
     if region:
@@ -45,41 +84,66 @@ async def run(
             loop.call_soon_threadsafe(lines.put_nowait, line.strip())
         loop.call_soon_threadsafe(lines.put_nowait, None)
 
-    loop.run_in_executor(None, read_stdin)
+    # A daemon thread, not the loop's executor: asyncio.run would wait at exit for a read
+    # of a terminal nobody types into (the client that gave up would hang there).
+    threading.Thread(target=read_stdin, name="stdin", daemon=True).start()
+    policy: Mapping[str, float] = DEFAULT_BACKOFF
+    failures = 0  # in a row: a session that opened starts the count again
     async with aiohttp.ClientSession() as http:
-        for _ in range(max_sessions):
-            answer = await _ask(http, server, params)
-            print(
-                f"# scheduler: node {answer['node']} ({answer['region']}, track "
-                f"{answer['track']}), fallbacks {[f['node'] for f in answer['fallbacks']]}",
-                flush=True,
+        for _ in range(max_attempts):
+            try:
+                answer = await _ask(http, server, params)
+            except (aiohttp.ClientError, OSError, RuntimeError, ValueError) as exc:
+                delay = backoff_delay(policy, failures)
+                failures += 1
+                _note(f"cannot ask the scheduler ({exc}); again in {delay:.1f}s")
+                await asyncio.sleep(delay)
+                continue
+            policy = answer["backoff"]
+            _note(
+                f"scheduler: node {answer['node']} ({answer['region']}, track "
+                f"{answer['track']}), fallbacks {[f['node'] for f in answer['fallbacks']]}"
             )
-            url = f"{answer['endpoint']}?ticket={answer['ticket']}&platform={platform}"
-            async with http.ws_connect(url) as ws:
-                interval = float(answer["heartbeat"]["interval_s"])
-                outcome = await _session(ws, lines, interval)
-            if outcome is None:
+            ws = await _open(http, answer, platform)
+            if ws is None:
+                ending: Ending = "lost"
+            else:
+                failures = 0
+                async with ws:
+                    interval = float(answer["heartbeat"]["interval_s"])
+                    ending, after = await _session(ws, lines, interval)
+                if ending == "reconnect":
+                    _note(f"reconnecting in {after:.1f}s")
+                    await asyncio.sleep(after)
+                    continue
+            if ending in ("done", "kicked"):
                 return 0
-            print(f"# reconnecting in {outcome:.1f}s", flush=True)
-            await asyncio.sleep(outcome)
+            delay = backoff_delay(policy, failures)
+            failures += 1
+            _note(f"connection lost; asking again in {delay:.1f}s")
+            await asyncio.sleep(delay)
+    _note(f"giving up after {max_attempts} attempts")
     return 1
 
 
 async def _session(
     ws: aiohttp.ClientWebSocketResponse, lines: asyncio.Queue[str | None], interval: float
-) -> float | None:
-    """Returns seconds to wait before reconnecting, or None when the user is done."""
+) -> tuple[Ending, float]:
+    """How the session ended, and for ``reconnect`` the seconds to wait first."""
 
     async def heartbeat() -> None:
         while not ws.closed:
             await asyncio.sleep(interval)
             await ws.send_json({"t": "ping"})
 
+    leaving = asyncio.Event()  # the user is done: a close now is ours, not a lost link
+
     async def typed() -> None:
         while True:
             line = await lines.get()
             if line is None:
-                print("# end of input: disconnecting", flush=True)
+                _note("end of input: disconnecting")
+                leaving.set()
                 await ws.close()
                 return
             if line:
@@ -95,11 +159,13 @@ async def _session(
             if frame.get("t") != "pong":
                 _show("<", frame)
             if frame.get("t") == "reconnect":
-                return float(frame.get("after_ms", 0)) / 1000 + random.uniform(0, 0.5)
-        if ws.close_code not in (1000, None):
-            print(f"# closed by the node: code {ws.close_code}", flush=True)
-            return 1.0 if ws.close_code != 4001 else None
-        return None
+                return "reconnect", float(frame.get("after_ms", 0)) / 1000 + random.uniform(0, 0.5)
+        if leaving.is_set():
+            return "done", 0.0
+        if ws.close_code == 4001:  # kicked: the same device logged in elsewhere
+            return "kicked", 0.0
+        _note(f"closed by the node: code {ws.close_code}")
+        return "lost", 0.0
     finally:
         for t in tasks:
             t.cancel()
