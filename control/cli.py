@@ -449,9 +449,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
         return asyncio.run(
             run(_server(args), args.uid, args.device, args.platform, args.version, args.region)
         )
-    except RuntimeError as exc:
-        return _fail(str(exc), EXIT_UNAVAILABLE)
-    except OSError as exc:
+    except OSError as exc:  # failures the client does not retry (it retries the network's)
         return _fail(f"cannot connect: {exc}", EXIT_UNAVAILABLE)
 
 

@@ -32,11 +32,24 @@ def backoff_delay(
     return ceiling * (1 - policy["jitter"] * rand())
 
 
+class Refused(Exception):
+    """The scheduler answered, but not with an endpoint (429, 503...)."""
+
+    def __init__(self, status: int, message: str, retry_after: float) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.retry_after = retry_after
+
+
 async def _ask(http: aiohttp.ClientSession, server: str, params: dict[str, str]) -> dict[str, Any]:
     async with http.get(f"{server}/v1/endpoint", params=params) as resp:
         body = await resp.json(content_type=None)
         if resp.status != 200:
-            raise RuntimeError(f"scheduler: HTTP {resp.status}: {body.get('message', body)}")
+            message = body.get("message", body) if isinstance(body, dict) else body
+            try:
+                retry_after = float(resp.headers.get("Retry-After", "0"))
+            except ValueError:
+                retry_after = 0.0
+            raise Refused(resp.status, str(message), min(max(retry_after, 0.0), 3600.0))
         return dict(body)
 
 
@@ -93,10 +106,12 @@ async def run(
         for _ in range(max_attempts):
             try:
                 answer = await _ask(http, server, params)
-            except (aiohttp.ClientError, OSError, RuntimeError, ValueError) as exc:
+            except (aiohttp.ClientError, OSError, Refused, ValueError) as exc:
                 delay = backoff_delay(policy, failures)
+                if isinstance(exc, Refused):  # its Retry-After is the least to wait
+                    delay = max(delay, exc.retry_after)
                 failures += 1
-                _note(f"cannot ask the scheduler ({exc}); again in {delay:.1f}s")
+                _note(f"scheduler: {exc}; again in {delay:.1f}s")
                 await asyncio.sleep(delay)
                 continue
             policy = answer["backoff"]

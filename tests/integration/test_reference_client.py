@@ -66,3 +66,22 @@ async def test_nothing_reachable_backs_off_then_gives_up() -> None:
              if line.startswith("# connection lost; asking again in")]  # fmt: skip
     assert waits == [0.1, 0.1, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2], text
     assert text.rstrip().endswith("# giving up after 10 attempts")
+
+
+@pytest.mark.timeout(60)
+async def test_a_refusal_is_waited_out_for_its_retry_after() -> None:
+    """No node can take anyone: the scheduler's 503 says when to come back, and the client
+    waits at least that, however short its own backoff."""
+    settings = cluster_settings(
+        nodes=0,
+        scheduler={"retry_after_s": 2},
+        backoff={"base_s": 0.05, "factor": 2, "jitter": 0, "max_s": 0.2},
+    )
+    async with LocalCluster(settings, scheduler=True):
+        client = await connect(f"http://127.0.0.1:{settings.scheduler.port}")
+        assert client.stdout is not None
+        first = (await asyncio.wait_for(client.stdout.readline(), 20)).decode()
+        client.kill()
+        await client.wait()
+    assert first.startswith("# scheduler: HTTP 503: no access node can take this client"), first
+    assert first.rstrip().endswith("again in 2.0s"), first
