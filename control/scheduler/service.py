@@ -456,7 +456,9 @@ async def presence_events(request: web.Request) -> web.StreamResponse:
         stop.set()
         stopping.cancel()
         follower.cancel()
-        await asyncio.gather(follower, return_exceptions=True)
+        (failed,) = await asyncio.gather(follower, return_exceptions=True)
+        if isinstance(failed, Exception):  # the stream ended early: say why, once
+            log.error("presence event tail ended: %r", failed, exc_info=failed)
     return response
 
 
