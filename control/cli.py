@@ -403,6 +403,7 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
 @_answer_shape
 def cmd_nodes(args: argparse.Namespace) -> int:
     body = _admin_get(args, "/v1/nodes")
+    now = time.time()
     if args.output == "json":
         print(json.dumps(body, indent=2, sort_keys=True))
         return 0
@@ -418,6 +419,8 @@ def cmd_nodes(args: argparse.Namespace) -> int:
             str(n["pending"]),
             "-" if n["load"] is None else f"{n['load'] * 100:.1f}%",
             "static" if n.get("static") else "registry",
+            # How fresh the load is: a node whose reports stopped shows it here first.
+            f"{max(0.0, now - n['reported_at']):.0f}s ago" if n.get("reported_at") else "-",
         ]
         for n in body["nodes"]
     ]
@@ -432,6 +435,7 @@ def cmd_nodes(args: argparse.Namespace) -> int:
         "PENDING",
         "LOAD",
         "SOURCE",
+        "REPORTED",
     ]
     print(_table(rows, headers))
     held = " (self-preservation: holding last view)" if body.get("held") else ""

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from control.common.kv.etcd import EtcdKV
-from tests.e2e.test_cluster import Cluster, counts_by_node, get, ready, until
+from tests.e2e.test_cluster import LEASE_TTL, Cluster, counts_by_node, get, ready, until
 from tests.servers import EtcdServer, RedisServer
 
 pytestmark = pytest.mark.e2e
@@ -112,7 +112,21 @@ async def test_etcd_outage_then_a_deleted_record(
             kv = EtcdKV([own_etcd.endpoint])
             await kv.connect()
             try:
-                assert await kv.delete(f"{c.prefix}/nodes/n0")
+                # Only once n0's registration has settled: right after the restart its
+                # pre-outage lease may still expire and n0 register anew, and a record
+                # deleted in that gap (or rewritten by that re-registration) is not the
+                # hand deletion this part is about. Settled: the same live lease holds
+                # the record across two looks a TTL apart.
+                key = f"{c.prefix}/nodes/n0"
+
+                async def settled() -> bool:
+                    first = await kv.get(key)
+                    await asyncio.sleep(LEASE_TTL + 0.5)
+                    again = await kv.get(key)
+                    return bool(first and again and first.lease == again.lease)
+
+                await until(settled, 30, "n0's registration settled after the restart")
+                assert await kv.delete(key)
             finally:
                 await kv.close()
 

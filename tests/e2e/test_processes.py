@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -111,6 +112,10 @@ def test_up_prints_where_to_ask_and_serves(up: tuple[str, subprocess.Popen[str]]
         [*IMCTL, "nodes", "--server", url], capture_output=True, text=True, timeout=30, check=True
     )
     assert "north-1" in table.stdout and "releases: canary-1-1" in table.stdout
+    header, *rows = table.stdout.splitlines()[:4]
+    assert header.split()[-2:] == ["SOURCE", "REPORTED"], header
+    # Nodes report every report_interval_s (2 s): their last report is seconds old.
+    assert all(re.search(r"registry\s+\d+s ago$", row.rstrip()) for row in rows), rows
     out, err = stop(proc)
     assert f"scheduler:  {url}" in out and "/v1/endpoint?uid=" in out
     assert out.count("access:") == 3
