@@ -138,7 +138,10 @@ class Locations(Mapping[str, list[Presence]]):
                     entry = make(
                         (uid, device, node, conn, int(epoch), status, region, platform, 0.0)
                     )
-                    index.setdefault(uid, []).append(entry)
+                    known = index.setdefault(uid, [])
+                    # A uid asked twice came back twice; its entries go in once.
+                    if not any(e.conn == conn for e in known):
+                        known.append(entry)
             self._index, self._chunks = index, []
         if self._index is None:
             self._index = {}

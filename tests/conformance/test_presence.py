@@ -186,6 +186,16 @@ async def test_locate_large_batch(presence: PresenceCluster) -> None:
     assert found.by_node()["n9"] == {"user-0"}
 
 
+async def test_a_uid_asked_twice_is_answered_once(presence: PresenceCluster) -> None:
+    await presence.online(entry("alice", device="phone", conn="c1"))
+    await presence.online(entry("alice", device="laptop", node="n2", conn="c2"))
+    await presence.online(entry("bob", conn="c3"))
+    found = await presence.locate(["alice", "bob", "alice", "nobody", "bob"])
+    assert sorted(e.conn for e in found["alice"]) == ["c1", "c2"]
+    assert [e.conn for e in found["bob"]] == ["c3"] and len(found) == 2
+    assert found.by_node() == {"n1": {"alice", "bob"}, "n2": {"alice"}}
+
+
 async def test_empty_fields_survive_in_a_multi_device_record(presence: PresenceCluster) -> None:
     """Records sit back to back in one value, so an empty last field must not shift the
     next record's fields."""
