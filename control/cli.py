@@ -30,11 +30,30 @@ def _load(path: str | None) -> Settings:
     return load_settings(path)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object a line (time in UTC, level, logger, message, exception), so a log
+    shipper needs no parsing rules and a multi-line message stays one record."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        out: dict[str, Any] = {
+            "time": f"{stamp}.{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def _setup_logging(level: str, form: str = "text") -> None:
+    handler = logging.StreamHandler()
+    if form == "json":
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
 # -- running processes ------------------------------------------------------------------------
@@ -44,7 +63,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     from control.launch import run_scheduler
 
     settings = _load(args.config)
-    _setup_logging(settings.log_level)
+    _setup_logging(settings.log_level, settings.log_format)
     return asyncio.run(run_scheduler(settings))
 
 
@@ -62,7 +81,7 @@ def cmd_access(args: argparse.Namespace) -> int:
 
     settings = _load(args.config)
     settings.access.node(args.node_id)  # a clear error before anything starts
-    _setup_logging(settings.log_level)
+    _setup_logging(settings.log_level, settings.log_format)
     return asyncio.run(run_access(settings, args.node_id))
 
 
@@ -70,7 +89,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
     from control.launch import run_controller
 
     settings = _load(args.config)
-    _setup_logging(settings.log_level)
+    _setup_logging(settings.log_level, settings.log_format)
     return asyncio.run(run_controller(settings))
 
 
@@ -79,7 +98,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     path = args.config or str(_default_local_config())
     settings = _load(path)
-    _setup_logging("warning" if settings.log_level == "info" else settings.log_level)
+    level = "warning" if settings.log_level == "info" else settings.log_level
+    _setup_logging(level, settings.log_format)
     return asyncio.run(run_local(settings))
 
 

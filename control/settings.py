@@ -426,6 +426,9 @@ class Settings:
     presence: PresenceSettings = setting(PresenceSettings(), "")
     controller: ControllerSettings = setting(ControllerSettings(), "")
     log_level: Literal["debug", "info", "warning", "error"] = setting("info", "log level")
+    log_format: Literal["text", "json"] = setting(
+        "text", "text for people, json (one object a line) for log shippers"
+    )
 
     def check(self, path: str) -> list[str]:
         problems = []
