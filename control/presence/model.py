@@ -139,8 +139,7 @@ class Locations(Mapping[str, list[Presence]]):
                         (uid, device, node, conn, int(epoch), status, region, platform, 0.0)
                     )
                     known = index.setdefault(uid, [])
-                    # A uid asked twice came back twice; its entries go in once.
-                    if not any(e.conn == conn for e in known):
+                    if entry not in known:  # a uid asked twice came back twice: once here
                         known.append(entry)
             self._index, self._chunks = index, []
         if self._index is None:
