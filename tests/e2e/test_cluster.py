@@ -81,17 +81,24 @@ class Cluster:
         self.url = f"http://127.0.0.1:{self.ports['scheduler']}"
 
     def start(self, name: str) -> None:
-        args = {
-            "scheduler": ["scheduler", "--config", str(self.config)],
-            "controller": ["controller", "--config", str(self.config)],
-        }.get(name, ["access", "--config", str(self.config), "--node-id", name])
+        """``scheduler``, a node id, or ``controller`` — and ``controller-<x>`` for more
+        controllers of the same cluster, each on a port of its own."""
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if name.startswith("controller"):
+            args = ["controller", "--config", str(self.config)]
+            port = self.ports.setdefault(name, free_port())
+            env["IMCTL_CONTROLLER__PORT"] = str(port)
+        elif name == "scheduler":
+            args = ["scheduler", "--config", str(self.config)]
+        else:
+            args = ["access", "--config", str(self.config), "--node-id", name]
         with open(self.tmp / f"{name}.log", "ab") as log:
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "control.cli", *args],
                 stdout=log,
                 stderr=log,
                 cwd=ROOT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env=env,
             )
         wait_port(self.ports[name], 20)
 

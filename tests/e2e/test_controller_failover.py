@@ -1,0 +1,83 @@
+"""The presence controller as real processes: two run, one leads; kill -9 the leader and
+the other takes over within the leader TTL, and still takes a dead node's users offline
+at once (not at the heartbeat timeout)."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.e2e.test_cluster import LEASE_TTL, Cluster, counts_by_node, ready, until
+from tests.servers import EtcdServer, RedisServer
+
+pytestmark = pytest.mark.e2e
+LEADER_TTL = 2  # the cluster's controller.leader_ttl_s
+
+
+async def leading(http: aiohttp.ClientSession, c: Cluster, name: str) -> bool:
+    try:
+        async with http.get(f"http://127.0.0.1:{c.ports[name]}/metrics") as resp:
+            return "imctl_controller_leader 1.0" in await resp.text()
+    except aiohttp.ClientError:
+        return False
+
+
+@pytest.mark.timeout(120)
+async def test_kill_9_the_leading_controller(
+    tmp_path: Path, own_etcd: EtcdServer, redis_servers: list[RedisServer]
+) -> None:
+    c = Cluster(tmp_path, own_etcd, redis_servers)
+    try:
+        for name in ("controller", "controller-b", "n0", "n1", "scheduler"):
+            c.start(name)
+        async with aiohttp.ClientSession() as http:
+            await ready(http, c, {"n0", "n1"})
+
+            async def one_leader() -> bool:
+                return [await leading(http, c, n) for n in ("controller", "controller-b")].count(
+                    True
+                ) == 1
+
+            await until(one_leader, 15, "exactly one controller leading")
+            leader = "controller" if await leading(http, c, "controller") else "controller-b"
+            standby = "controller-b" if leader == "controller" else "controller"
+            sockets = []
+            for i in range(10):
+                ws = await http.ws_connect(c.ws("n1", f"user-{i}"))
+                assert (await ws.receive_json(timeout=5))["t"] == "welcome"
+                sockets.append(ws)
+
+            async def on_n1() -> bool:
+                return (await counts_by_node(http, c)).get("n1", 0) == 10
+
+            await until(on_n1, 10, "users online on n1")
+            c.kill(leader)
+            c.kill("n1")  # a dead node while nobody leads
+            killed = time.monotonic()
+
+            async def standby_leads() -> bool:
+                return await leading(http, c, standby)
+
+            took_over = await until(standby_leads, LEADER_TTL + 8, "the standby leading")
+            assert took_over <= LEADER_TTL + 2, f"took over {took_over:.1f}s after kill -9"
+
+            async def gone() -> bool:
+                return (await counts_by_node(http, c)).get("n1", 0) == 0
+
+            await until(gone, LEADER_TTL + LEASE_TTL + 10, "n1's users offline")
+            elapsed = time.monotonic() - killed
+            assert elapsed <= LEADER_TTL + LEASE_TTL + 2, f"offline {elapsed:.1f}s after kill -9"
+            # Taken offline as a dead node's users by the new leader, not expired one by one
+            # at the heartbeat timeout.
+            async with http.get(f"http://127.0.0.1:{c.ports[standby]}/metrics") as resp:
+                metrics = await resp.text()
+            evicted = re.search(r"^imctl_presence_evicted_total (\S+)$", metrics, re.M)
+            assert evicted and float(evicted.group(1)) >= 10, metrics
+            for ws in sockets:
+                await ws.close()
+    finally:
+        c.stop_all()
