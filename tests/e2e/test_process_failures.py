@@ -1,6 +1,8 @@
-"""The presence controller as real processes: two run, one leads; kill -9 the leader and
-the other takes over within the leader TTL, and still takes a dead node's users offline
-at once (not at the heartbeat timeout)."""
+"""Control-plane processes killed with kill -9 while clients are connected. The presence
+controller: two run, one leads; kill the leader and the other takes over within the
+leader TTL and still takes a dead node's users offline at once (not at the heartbeat
+timeout). The scheduler: connected clients never notice, and a restarted scheduler serves
+again as soon as it has read the registry."""
 
 from __future__ import annotations
 
@@ -79,5 +81,43 @@ async def test_kill_9_the_leading_controller(
             assert evicted and float(evicted.group(1)) >= 10, metrics
             for ws in sockets:
                 await ws.close()
+    finally:
+        c.stop_all()
+
+
+@pytest.mark.timeout(120)
+async def test_kill_9_the_scheduler(
+    tmp_path: Path, own_etcd: EtcdServer, redis_servers: list[RedisServer]
+) -> None:
+    c = Cluster(tmp_path, own_etcd, redis_servers)
+    try:
+        for name in ("controller", "n0", "n1", "scheduler"):
+            c.start(name)
+        async with aiohttp.ClientSession() as http:
+            await ready(http, c, {"n0", "n1"})
+            ask = f"{c.url}/v1/endpoint?uid=amy&device=phone&platform=ios&version=1.0"
+            async with http.get(ask) as resp:
+                answer = await resp.json()
+            ws = await http.ws_connect(f"{answer['endpoint']}?ticket={answer['ticket']}")
+            assert (await ws.receive_json(timeout=5))["t"] == "welcome"
+            c.kill("scheduler")
+            for _ in range(3):  # the connection lives on the node, not the scheduler
+                await ws.send_json({"t": "ping"})
+                assert (await ws.receive_json(timeout=5))["t"] == "pong"
+            restarted = time.monotonic()
+            c.start("scheduler")
+            await ready(http, c, {"n0", "n1"})
+
+            async def serves() -> bool:
+                async with http.get(ask) as resp:
+                    return resp.status == 200
+
+            await until(serves, 10, "the restarted scheduler answering")
+            assert time.monotonic() - restarted < 10
+            async with http.get(f"{c.url}/readyz") as resp:
+                assert resp.status == 200
+            async with http.get(f"{c.url}/v1/presence/amy") as resp:
+                assert (await resp.json())["devices"][0]["node"] == answer["node"]
+            await ws.close()
     finally:
         c.stop_all()
