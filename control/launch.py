@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -42,6 +43,9 @@ class Part:
     runner: web.AppRunner | None = None
     supervisor: Supervisor | None = None
     node: AccessNode | None = None
+    # Asked to stop: turn unready, then keep serving this long (a load balancer's turn).
+    leave: Callable[[], None] | None = None
+    grace_s: float = 0.0
 
 
 @dataclass
@@ -90,11 +94,15 @@ class Process:
         for w in waiters:
             w.cancel()
 
-    async def close(self, drain_s: float) -> None:
-        """Access nodes drain first (while still serving), then everything stops."""
+    async def close(self, drain_s: float, graceful: bool = True) -> None:
+        """Access nodes drain and schedulers sit out their grace first (both still
+        serving), then everything stops. Not graceful (a part failed): no grace."""
+        for part in self.parts:
+            if part.leave is not None:
+                part.leave()
+        grace = max((p.grace_s for p in self.parts), default=0.0) if graceful else 0.0
         nodes = [p.node for p in self.parts if p.node is not None]
-        if nodes:
-            await asyncio.gather(*(n.stop(drain_s) for n in nodes))
+        await asyncio.gather(asyncio.sleep(grace), *(n.stop(drain_s) for n in nodes))
         for part in reversed(self.parts):
             if part.runner is not None:
                 await part.runner.cleanup()
@@ -103,7 +111,7 @@ class Process:
 async def _run(process: Process, banner: str | None, drain_s: float) -> int:
     error = await process.start()
     if error is not None:
-        await process.close(0)
+        await process.close(0, graceful=False)
         print(f"imctl: {error}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     # Config, tables and snapshots live as long as the process: keep them out of the
@@ -114,7 +122,7 @@ async def _run(process: Process, banner: str | None, drain_s: float) -> int:
         print(banner, flush=True)
     await process.wait()
     failures = process.failures()
-    await process.close(0 if failures else drain_s)
+    await process.close(0 if failures else drain_s, graceful=not failures)
     if failures:
         print(f"imctl: stopped: {'; '.join(failures)}", file=sys.stderr)
         return EXIT_UNAVAILABLE
@@ -125,12 +133,24 @@ def _scheduler_part(
     settings: Settings, kv: KeyValueStore | None = None, presence: PresenceCluster | None = None
 ) -> Part:
     app = scheduler_app(settings, kv=kv, presence=presence)
+    state = app[STATE]
+
+    def leave() -> None:
+        state.leaving = True
+        if settings.scheduler.shutdown_grace_s:
+            log.warning(
+                "scheduler stopping in %gs: /readyz answers 503 meanwhile",
+                settings.scheduler.shutdown_grace_s,
+            )
+
     return Part(
         "scheduler",
         app,
         settings.scheduler.host,
         settings.scheduler.port,
-        supervisor=app[STATE].supervisor,
+        supervisor=state.supervisor,
+        leave=leave,
+        grace_s=settings.scheduler.shutdown_grace_s,
     )
 
 

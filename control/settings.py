@@ -190,6 +190,13 @@ class SchedulerSettings:
     retry_after_s: int = setting(5, "Retry-After on 503", ge=1, le=3600)
     rebuild_s: float = setting(0.05, "coalesce registry changes this long", ge=0, le=5)
     rate_limit: RateLimitSettings = setting(RateLimitSettings(), "per-client-IP token bucket")
+    shutdown_grace_s: float = setting(
+        0.0,
+        "on SIGTERM, answer /readyz 503 and keep serving this long before stopping, so a "
+        "load balancer stops sending first (0: stop at once)",
+        ge=0,
+        le=300,
+    )
     max_event_tails: int = setting(
         16, "open GET /v1/presence/events at once (each holds a shard connection)", ge=1, le=1024
     )

@@ -136,6 +136,7 @@ class SchedulerState:
         self.mirrors: dict[str, PrefixMirror[Any]] = {}
         self.stopping = asyncio.Event()  # set at shutdown: open event tails end
         self.tails = 0  # open GET /v1/presence/events
+        self.leaving = False  # SIGTERM seen: /readyz says 503 through the shutdown grace
         self._rebuild_handle: asyncio.TimerHandle | None = None
         self._hold_handle: asyncio.TimerHandle | None = None
 
@@ -643,7 +644,10 @@ def create_app(
         app,
         state.supervisor,
         metrics.registry,
-        lambda: (state.synced.is_set(), {"backend": state.backend}),
+        lambda: (
+            state.synced.is_set() and not state.leaving,
+            {"backend": state.backend, "stopping": state.leaving},
+        ),
     )
     add_json_fallbacks(app)
     return app

@@ -182,6 +182,41 @@ admin:
     assert proc.returncode == 0, err
 
 
+def test_scheduler_leaves_its_load_balancer_before_it_stops(tmp_path: Path) -> None:
+    """SIGTERM with scheduler.shutdown_grace_s: /readyz turns 503 at once, so the load
+    balancer stops sending, while requests already on their way are still answered; the
+    process stops when the grace is over."""
+    port = free_port()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"""
+regions: {{known: [r1]}}
+registry:
+  static_nodes: [{{id: s1, endpoint: "ws://127.0.0.1:1/ws", region: r1}}]
+scheduler: {{port: {port}, shutdown_grace_s: 3}}
+""")
+    proc = spawn(["scheduler", "--config", str(cfg)])
+    base = f"http://127.0.0.1:{port}"
+    ask = f"{base}/v1/endpoint?uid=u1&device=d&platform=ios&version=1.0"
+    try:
+        wait_port(port)
+        deadline = time.monotonic() + 10
+        while get(f"{base}/readyz")[0] != 200:
+            assert time.monotonic() < deadline, "scheduler never became ready"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        while get(f"{base}/readyz")[0] != 503:
+            assert time.monotonic() - signalled < 1.0, "still ready after SIGTERM"
+            time.sleep(0.05)
+        status, body = get(f"{base}/readyz")
+        assert status == 503 and body["stopping"] is True, body
+        assert get(ask)[0] == 200  # in the grace: still answering
+        assert proc.wait(10) == 0
+        assert 2.5 <= time.monotonic() - signalled < 8
+    finally:
+        stop(proc)
+
+
 def test_scheduler_refuses_bad_config(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("scheduler: {port: nope}\n")
