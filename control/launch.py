@@ -232,7 +232,9 @@ async def run_local(settings: Settings) -> int:
             _access_part(settings, n.id, kv, presence, own=False) for n in settings.access.nodes
         ]
         parts.append(_controller_part(settings, kv, presence, own=False))
-        parts.append(_scheduler_part(settings, kv=kv, presence=presence))
+        scheduler = _scheduler_part(settings, kv=kv, presence=presence)
+        scheduler.grace_s = 0.0  # one local process: no load balancer to wait for
+        parts.append(scheduler)
         return await _run(Process(parts), banner(settings), 0)
     finally:
         await presence.close()
