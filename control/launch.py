@@ -101,6 +101,8 @@ class Process:
             if part.leave is not None:
                 part.leave()
         grace = max((p.grace_s for p in self.parts), default=0.0) if graceful else 0.0
+        if grace:
+            log.warning("stopping in %gs: /readyz answers 503 meanwhile", grace)
         nodes = [p.node for p in self.parts if p.node is not None]
         await asyncio.gather(asyncio.sleep(grace), *(n.stop(drain_s) for n in nodes))
         for part in reversed(self.parts):
@@ -137,11 +139,6 @@ def _scheduler_part(
 
     def leave() -> None:
         state.leaving = True
-        if settings.scheduler.shutdown_grace_s:
-            log.warning(
-                "scheduler stopping in %gs: /readyz answers 503 meanwhile",
-                settings.scheduler.shutdown_grace_s,
-            )
 
     return Part(
         "scheduler",
