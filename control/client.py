@@ -102,17 +102,28 @@ async def run(
     threading.Thread(target=read_stdin, name="stdin", daemon=True).start()
     policy: Mapping[str, float] = DEFAULT_BACKOFF
     failures = 0  # in a row: a session that opened starts the count again
+
+    async def wait_after_failure(why: str, at_least: float = 0.0) -> bool:
+        """Count a failure; False when it was one too many, else wait out the backoff."""
+        nonlocal failures
+        failures += 1
+        if failures >= max_attempts:
+            return False
+        delay = max(backoff_delay(policy, failures - 1), at_least)
+        _note(f"{why}; again in {delay:.1f}s")
+        await asyncio.sleep(delay)
+        return True
+
     async with aiohttp.ClientSession() as http:
-        for _ in range(max_attempts):
+        # Unbounded while it works: a client stays connected across drains and restarts.
+        while True:
             try:
                 answer = await _ask(http, server, params)
             except (aiohttp.ClientError, OSError, Refused, ValueError) as exc:
-                delay = backoff_delay(policy, failures)
-                if isinstance(exc, Refused):  # its Retry-After is the least to wait
-                    delay = max(delay, exc.retry_after)
-                failures += 1
-                _note(f"scheduler: {exc}; again in {delay:.1f}s")
-                await asyncio.sleep(delay)
+                # A refusal's Retry-After is the least to wait.
+                at_least = exc.retry_after if isinstance(exc, Refused) else 0.0
+                if not await wait_after_failure(f"scheduler: {exc}", at_least):
+                    break
                 continue
             policy = answer["backoff"]
             _note(
@@ -120,24 +131,20 @@ async def run(
                 f"{answer['track']}), fallbacks {[f['node'] for f in answer['fallbacks']]}"
             )
             ws = await _open(http, answer, platform)
-            if ws is None:
-                ending: Ending = "lost"
-            else:
+            if ws is not None:
                 failures = 0
                 async with ws:
                     interval = float(answer["heartbeat"]["interval_s"])
                     ending, after = await _session(ws, lines, interval)
+                if ending in ("done", "kicked"):
+                    return 0
                 if ending == "reconnect":
                     _note(f"reconnecting in {after:.1f}s")
                     await asyncio.sleep(after)
                     continue
-            if ending in ("done", "kicked"):
-                return 0
-            delay = backoff_delay(policy, failures)
-            failures += 1
-            _note(f"connection lost; asking again in {delay:.1f}s")
-            await asyncio.sleep(delay)
-    _note(f"giving up after {max_attempts} attempts")
+            if not await wait_after_failure("connection lost; asking the scheduler"):
+                break
+    _note(f"giving up after {failures} failed attempts in a row")
     return 1
 
 
