@@ -228,3 +228,21 @@ async def test_cli_who_several_users() -> None:
         assert lines[1].split()[:4] == ["dave", "phone", "n0", welcome["conn"]]
         assert lines[-1] == "1 of 2 online; offline: erin"
         await ws.close()
+
+
+@pytest.mark.timeout(60)
+async def test_tails_and_lookups_need_a_viewer_token() -> None:
+    grants = [{"name": "v", "token": "viewer-token-0123456789", "role": "viewer"}]
+    settings = cluster_settings(nodes=1, admin={"tokens": grants})
+    async with LocalCluster(settings, scheduler=True), aiohttp.ClientSession() as http:
+        base = f"http://127.0.0.1:{settings.scheduler.port}/v1"
+        for method, path, body in (
+            ("GET", "/presence/events?count=1", None),
+            ("POST", "/presence/lookup", {"uids": ["a"]}),
+            ("GET", "/explain?uid=a&device=d&platform=ios&version=1.0", None),
+        ):
+            async with http.request(method, base + path, json=body) as resp:
+                assert resp.status == 401, (path, await resp.text())
+            viewer = {"Authorization": "Bearer viewer-token-0123456789"}
+            async with http.request(method, base + path, json=body, headers=viewer) as resp:
+                assert resp.status == 200, path  # (a tail stays open: left unread here)
