@@ -34,6 +34,15 @@ def get(url: str, token: str | None = None) -> tuple[int, dict]:  # type: ignore
         return err.code, json.loads(err.read())
 
 
+def wait_ready(base: str, within: float = 10) -> None:
+    """Until a scheduler listening at ``base`` answers /readyz 200."""
+    wait_port(int(base.rsplit(":", 1)[1]))
+    deadline = time.monotonic() + within
+    while get(f"{base}/readyz")[0] != 200:
+        assert time.monotonic() < deadline, "scheduler never became ready"
+        time.sleep(0.1)
+
+
 def spawn(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         IMCTL + args,
@@ -148,11 +157,7 @@ admin:
 """)
     proc = spawn(["scheduler", "--config", str(cfg)])
     try:
-        wait_port(port)
-        deadline = time.monotonic() + 10
-        while get(f"http://127.0.0.1:{port}/readyz")[0] != 200:
-            assert time.monotonic() < deadline, "scheduler never became ready"
-            time.sleep(0.1)
+        wait_ready(f"http://127.0.0.1:{port}")
         denied = subprocess.run(
             [*IMCTL, "nodes", "--server", f"http://127.0.0.1:{port}"],
             capture_output=True,
@@ -198,11 +203,7 @@ scheduler: {{port: {port}, shutdown_grace_s: 3}}
     base = f"http://127.0.0.1:{port}"
     ask = f"{base}/v1/endpoint?uid=u1&device=d&platform=ios&version=1.0"
     try:
-        wait_port(port)
-        deadline = time.monotonic() + 10
-        while get(f"{base}/readyz")[0] != 200:
-            assert time.monotonic() < deadline, "scheduler never became ready"
-            time.sleep(0.1)
+        wait_ready(base)
         proc.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
         while get(f"{base}/readyz")[0] != 503:
