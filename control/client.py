@@ -11,6 +11,7 @@ import json
 import random
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ import aiohttp
 DEFAULT_BACKOFF = {"base_s": 1.0, "factor": 2.0, "jitter": 0.5, "max_s": 60.0}
 
 Ending = Literal["done", "reconnect", "lost", "kicked"]
+QUIET_S = 0.3  # at the end of input: the node silent this long has answered everything
 
 
 def backoff_delay(
@@ -159,11 +161,23 @@ async def _session(
             await ws.send_json({"t": "ping"})
 
     leaving = asyncio.Event()  # the user is done: a close now is ours, not a lost link
+    welcomed = asyncio.Event()  # frames go out only once the node has said welcome
+    heard = asyncio.Event()  # set by every frame from the node
 
     async def typed() -> None:
+        await welcomed.wait()
         while True:
             line = await lines.get()
             if line is None:
+                # The answers to what was sent are still on their way (a close now would
+                # drop them): leave once the node has been quiet a moment, 2 s at most.
+                deadline = time.monotonic() + 2.0
+                while time.monotonic() < deadline:
+                    heard.clear()
+                    try:
+                        await asyncio.wait_for(heard.wait(), QUIET_S)
+                    except TimeoutError:
+                        break  # quiet: everything sent has been answered
                 _note("end of input: disconnecting")
                 leaving.set()
                 await ws.close()
@@ -177,9 +191,12 @@ async def _session(
         async for msg in ws:
             if msg.type != aiohttp.WSMsgType.TEXT:
                 continue
+            heard.set()
             frame = json.loads(msg.data)
             if frame.get("t") != "pong":
                 _show("<", frame)
+            if frame.get("t") == "welcome":
+                welcomed.set()
             if frame.get("t") == "reconnect":
                 return "reconnect", float(frame.get("after_ms", 0)) / 1000 + random.uniform(0, 0.5)
         if leaving.is_set():

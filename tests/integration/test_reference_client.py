@@ -85,3 +85,20 @@ async def test_a_refusal_is_waited_out_for_its_retry_after() -> None:
         await client.wait()
     assert first.startswith("# scheduler: HTTP 503: no access node can take this client"), first
     assert first.rstrip().endswith("again in 2.0s"), first
+
+
+@pytest.mark.timeout(60)
+async def test_piped_input_waits_for_the_welcome() -> None:
+    """Input that is all there at once (a pipe, a script) goes out only after the node's
+    welcome, and the answers come back before the client leaves."""
+    settings = cluster_settings(nodes=1)
+    async with LocalCluster(settings, scheduler=True):
+        client = await connect(f"http://127.0.0.1:{settings.scheduler.port}")
+        out, err = await asyncio.wait_for(client.communicate(b'{"t": "echo", "body": "hi"}\n'), 30)
+    text = out.decode()
+    assert client.returncode == 0, (text, err)
+    lines = text.splitlines()
+    welcome = next(i for i, line in enumerate(lines) if line.startswith('< {"t": "welcome"'))
+    sent = lines.index('> {"t": "echo", "body": "hi"}')
+    assert welcome < sent, lines
+    assert '< {"t": "echo", "body": "hi"}' in lines, lines
