@@ -202,10 +202,14 @@ def user_id(text: str) -> str:
 
 
 def positive_count(text: str) -> int:
-    # isascii: str.isdigit() also takes digits int() refuses, such as "²".
-    if not (text.isascii() and text.isdigit() and len(text) <= 7 and 1 <= int(text) <= 10**6):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to 1000000")
-    return int(text)
+    from control.scheduler.request import EVENTS_COUNT_MAX, event_count
+
+    count = event_count(text)
+    if count is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number from 1 to {EVENTS_COUNT_MAX}"
+        )
+    return count
 
 
 def parse_duration(text: str) -> float:

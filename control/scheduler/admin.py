@@ -18,7 +18,12 @@ from control.common.registry import DRAIN_DEFAULT_S, DRAIN_MAX_S, drain_prefix, 
 from control.gray.model import UserContext
 from control.presence.model import PresenceEvent
 from control.scheduler.pipeline import explain_decision, load
-from control.scheduler.request import UID_RE, parse_endpoint_query
+from control.scheduler.request import (
+    EVENTS_COUNT_MAX,
+    UID_RE,
+    event_count,
+    parse_endpoint_query,
+)
 from control.scheduler.state import ENGINE, KV, METRICS, PRESENCE, SETTINGS, STATE, require
 from control.settings import Settings
 
@@ -152,7 +157,6 @@ async def explain_endpoint(request: web.Request) -> web.Response:
 
 EVENTS_KEEPALIVE_S = 10.0  # a blank line this often keeps proxies from dropping a quiet tail
 EVENTS_CHECK_S = 1.0  # how soon a tail whose reader left gives up its place
-EVENTS_COUNT_MAX = 1_000_000
 
 
 def _event_line(event: PresenceEvent) -> bytes:
@@ -170,9 +174,8 @@ async def presence_events(request: web.Request) -> web.StreamResponse:
     raw_count = request.query.get("count")
     count = None
     if raw_count is not None:
-        digits = raw_count.isascii() and raw_count.isdigit()  # "²" is a digit int() refuses
-        count = int(raw_count) if digits and len(raw_count) <= 7 else 0
-        if not 1 <= count <= EVENTS_COUNT_MAX:
+        count = event_count(raw_count)
+        if count is None:
             message = f"count: a whole number from 1 to {EVENTS_COUNT_MAX}"
             return json_error(400, "bad_request", message, field="count")
     presence = request.app[PRESENCE]
