@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from collections import OrderedDict
@@ -15,6 +16,11 @@ def client_key(ip: str | None) -> str:
         return "unknown"
     if ":" not in ip:
         return ip  # IPv4: the common case, kept cheap
+    return _ipv6_key(ip)
+
+
+@functools.lru_cache(maxsize=65_536)  # parsing an IPv6 address costs a request a few us
+def _ipv6_key(ip: str) -> str:
     try:
         address = ipaddress.IPv6Address(ip.partition("%")[0])
     except ValueError:
