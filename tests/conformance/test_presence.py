@@ -81,6 +81,28 @@ async def test_touch_keeps_and_sweep_expires(presence: PresenceCluster) -> None:
     assert (await presence.counts()).total == 1
 
 
+async def test_touch_big_batch_names_exactly_the_missing(presence: PresenceCluster) -> None:
+    """Thousands of heartbeats in one batch (several chunks in a shard's script) with gone
+    entries scattered through it, then the same batch again at the same instant: the
+    missing ones are named every time, and the live ones never are."""
+    now = [2_000_000.0]
+    presence.clock = lambda: now[0]
+    live = [(f"b{i}", "phone", f"c{i}") for i in range(2_500)]
+    for start in range(0, len(live), 500):
+        await asyncio.gather(
+            *(presence.online(entry(u, conn=c)) for u, _, c in live[start : start + 500])
+        )
+    gone = [(f"gone{i}", "phone", f"g{i}") for i in range(0, 2_500, 401)]
+    batch = live[:1_200] + gone[:3] + live[1_200:] + gone[3:]
+    now[0] += 10
+    assert sorted(await presence.touch(batch)) == sorted(gone)
+    # Same deadline again: the scores do not change, which must not read as "missing".
+    assert sorted(await presence.touch(batch)) == sorted(gone)
+    now[0] += 25  # 25 s after the heartbeats, 35 s after the logins: all still live
+    assert await presence.sweep() == []
+    assert (await presence.counts()).total == len(live)
+
+
 async def test_heartbeat_after_offline_does_not_resurrect(presence: PresenceCluster) -> None:
     await presence.online(entry("alice", conn="c1"))
     await presence.offline("alice", "phone", "c1")

@@ -153,3 +153,24 @@ async def test_event_follower_rides_out_a_shard_restart(tmp_path: Path) -> None:
     finally:
         await cluster.close()
         redis.stop()
+
+
+async def test_heartbeats_reload_a_script_the_shard_forgot(
+    redis_servers: list[RedisServer],
+) -> None:
+    """Heartbeats go out as packed EVALSHA commands: a shard that lost its scripts (SCRIPT
+    FLUSH, as after a restart) answers NOSCRIPT, and the batch is loaded and sent again
+    instead of failing as "shard unavailable"."""
+    prefix = f"ns{time.monotonic_ns()}:"
+    cluster = build_cluster([("s0", redis_servers[0].url, 1)], "redis", 90, key_prefix=prefix)
+    try:
+        await cluster.online(Presence("alice", "d", "n1", "c1"))
+        raw = aioredis.Redis.from_url(redis_servers[0].url)
+        await raw.script_flush()
+        missing = await cluster.touch([("alice", "d", "c1"), ("bob", "d", "c2")])
+        assert missing == [("bob", "d", "c2")]
+        deadline = await raw.zscore(f"{prefix}exp", "alice\x1fd\x1fc1")
+        await raw.aclose()
+        assert deadline is not None and deadline > (time.time() + 80) * 1000
+    finally:
+        await cluster.close()
