@@ -2,6 +2,12 @@
 real Redis): time until ``push`` returns (every node has written the frames) and until the
 last client has read its frame (three client processes).
 
+Baseline, in the same run: three bare aiohttp WebSocket servers (``load/bare_ws_server.py
+--push``) holding the same sockets for the same client processes, each told at once to
+write one frame to every socket it holds: the fan-out with nothing of imctl in it (no
+lookup, no uid lists, no authentication), which is what this machine's kernel and two
+cores allow.
+
     python -m load.bench_push [--members 10000] [--runs 5]
 """
 
@@ -71,14 +77,23 @@ def start_cluster(
         wait_port(p, 30)
     uids = [f"g{i}" for i in range(members)]
     exp = int(time.time()) + 3600
-    clients = []
-    for k, node in enumerate(NODES):
-        mine = [u for i, u in enumerate(uids) if i % 3 == k]
-        urls = [
-            f"ws://127.0.0.1:{ports[node]}/ws?ticket={KEYS.sign(u, 'd', node, exp)}" for u in mine
+    urls = {
+        node: [
+            f"ws://127.0.0.1:{ports[node]}/ws?ticket={KEYS.sign(u, 'd', node, exp)}"
+            for i, u in enumerate(uids)
+            if i % 3 == k
         ]
+        for k, node in enumerate(NODES)
+    }
+    return nodes, start_clients(tmp, urls), ports, uids
+
+
+def start_clients(tmp: Path, urls: dict[str, list[str]]) -> list[subprocess.Popen[str]]:
+    """One client process per node, each holding its sockets; returns once all are open."""
+    clients = []
+    for node, mine in urls.items():
         f = tmp / f"urls-{node}.json"
-        f.write_text(json.dumps(urls))
+        f.write_text(json.dumps(mine))
         clients.append(
             subprocess.Popen(
                 [sys.executable, "-m", "load.push_clients", str(f)],
@@ -88,7 +103,59 @@ def start_cluster(
         )
     for c in clients:
         json.loads(c.stdout.readline())  # type: ignore[union-attr]  # "ready"
-    return nodes, clients, ports, uids
+    return clients
+
+
+async def last_read(clients: list[subprocess.Popen[str]]) -> tuple[float, int]:
+    """When the last client read its frame (epoch seconds), and how many frames were read."""
+    loop = asyncio.get_running_loop()
+    reports = await asyncio.gather(
+        *(loop.run_in_executor(None, c.stdout.readline) for c in clients)  # type: ignore[union-attr]
+    )
+    found = [json.loads(r) for r in reports]
+    return max(f["last"] for f in found), sum(f["received"] for f in found)
+
+
+def bare_run(tmp: Path, members: int) -> dict[str, float]:
+    """The baseline: the same fan-out from three bare servers, started and stopped here."""
+    ports = {n: free_port() for n in NODES}
+    servers = [
+        subprocess.Popen([sys.executable, "-m", "load.bare_ws_server", str(p), "--push"])
+        for p in ports.values()
+    ]
+    clients: list[subprocess.Popen[str]] = []
+    try:
+        for p in ports.values():
+            wait_port(p, 30)
+        urls = {
+            node: [f"ws://127.0.0.1:{ports[node]}/ws"] * len(range(k, members, len(NODES)))
+            for k, node in enumerate(NODES)
+        }
+        clients = start_clients(tmp, urls)
+
+        async def fan_out() -> dict[str, float]:
+            async with aiohttp.ClientSession() as http:
+                await asyncio.sleep(1)
+                started = time.time()
+                written = await asyncio.gather(*(push_bare(http, port) for port in ports.values()))
+                last, received = await last_read(clients)
+            return {
+                "last_client_read_ms": (last - started) * 1000,
+                "written": sum(written),
+                "received": received,
+            }
+
+        return asyncio.run(fan_out())
+    finally:
+        for p in [*clients, *servers]:
+            p.terminate()
+            p.wait(30)
+
+
+async def push_bare(http: aiohttp.ClientSession, port: int) -> int:
+    payload = json.dumps({"t": "bench", "body": "x" * 64}).encode()
+    async with http.post(f"http://127.0.0.1:{port}/push", data=payload) as resp:
+        return int((await resp.json())["written"])
 
 
 async def measure(
@@ -112,14 +179,7 @@ async def measure(
         started = time.time()
         result = await pusher.push(uids, {"t": "bench", "body": "x" * 64})
         returned = time.time()
-        loop = asyncio.get_running_loop()
-        reports = await asyncio.gather(
-            *(
-                loop.run_in_executor(None, c.stdout.readline)
-                for c in clients  # type: ignore[union-attr]
-            )
-        )
-        last = max(json.loads(r)["last"] for r in reports)
+        last, received = await last_read(clients)
         # Each node's time writing the frame to its recipients (this run's only push).
         async with aiohttp.ClientSession() as http:
             writes = {}
@@ -141,7 +201,7 @@ async def measure(
             "offline": len(result.offline),
             "push_returned_ms": (returned - started) * 1000,
             "last_client_read_ms": (last - started) * 1000,
-            "received": sum(json.loads(r)["received"] for r in reports),
+            "received": received,
         }
     finally:
         await pusher.close()
@@ -154,7 +214,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     all_runs = []
+    bare_runs = []
     for _ in range(args.runs):
+        bare_runs.append(bare_run(Path(tempfile.mkdtemp(prefix="imctl-bench-")), args.members))
         tmp = Path(tempfile.mkdtemp(prefix="imctl-bench-"))
         redis = [RedisServer(tmp / f"r{i}") for i in range(2)]
         for r in redis:
@@ -175,11 +237,20 @@ def main() -> None:
                 "members": args.members,
                 "nodes": len(NODES),
                 "runs": all_runs,
+                "bare_runs": bare_runs,
                 "median_push_returned_ms": statistics.median(
                     r["push_returned_ms"] for r in all_runs
                 ),
                 "median_last_client_read_ms": statistics.median(
                     r["last_client_read_ms"] for r in all_runs
+                ),
+                "bare_median_last_client_read_ms": statistics.median(
+                    r["last_client_read_ms"] for r in bare_runs
+                ),
+                # Each imctl run over the bare run just before it (the machine's speed drifts).
+                "median_pair_ratio": statistics.median(
+                    i["last_client_read_ms"] / b["last_client_read_ms"]
+                    for i, b in zip(all_runs, bare_runs, strict=True)
                 ),
                 # Where the time goes: the lookup before any node is asked, and the slowest
                 # node's write loop (nodes and client processes share the cores meanwhile).

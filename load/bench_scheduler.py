@@ -4,7 +4,9 @@ releases, against a bare aiohttp JSON handler, both measured in the same run by 
     python -m load.bench_scheduler [--runs 5] [--duration 8] [--connections 16]
 
 Each server is its own process (one core of the two), wrk runs with one thread on loopback;
-runs alternate between the two servers and the medians are reported.
+runs alternate between the servers and the medians are reported. A third server, the
+scheduler with its decision taken out (``load/answerless_scheduler.py``), splits imctl's
+cost per request into aiohttp's path through the scheduler's app and the decision.
 """
 
 from __future__ import annotations
@@ -154,20 +156,33 @@ def main() -> None:
         stderr=subprocess.DEVNULL,
     )
     bare = subprocess.Popen([sys.executable, "-m", "load.bare_server", str(bport)], env=env)
+    aport = free_port()
+    acfg = tmp / "answerless.yaml"
+    acfg.write_text(yaml.safe_dump(scheduler_config(aport)))
+    answerless = subprocess.Popen(
+        [sys.executable, "-m", "load.answerless_scheduler", str(acfg)],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
+    servers = {"bare": (bport, bare), "imctl": (sport, sched), "answerless": (aport, answerless)}
     try:
-        wait_port(sport, 30)
-        wait_port(bport, 30)
+        for port, _ in servers.values():
+            wait_port(port, 30)
         time.sleep(0.5)
-        results: dict[str, list[dict[str, float]]] = {"imctl": [], "bare": []}
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
         for _ in range(args.runs):
-            results["bare"].append(
-                wrk(f"http://127.0.0.1:{bport}", args.duration, args.connections, script, bare.pid)
-            )
-            results["imctl"].append(
-                wrk(f"http://127.0.0.1:{sport}", args.duration, args.connections, script, sched.pid)
-            )
+            for name, (port, proc) in servers.items():
+                results[name].append(
+                    wrk(
+                        f"http://127.0.0.1:{port}",
+                        args.duration,
+                        args.connections,
+                        script,
+                        proc.pid,
+                    )
+                )
     finally:
-        for p in (sched, bare):
+        for _, p in servers.values():
             p.terminate()
             p.wait(10)
     med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in results.items()}
@@ -196,6 +211,16 @@ def main() -> None:
                 # requests one core serves per request of ours.
                 "ratio_cpu": round(
                     med["bare"]["cpu_us_per_request"] / med["imctl"]["cpu_us_per_request"], 3
+                ),
+                # imctl's CPU per request beyond aiohttp's path through the same app, and
+                # what it may cost for imctl to reach 70 % of the bare handler's rate.
+                "decision_cpu_us": round(
+                    med["imctl"]["cpu_us_per_request"] - med["answerless"]["cpu_us_per_request"], 1
+                ),
+                "decision_budget_cpu_us_at_0.70": round(
+                    med["bare"]["cpu_us_per_request"] / 0.7
+                    - med["answerless"]["cpu_us_per_request"],
+                    1,
                 ),
                 "all_runs": results,
             },
