@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 LOGIN_BATCH = 500
 SCRIPTS = ("online", "touch", "offline", "set_status", "sweep", "evict_node")
 MGET_CHUNK = 5_000  # keys per MGET: bounds one command's time on the shard
+TOUCH_CHUNK = 5_000  # heartbeats per script call, for the same reason
 
 
 def _load(name: str) -> str:
@@ -81,21 +82,26 @@ class RedisShard(ShardStore):
         except RedisError as exc:
             raise self._unavailable(exc) from exc
 
-    async def _run_packed(self, name: str, keys: Sequence[str], args: Sequence[str]) -> Any:
-        """A script with thousands of arguments, packed by hiredis; loaded again when the
-        shard forgot it (a restart)."""
+    async def _run_packed(
+        self, name: str, keys: Sequence[str], arg_chunks: Sequence[Sequence[str]]
+    ) -> list[Any]:
+        """One script call per chunk of arguments, packed by hiredis and pipelined; all sent
+        again once the script is loaded when the shard forgot it (a restart), so the
+        script must be safe to run twice."""
         script = self._scripts[name]
-        command = hiredis.pack_command(  # its stub types the argument tuple as one element
-            ("EVALSHA", script.sha, str(len(keys)), *keys, *args)  # type: ignore[arg-type]
+        head = ("EVALSHA", script.sha, str(len(keys)), *keys)
+        command = b"".join(
+            hiredis.pack_command((*head, *args))  # type: ignore[arg-type]  # stub: one element
+            for args in arg_chunks
         )
         try:
-            return (await self._packed(command, 1))[0]
+            return await self._packed(command, len(arg_chunks))
         except NoScriptError:
             try:
                 await self.redis.script_load(script.script)
             except RedisError as exc:
                 raise self._unavailable(exc) from exc
-            return (await self._packed(command, 1))[0]
+            return await self._packed(command, len(arg_chunks))
 
     async def online(self, p: Presence, deadline_ms: int, now: float) -> Presence | None:
         """Logins that arrive in the same loop iteration go to Redis in one script call:
@@ -134,7 +140,10 @@ class RedisShard(ShardStore):
         # walks arguments in Python, which for a batch of thousands cost more than Redis.
         args = [str(deadline_ms)] * (2 * len(members))
         args[1::2] = members
-        return list(await self._run_packed("touch", (self.k_exp,), args))
+        step = 2 * TOUCH_CHUNK
+        chunks = [args[i : i + step] for i in range(0, len(args), step)]
+        replies = await self._run_packed("touch", (self.k_exp,), chunks)
+        return list(chain.from_iterable(replies))
 
     async def offline(self, uid: str, device: str, conn: str, reason: str, now: float) -> bool:
         done = await self._run(

@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from control.common.errors import BackendUnavailable
+from control.presence import redis_store
 from control.presence.cluster import build_cluster
 from control.presence.model import Presence
 from tests.cluster import LocalCluster, cluster_settings
@@ -156,21 +157,31 @@ async def test_event_follower_rides_out_a_shard_restart(tmp_path: Path) -> None:
 
 
 async def test_heartbeats_reload_a_script_the_shard_forgot(
-    redis_servers: list[RedisServer],
+    redis_servers: list[RedisServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Heartbeats go out as packed EVALSHA commands: a shard that lost its scripts (SCRIPT
-    FLUSH, as after a restart) answers NOSCRIPT, and the batch is loaded and sent again
-    instead of failing as "shard unavailable"."""
+    """Heartbeats go out as packed EVALSHA commands, several pipelined for a big batch: a
+    shard that lost its scripts (SCRIPT FLUSH, as after a restart) answers NOSCRIPT to the
+    first, and the whole batch is sent again once the script is loaded, instead of failing
+    as "shard unavailable". Missing entries are named from every chunk."""
+    monkeypatch.setattr(redis_store, "TOUCH_CHUNK", 100)
     prefix = f"ns{time.monotonic_ns()}:"
     cluster = build_cluster([("s0", redis_servers[0].url, 1)], "redis", 90, key_prefix=prefix)
     try:
-        await cluster.online(Presence("alice", "d", "n1", "c1"))
+        live = [(f"u{i}", "d", f"c{i}") for i in range(450)]
+        await asyncio.gather(*(cluster.online(Presence(u, d, "n1", c)) for u, d, c in live))
+        gone = [(f"gone{i}", "d", f"g{i}") for i in range(5)]
+        batch = live[:150] + gone[:2] + live[150:] + gone[2:]  # five chunks, gaps in two
         raw = aioredis.Redis.from_url(redis_servers[0].url)
         await raw.script_flush()
-        missing = await cluster.touch([("alice", "d", "c1"), ("bob", "d", "c2")])
-        assert missing == [("bob", "d", "c2")]
-        deadline = await raw.zscore(f"{prefix}exp", "alice\x1fd\x1fc1")
+        await raw.config_resetstat()
+        assert sorted(await cluster.touch(batch)) == sorted(gone)
+        stats = await raw.info("commandstats")
+        # One ZADD per chunk; a ZMSCORE only where a chunk held someone gone.
+        assert stats["cmdstat_zadd"]["calls"] == 5
+        assert stats["cmdstat_zmscore"]["calls"] == 2
+        deadlines = await raw.zmscore(f"{prefix}exp", [f"{u}\x1f{d}\x1f{c}" for u, d, c in live])
         await raw.aclose()
-        assert deadline is not None and deadline > (time.time() + 80) * 1000
+        floor = (time.time() + 80) * 1000
+        assert all(d is not None and d > floor for d in deadlines)
     finally:
         await cluster.close()
