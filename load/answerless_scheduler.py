@@ -10,6 +10,7 @@ placement, three tickets, the answer).
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 
 from aiohttp import web
@@ -17,17 +18,10 @@ from aiohttp import web
 from control.launch import run_scheduler
 from control.scheduler.service import JSON, EndpointHandler
 from control.settings import load_settings
+from load.bare_server import ANSWER
 
-# The size of a real answer: three ~190-character tickets, two fallbacks.
-_TICKET = "v1." + "x" * 140 + "." + "y" * 43
-BODY = (
-    '{"node":"node-0001","endpoint":"ws://10.0.0.1:9000/ws","region":"r1","track":"stable",'
-    f'"ticket":"{_TICKET}","expires_in":60,"fallbacks":['
-    f'{{"node":"node-0002","endpoint":"ws://10.0.0.2:9000/ws","ticket":"{_TICKET}"}},'
-    f'{{"node":"node-0003","endpoint":"ws://10.0.0.3:9000/ws","ticket":"{_TICKET}"}}],'
-    '"heartbeat":{"interval_s":30.0,"timeout_s":90.0},'
-    '"backoff":{"base_s":1.0,"factor":2.0,"jitter":0.5,"max_s":60.0}}'
-).encode()
+# The bare baseline's answer, compact as imctl writes it: a real answer's shape and size.
+BODY = json.dumps(ANSWER, separators=(",", ":")).encode()
 
 
 def answer(self: EndpointHandler, request: web.Request) -> web.Response:

@@ -153,7 +153,8 @@ def bare_run(tmp: Path, members: int) -> dict[str, float]:
 
 
 async def push_bare(http: aiohttp.ClientSession, port: int) -> int:
-    payload = json.dumps({"t": "bench", "body": "x" * 64}).encode()
+    # The frame imctl pushes: protocol.dumps writes compact JSON.
+    payload = json.dumps({"t": "bench", "body": "x" * 64}, separators=(",", ":")).encode()
     async with http.post(f"http://127.0.0.1:{port}/push", data=payload) as resp:
         return int((await resp.json())["written"])
 
