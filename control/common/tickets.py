@@ -114,8 +114,14 @@ class TicketKeys:
             raise TicketError("malformed ticket")
         head = f"{parts[0]}.{parts[1]}"
         try:
-            payload = json.loads(_unb64(parts[1]))
+            raw = _unb64(parts[1])
             mac = _unb64(parts[2])
+            # Only the canonical encoding is the ticket: base64 decoders forgive stray
+            # padding and the low bits of the last character, so "...A" and "...B" could
+            # both verify as one ticket (a second spelling defeats any replay cache).
+            if _b64(raw) != parts[1] or _b64(mac) != parts[2]:
+                raise ValueError("not canonical base64url")
+            payload = json.loads(raw)
         except (binascii.Error, ValueError, RecursionError):  # as BAD_JSON, and bad base64
             raise TicketError("malformed ticket") from None
         if not isinstance(payload, dict):

@@ -26,7 +26,8 @@ ReleaseState = Literal["draft", "running", "paused", "promoted", "rolled_back"]
 ROUTING_STATES = frozenset({"running", "paused"})
 FENCING_STATES = frozenset({"running", "paused", "rolled_back"})
 
-_VERSION_RE = re.compile(r"\d{1,9}(\.\d{1,9}){0,3}")
+# ASCII digits only: \d also takes other scripts' digits (U+0661), which int() reads.
+_VERSION_RE = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9}){0,3}")
 _RANGE_RE = re.compile(r"\s*(>=|<=|==|!=|>|<|=)?\s*([0-9.]+)\s*")
 NAME_PATTERN = r"[a-z0-9][a-z0-9-]{0,62}"
 

@@ -80,7 +80,9 @@ def parse_endpoint_query(raw_query: str, regions: Collection[str]) -> EndpointQu
     device = _required(q, "device")
     if not DEVICE_RE.fullmatch(device):
         raise BadRequest("device", "1-64 characters: letters, digits and _ . : -")
-    platform = _required(q, "platform").lower()
+    platform = _required(q, "platform")
+    # ASCII before lowering: "\u212a" (Kelvin sign) lowers to a plain "k".
+    platform = platform.lower() if platform.isascii() else ""
     if not PLATFORM_RE.fullmatch(platform):
         raise BadRequest("platform", "1-32 characters: a letter, then letters, digits, _ or -")
     version = _version(_required(q, "version"))

@@ -40,6 +40,22 @@ def test_endpoint_query_parses_or_names_a_field(raw: str) -> None:
         assert q.uid and q.device and q.platform
 
 
+def test_endpoint_query_takes_ascii_names_only() -> None:
+    ok = "uid=a&device=d&version=1.2.3"
+    assert parse_endpoint_query(ok + "&platform=IOS", set()).platform == "ios"
+    # The Kelvin sign lowers to a plain "k"; an Arabic-Indic digit reads as a version digit.
+    for bad, field in (
+        ("uid=a&device=d&version=1.2.3&platform=\u212a", "platform"),
+        ("uid=a&device=d&platform=ios&version=\u0661.2.3", "version"),
+    ):
+        try:
+            parse_endpoint_query(bad, set())
+        except BadRequest as exc:
+            assert exc.field == field
+        else:
+            raise AssertionError(f"{bad!r} was taken")
+
+
 @given(query_strings())
 def test_ws_query_never_raises(raw: str) -> None:
     assert isinstance(_query(raw), dict)

@@ -208,6 +208,8 @@ def test_explain_names_each_reason() -> None:
         ("", False),
         ("1..2", False),
         ("1.2-beta", False),
+        ("\u0661.2.3", False),  # Arabic-Indic one: int() reads it, no client sends it
+        ("1.\uff12", False),  # fullwidth two
     ],
 )
 def test_version_parse(text: str, ok: bool) -> None:

@@ -58,3 +58,33 @@ def test_expired_other_node_unknown_key() -> None:
     forged = TicketKeys({"k2": b"not-the-real-secret!!"}, "k2").sign("a", "d", "n1", 2000)
     with pytest.raises(TicketError, match="bad signature"):
         KEYS.verify(forged, "n1", now=1000)
+
+
+_B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def _same_bytes_spellings(part: str) -> list[str]:
+    """Other spellings of a base64url part that lenient decoders read as the same bytes:
+    padding added, and the unused low bits of the last character set differently."""
+    out = [part + "=", part + "=" * (-len(part) % 4 or 4)]
+    unused = {2: 4, 3: 2}.get(len(part) % 4, 0)  # bits of the last character not decoded
+    last = _B64URL.index(part[-1])
+    for low in range(1, 1 << unused):
+        out.append(part[:-1] + _B64URL[(last & ~((1 << unused) - 1)) | low])
+    return out
+
+
+@pytest.mark.parametrize("which", [1, 2])
+def test_only_the_canonical_spelling_verifies(which: int) -> None:
+    token = KEYS.sign("alice", "phone", "n1", exp=2000)
+    parts = token.split(".")
+    variants = _same_bytes_spellings(parts[which])
+    assert variants  # the MAC (43 chars) always has unused bits; payloads mostly do
+    for variant in variants:
+        forged = parts.copy()
+        forged[which] = variant
+        assert base64.urlsafe_b64decode(variant + "==") == base64.urlsafe_b64decode(
+            parts[which] + "=="
+        )
+        with pytest.raises(TicketError, match="malformed ticket"):
+            KEYS.verify(".".join(forged), "n1", now=1000)
