@@ -23,6 +23,7 @@ from control.common.errors import ConfigError
 from control.common.geoip import CONTINENT, GeoDatabase, GeoError
 from control.common.registry import NodeRecord, PreservationPolicy
 from control.common.schema import build, register_converter, setting
+from control.common.secrets import weakness
 from control.common.tickets import TicketKeys
 from control.gray.model import Release
 
@@ -437,6 +438,23 @@ class Settings:
         "text", "text for people, json (one object a line) for log shippers"
     )
 
+    def listeners(self) -> list[tuple[str, str]]:
+        """Every address a process of this config listens on, with its key path."""
+        out = [("scheduler.host", self.scheduler.host), ("controller.host", self.controller.host)]
+        out += [(f"access.nodes[{i}].host", n.host) for i, n in enumerate(self.access.nodes)]
+        return out
+
+    def secrets(self) -> list[tuple[str, str]]:
+        """Every secret in the config, with its key path (never logged)."""
+        out = [(f"tickets.keys.{kid}", key) for kid, key in self.tickets.keys.items()]
+        out.append(("access.internal_token", self.access.internal_token))
+        out += [(f"admin.tokens[{i}].token", t.token) for i, t in enumerate(self.admin.tokens)]
+        return out
+
+    def exposed(self) -> list[tuple[str, str]]:
+        """The listeners others could reach (not on loopback)."""
+        return [(path, host) for path, host in self.listeners() if not _is_loopback(host)]
+
     def check(self, path: str) -> list[str]:
         problems = []
         host = self.scheduler.host
@@ -444,6 +462,14 @@ class Settings:
             problems.append(
                 f"admin.tokens: required when scheduler.host ({host}) is not a loopback address"
             )
+        exposed = self.exposed()
+        if exposed:
+            # Built-in and placeholder secrets are for a cluster on one machine only.
+            where = f"{exposed[0][0]} is {exposed[0][1]}, not loopback"
+            for key, secret in self.secrets():
+                why = weakness(secret) if isinstance(secret, str) else None
+                if why is not None:
+                    problems.append(f"{key}: {why} ({where})")
         known = set(self.regions.known or ())
         for i, node in enumerate(self.registry.static_nodes or ()):
             if node.region and node.region not in known:
