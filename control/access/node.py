@@ -4,7 +4,6 @@ kicks and the internal push endpoint. This module is the node's IO edge."""
 from __future__ import annotations
 
 import asyncio
-import hmac
 import itertools
 import json
 import logging
@@ -27,6 +26,7 @@ from prometheus_client import (
 from control.access import protocol
 from control.access.core import CoreContext, MessageCore, load_core
 from control.access.push import Pusher
+from control.common.auth import bearer, same_secret
 from control.common.errors import (
     BAD_JSON,
     BackendUnavailable,
@@ -669,10 +669,8 @@ class AccessNode:
 
     # -- internal API ------------------------------------------------------------------------
     def _authorized(self, request: web.Request) -> bool:
-        presented = request.headers.get("Authorization", "")
-        expected = f"Bearer {self.access.internal_token}"
-        # surrogateescape: header bytes that are not UTF-8 compare as the bytes they were.
-        return hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), expected.encode())
+        presented = bearer(request.headers.get("Authorization"))
+        return presented is not None and same_secret(presented, self.access.internal_token)
 
     async def _json_body(self, request: web.Request) -> dict[str, Any] | web.Response:
         if not self._authorized(request):

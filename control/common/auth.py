@@ -1,4 +1,5 @@
-"""Bearer tokens with roles for admin APIs: viewers read, operators change."""
+"""Bearer tokens with roles for admin APIs (viewers read, operators change), and the one
+constant-time secret check every HTTP surface uses."""
 
 from __future__ import annotations
 
@@ -9,6 +10,25 @@ from typing import Literal
 
 Role = Literal["viewer", "operator"]
 _RANK = {"viewer": 1, "operator": 2}
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The credential of an ``Authorization: Bearer <token>`` header (the scheme is
+    case-insensitive, RFC 7235); None when there is none."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+def same_secret(presented: str, expected: str) -> bool:
+    """Constant-time comparison of a presented secret with a configured one."""
+    # surrogateescape: header bytes that are not UTF-8 compare as the bytes they were.
+    return hmac.compare_digest(
+        presented.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape")
+    )
 
 
 @dataclass(frozen=True)
@@ -27,18 +47,21 @@ class TokenTable:
         """No tokens configured: every caller is an operator (loopback-only clusters)."""
         return not self.grants
 
+    def grant_of(self, token: str) -> Grant | None:
+        """The grant whose token this is; every grant is compared, so timing reveals
+        neither which one matched nor how much of one did."""
+        found: Grant | None = None
+        for grant in self.grants:
+            if same_secret(token, grant.token):
+                found = grant
+        return found
+
     def role_of(self, authorization: str | None) -> Role | None:
         if self.open:
             return "operator"
-        if not authorization or not authorization.startswith("Bearer "):
-            return None
-        # surrogateescape: header bytes that are not UTF-8 compare as the bytes they were.
-        presented = authorization[len("Bearer ") :].strip().encode("utf-8", "surrogateescape")
-        found: Role | None = None
-        for grant in self.grants:  # compare against all: timing reveals nothing
-            if hmac.compare_digest(grant.token.encode(), presented):
-                found = grant.role
-        return found
+        token = bearer(authorization)
+        grant = self.grant_of(token) if token is not None else None
+        return grant.role if grant is not None else None
 
     @staticmethod
     def allows(role: Role | None, needed: Role) -> bool:

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from control.common.auth import bearer
 from control.common.errors import BadRequest, NotJson, parse_json
 from control.common.ops import json_error
 from control.common.registry import DRAIN_DEFAULT_S, DRAIN_MAX_S, drain_prefix, drain_window
@@ -24,7 +25,7 @@ from control.scheduler.request import (
     event_count,
     parse_endpoint_query,
 )
-from control.scheduler.state import ENGINE, KV, METRICS, PRESENCE, SETTINGS, STATE, require
+from control.scheduler.state import ENGINE, GRANTS, KV, METRICS, PRESENCE, SETTINGS, STATE, require
 from control.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,10 @@ async def explain_endpoint(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     engine = request.app[ENGINE]
     try:
-        q = parse_endpoint_query(request.query_string, frozenset(settings.regions.known))
+        # The raw query, as /v1/endpoint reads it: request.query_string is decoded once
+        # already, and parsing decodes again (uid=a%252Bb would read as "a+b").
+        raw = request.raw_path.partition("?")[2].partition("#")[0]
+        q = parse_endpoint_query(raw, frozenset(settings.regions.known))
     except BadRequest as exc:
         return json_error(400, "bad_request", str(exc), field=exc.field)
     ip = request.query.get("ip")
@@ -276,12 +280,9 @@ async def undrain_node(request: web.Request) -> web.Response:
 
 
 def _who(request: web.Request) -> str:
-    table = request.app[SETTINGS].admin.grants()
-    header = request.headers.get("Authorization", "")
-    for grant in table.grants:
-        if header == f"Bearer {grant.token}":
-            return grant.name
-    return "anonymous (open admin API)"
+    token = bearer(request.headers.get("Authorization"))
+    grant = request.app[GRANTS].grant_of(token) if token is not None else None
+    return grant.name if grant is not None else "anonymous (open admin API)"
 
 
 def add_admin_routes(app: web.Application) -> None:

@@ -29,6 +29,7 @@ from control.scheduler.proximity import client_ip
 from control.scheduler.request import parse_endpoint_query
 from control.scheduler.state import (
     ENGINE,
+    GRANTS,
     KV,
     METRICS,
     PRESENCE,
@@ -163,6 +164,7 @@ def create_app(
         )
     state = SchedulerState()
     app[SETTINGS] = settings
+    app[GRANTS] = settings.admin.grants()
     app[ENGINE] = engine
     app[METRICS] = metrics
     app[STATE] = state

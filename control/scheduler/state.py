@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 
-from control.common.auth import Role, TokenTable
+from control.common.auth import Role, TokenTable, bearer
 from control.common.kv import KeyValueStore
 from control.common.metrics import LoopCounter, LoopHistogram
 from control.common.mirror import PrefixMirror
@@ -25,6 +25,7 @@ disable_created_metrics()  # the _created series only add noise to dashboards
 
 ENGINE = web.AppKey("engine", Engine)
 SETTINGS = web.AppKey("settings", Settings)
+GRANTS = web.AppKey("grants", TokenTable)  # built once from admin.tokens
 
 
 class SchedulerMetrics:
@@ -111,10 +112,13 @@ def require(role: Role) -> Callable[..., Any]:
     def wrap(handler: Handler) -> Any:
         @guarded
         async def checked(request: web.Request) -> web.StreamResponse:
-            table: TokenTable = request.app[SETTINGS].admin.grants()
-            granted = table.role_of(request.headers.get("Authorization"))
+            table: TokenTable = request.app[GRANTS]
+            header = request.headers.get("Authorization")
+            granted = table.role_of(header)
             if granted is None:
-                return json_error(401, "unauthorized", "a bearer token is required")
+                missing = bearer(header) is None
+                why = "a bearer token is required" if missing else "invalid token"
+                return json_error(401, "unauthorized", why)
             if not table.allows(granted, role):
                 return json_error(403, "forbidden", f"this needs the {role} role")
             return await handler(request)

@@ -428,3 +428,45 @@ async def test_cli_explain(client: TestClient) -> None:
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 1 and b"ip: not an IP address" in err, err
+
+
+async def test_explain_reads_the_query_as_the_endpoint_does(client: TestClient) -> None:
+    """``%252B`` is a literal ``%2B`` in the uid, which the uid rules refuse; decoded twice
+    it read as ``a+b`` and explained a user /v1/endpoint would never see."""
+    query = "uid=a%252Bb&device=phone-1&platform=ios&version=5.1.0"
+    endpoint = await client.get(f"/v1/endpoint?{query}")
+    explain = await client.get(f"/v1/explain?{query}")
+    assert endpoint.status == explain.status == 400
+    assert (await endpoint.json())["field"] == (await explain.json())["field"] == "uid"
+    ok = await client.get("/v1/explain?uid=a%2Bb&device=phone-1&platform=ios&version=5.1.0")
+    assert (await ok.json())["uid"] == "a+b"
+
+
+async def test_admin_bearer_scheme_and_messages(aiohttp_client: Any) -> None:
+    token = "viewer-token-0123456"
+    s = settings(admin={"tokens": [{"name": "g", "token": token, "role": "viewer"}]})
+    client = await aiohttp_client(create_app(s))
+    for scheme in ("Bearer", "bearer", "BEARER"):
+        resp = await client.get("/v1/nodes", headers={"Authorization": f"{scheme} {token}"})
+        assert resp.status == 200, scheme
+    cases = {
+        None: "a bearer token is required",
+        "Basic dXNlcjpwYXNz": "a bearer token is required",
+        "Bearer ": "a bearer token is required",
+        "Bearer wrong-token-0123456": "invalid token",
+        f"Bearer {token}x": "invalid token",
+    }
+    for header, message in cases.items():
+        headers = {"Authorization": header} if header is not None else {}
+        resp = await client.get("/v1/nodes", headers=headers)
+        assert resp.status == 401 and (await resp.json())["message"] == message, header
+
+
+async def test_drain_audit_names_the_grant(aiohttp_client: Any) -> None:
+    token = "operator-token-0123456"
+    s = settings(admin={"tokens": [{"name": "sre-ann", "token": token, "role": "operator"}]})
+    client = await aiohttp_client(create_app(s))
+    resp = await client.post(
+        "/v1/nodes/n1/drain", json={"over_s": 5}, headers={"Authorization": f"bearer {token}"}
+    )
+    assert resp.status == 200 and (await resp.json())["by"] == "sre-ann"
