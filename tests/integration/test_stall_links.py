@@ -17,10 +17,13 @@ from collections.abc import AsyncIterator, Callable, Mapping
 import aiohttp
 import pytest
 
+from control.common.errors import RevisionCompacted
 from control.common.kv import WatchEvent
 from control.common.kv.embedded import EmbeddedKV
+from control.common.kv.etcd import EtcdKV
 from control.common.mirror import PrefixMirror
 from tests.cluster import LocalCluster, cluster_settings
+from tests.servers import EtcdServer
 
 
 def drains_started(caplog: pytest.LogCaptureFixture) -> int:
@@ -166,3 +169,27 @@ async def test_an_unchanged_request_never_restarts_a_drain(
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+async def test_an_etcd_watch_on_compacted_history_raises_revision_compacted(
+    etcd_server: EtcdServer, prefix: str
+) -> None:
+    """The etcd watch speaks the Watch RPC itself (one stream per watch): compacted history
+    must still surface as RevisionCompacted, so a mirror re-lists."""
+    kv = EtcdKV([etcd_server.endpoint], timeout_s=2)
+    await kv.connect()
+    try:
+        first = await kv.put(f"{prefix}/a", b"1")
+        last = await kv.put(f"{prefix}/a", b"2")
+        await kv._client.compact(last)
+        with pytest.raises(RevisionCompacted):
+            async for _ in kv.watch(f"{prefix}/", first):
+                pass
+        events = kv.watch(f"{prefix}/", last + 1)
+        put = asyncio.ensure_future(kv.put(f"{prefix}/b", b"3"))
+        event = await asyncio.wait_for(anext(events), 5)
+        assert (event.kind, event.key, event.value) == ("put", f"{prefix}/b", b"3")
+        await put
+        await events.aclose()  # type: ignore[attr-defined]
+    finally:
+        await kv.close()

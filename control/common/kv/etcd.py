@@ -11,7 +11,12 @@ import aetcd
 import aetcd.exceptions as aetcd_errors
 from aetcd import rpc
 
-from control.common.errors import BackendUnavailable, LeaseNotFound, RevisionCompacted
+from control.common.errors import (
+    BackendUnavailable,
+    ImctlError,
+    LeaseNotFound,
+    RevisionCompacted,
+)
 from control.common.kv import Entry, KeyValueStore, WatchEvent
 
 log = logging.getLogger(__name__)
@@ -253,6 +258,10 @@ class EtcdKV(KeyValueStore):
             if exc.code() == rpc.StatusCode.UNAVAILABLE and endpoint == self.endpoint:
                 await self._failover()
             raise BackendUnavailable(f"etcd at {endpoint}: watch: {exc.details()}") from exc
+        except ImctlError:
+            raise
+        except Exception as exc:  # grpc surfaces other raw errors through the stream
+            raise BackendUnavailable(f"etcd at {endpoint}: watch: {exc!r}") from exc
         finally:
             call.cancel()
 
