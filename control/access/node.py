@@ -410,12 +410,14 @@ class AccessNode:
         if key != self._drain_key:
             return None
         try:
-            return DrainRequest.from_json(raw)
+            request = DrainRequest.from_json(raw)
         except ValueError as exc:
             if raw != self._drain_unreadable:
                 self._drain_unreadable = raw
                 log.warning("%s: ignoring the value at %s: %s", self.id, key, exc)
             return None
+        self._drain_unreadable = None  # a bad value written again later warns again
+        return request
 
     def start_drain(self, over_s: float, reason: str) -> asyncio.Task[None]:
         if self._drain_task is not None and not self._drain_task.done():
