@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import random
 import secrets
@@ -28,7 +27,6 @@ from control.access.core import CoreContext, MessageCore, load_core
 from control.access.push import Pusher
 from control.common.auth import bearer, same_secret
 from control.common.errors import (
-    BAD_JSON,
     BackendUnavailable,
     ImctlError,
     NotJson,
@@ -47,13 +45,11 @@ from control.common.ops import (
 )
 from control.common.ratelimit import TokenBuckets
 from control.common.registry import (
-    DRAIN_DEFAULT_S,
-    DRAIN_MAX_S,
+    DrainRequest,
     NodeRecord,
     Registration,
     Registry,
     drain_prefix,
-    drain_window,
 )
 from control.common.tasks import Supervisor, pause
 from control.presence.cluster import PresenceCluster
@@ -272,7 +268,12 @@ class AccessNode:
         self.supervisor = Supervisor(f"access:{self.id}")
         self.ready = asyncio.Event()
         self._drain_task: asyncio.Task[None] | None = None
-        self._drain_requested: Mapping[str, Any] | None = None
+        self._drain_requested: DrainRequest | None = None
+        self._drain_key = drain_prefix(settings.cluster.prefix) + self.id
+        self._drain_unreadable: bytes | None = None  # the value last warned about
+        self.drains = 0  # drains started, for any reason
+        self.peer_mirror: PrefixMirror[NodeRecord] | None = None
+        self.drain_mirror: PrefixMirror[DrainRequest] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self._missing_from_registry = False
@@ -388,30 +389,41 @@ class AccessNode:
             await self.sweep_idle_once()
 
     # -- drain -------------------------------------------------------------------------------
-    def on_drain_requests(self, requests: Mapping[str, Mapping[str, Any]]) -> None:
+    def on_drain_requests(self, requests: Mapping[str, DrainRequest]) -> None:
+        """Drain when a new request for this node appears, take clients again when it goes.
+
+        Requests are compared as parsed records: seeing the same request again (a
+        re-listing, a rewrite of the same value) never restarts a drain.
+        """
         wanted = requests.get(self.id)
-        if wanted is not None and wanted != self._drain_requested:
-            self._drain_requested = wanted
-            over = drain_window(wanted.get("over_s", DRAIN_DEFAULT_S))
-            if over is None:
-                # Written by hand, not through the admin API (which checks it): still drain.
-                log.warning(
-                    "%s: drain request over_s=%r is not 0-%d seconds; draining over %ss",
-                    self.id,
-                    wanted.get("over_s"),
-                    DRAIN_MAX_S,
-                    DRAIN_DEFAULT_S,
-                )
-                over = DRAIN_DEFAULT_S
-            self.start_drain(over, "drain")
-        elif wanted is None and self._drain_requested is not None:
-            self._drain_requested = None
+        if wanted == self._drain_requested:
+            return
+        self._drain_requested = wanted
+        if wanted is None:
             self.undrain()
+        else:
+            self.start_drain(wanted.over_s, "drain")
+
+    def _parse_drain(self, key: str, raw: bytes) -> DrainRequest | None:
+        """This node's drain request; None for other nodes' keys, and (with one warning per
+        value) for anything that is not a well-formed request."""
+        if key != self._drain_key:
+            return None
+        try:
+            request = DrainRequest.from_json(raw)
+        except ValueError as exc:
+            if raw != self._drain_unreadable:
+                self._drain_unreadable = raw
+                log.warning("%s: ignoring the value at %s: %s", self.id, key, exc)
+            return None
+        self._drain_unreadable = None  # a bad value written again later warns again
+        return request
 
     def start_drain(self, over_s: float, reason: str) -> asyncio.Task[None]:
         if self._drain_task is not None and not self._drain_task.done():
             self._drain_task.cancel()
         self._drain_task = asyncio.create_task(self.drain(over_s, reason), name="drain")
+        self.drains += 1
         return self._drain_task
 
     def undrain(self) -> None:
@@ -741,10 +753,11 @@ class AccessNode:
         drains = PrefixMirror(
             self.kv,
             drain_prefix(prefix),
-            _parse_json,
+            self._parse_drain,
             self.on_drain_requests,
             verify_s=self.settings.registry.verify_s,
         )
+        self.peer_mirror, self.drain_mirror = peers, drains
         sup = self.supervisor
         sup.spawn("lease", self.registration.run)
         sup.spawn("load-report", self._report_forever)
@@ -794,15 +807,6 @@ def _query(query_string: str) -> dict[str, str]:
         if name in ("ticket", "platform") and name not in out:
             out[name] = unquote_plus(value)
     return out
-
-
-def _parse_json(key: str, raw: bytes) -> Mapping[str, Any] | None:
-    try:
-        value = json.loads(raw)
-    except BAD_JSON:
-        log.warning("ignoring unreadable value at %s", key)
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _reason(code: int | None) -> str:

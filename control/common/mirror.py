@@ -2,7 +2,9 @@
 
 A broken stream resumes from the last revision seen; compacted history re-lists. Every
 ``verify_s`` a quiet watch is checked against a fresh listing, since a stream that ended
-silently would otherwise freeze the copy.
+silently would otherwise freeze the copy; a listing whose content differs from the copy is
+adopted whatever the revisions say. An event for a key outside the prefix (a misrouted
+stream) is dropped, counted, and ends the stream, which is then watched afresh.
 """
 
 from __future__ import annotations
@@ -10,14 +12,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 from control.common.errors import BackendUnavailable, ImctlError, RevisionCompacted
-from control.common.kv import KeyValueStore
+from control.common.kv import KeyValueStore, WatchEvent
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# A stream that breaks is retried after at most this long (the delay doubles from
+# ``retry_s`` up to it, jittered below it): a mirror follows etcd again within this of it
+# answering (after an outage the retry must not have backed off to many seconds).
+RETRY_MAX_S = 1.0
+
+
+class ForeignEvent(BackendUnavailable):
+    """A watch stream delivered an event for a key outside its prefix: it is misrouted."""
 
 
 class PrefixMirror(Generic[T]):
@@ -28,22 +40,40 @@ class PrefixMirror(Generic[T]):
         parse: Callable[[str, bytes], T | None],
         on_change: Callable[[Mapping[str, T]], None],
         verify_s: float = 10.0,
-        retry_s: float = 0.5,
+        retry_s: float = 0.25,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kv = kv
         self.prefix = prefix
         self.parse = parse
         self.on_change = on_change
         self.verify_s = verify_s
-        self.retry_s = retry_s
+        self.retry_s = min(retry_s, RETRY_MAX_S)
+        self.clock = clock
         self.items: dict[str, T] = {}
         self.revision = 0
         self.synced = asyncio.Event()
         self.resumes = 0
         self.relists = 0
+        self.foreign = 0  # events dropped for a key outside the prefix
+        self._foreign_logged_at: float | None = None
 
     def _name(self, key: str) -> str:
         return key[len(self.prefix) :]
+
+    def _drop_foreign(self, key: str) -> None:
+        """Count an event outside the prefix; log it at most once per ``verify_s``."""
+        self.foreign += 1
+        now = self.clock()
+        if self._foreign_logged_at is None or now - self._foreign_logged_at >= self.verify_s:
+            self._foreign_logged_at = now
+            log.warning(
+                "watch on %s delivered an event for %s (%d such so far); dropped it and "
+                "watching again",
+                self.prefix,
+                key,
+                self.foreign,
+            )
 
     async def _list(self) -> tuple[dict[str, T], int]:
         entries, revision = await self.kv.range(self.prefix)
@@ -62,7 +92,21 @@ class PrefixMirror(Generic[T]):
         self.synced.set()
 
     async def _consume(self) -> None:
-        async for event in self.kv.watch(self.prefix, self.revision + 1):
+        stream = self.kv.watch(self.prefix, self.revision + 1)
+        try:
+            await self._apply(stream)
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:  # end the stream now, not whenever it is collected
+                await aclose()
+
+    async def _apply(self, stream: AsyncIterator[WatchEvent]) -> None:
+        async for event in stream:
+            if not event.key.startswith(self.prefix):
+                # Never applied (the name would be cut from another prefix's key) nor
+                # allowed to move the revision; the stream cannot be trusted any more.
+                self._drop_foreign(event.key)
+                raise ForeignEvent(f"event for {event.key} on the watch of {self.prefix}")
             name = self._name(event.key)
             value = self.parse(event.key, event.value) if event.kind == "put" else None
             if value is None:
@@ -73,12 +117,20 @@ class PrefixMirror(Generic[T]):
             self.on_change(dict(self.items))
 
     async def verify_once(self) -> bool:
-        """True when the copy matches the store; otherwise adopt the listing."""
+        """True when the copy matches the store; otherwise adopt the listing.
+
+        Content decides, not revisions: a copy whose revision was pushed up by events it
+        should never have seen would otherwise never be corrected. A listing older than the
+        copy is harmless to adopt: the watch restarts from its revision and replays.
+        """
         items, revision = await self._list()
-        if items == self.items or revision <= self.revision:
+        if items == self.items:
             return True
         log.warning(
-            "watch on %s fell behind (rev %d < %d); re-listed", self.prefix, self.revision, revision
+            "watch on %s differs from a listing (copy rev %d, listing rev %d); re-listed",
+            self.prefix,
+            self.revision,
+            revision,
         )
         self.items, self.revision = items, revision
         self.on_change(dict(self.items))
@@ -106,8 +158,8 @@ class PrefixMirror(Generic[T]):
                         exc,
                         self.revision + 1,
                     )
-                    await asyncio.wait({stopped}, timeout=backoff * (0.5 + random.random()))
-                    backoff = min(backoff * 2, 5.0)
+                    await asyncio.wait({stopped}, timeout=backoff * (0.5 + random.random() / 2))
+                    backoff = min(backoff * 2, RETRY_MAX_S)
         finally:
             stopped.cancel()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -97,6 +98,46 @@ def drain_window(over_s: Any) -> float | None:
     if isinstance(over_s, bool) or not isinstance(over_s, (int, float)):
         return None
     return float(over_s) if 0 <= over_s <= DRAIN_MAX_S else None
+
+
+@dataclass(frozen=True, slots=True)
+class DrainRequest:
+    """An operator's request that a node drain: over how long, when, and by whom.
+
+    Only a whole, well-formed record is a request: anything else at a drain key (a value
+    written by hand, or a node record a misrouted watch delivered) must not drain a node.
+    """
+
+    over_s: float
+    at: float
+    by: str
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> DrainRequest:
+        """Parse a request; raises ValueError naming what is wrong."""
+        try:
+            data = json.loads(raw)
+        except RecursionError:
+            raise ValueError("drain request: nested too deep") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"drain request is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ValueError("drain request must be a JSON object")
+        missing = [name for name in ("over_s", "at", "by") if name not in data]
+        if missing:
+            raise ValueError(f"drain request: missing {', '.join(missing)}")
+        over = drain_window(data["over_s"])
+        if over is None:
+            raise ValueError(f"drain request: over_s must be 0-{DRAIN_MAX_S} seconds")
+        at = data["at"]
+        if isinstance(at, bool) or not isinstance(at, (int, float)) or not 0 <= at < math.inf:
+            raise ValueError("drain request: at must be a timestamp >= 0")
+        if not isinstance(data["by"], str):
+            raise ValueError("drain request: by must be a string")
+        return cls(over, float(at), data["by"])
 
 
 class Registry:

@@ -9,8 +9,14 @@ from typing import Any, TypeVar
 
 import aetcd
 import aetcd.exceptions as aetcd_errors
+from aetcd import rpc
 
-from control.common.errors import BackendUnavailable, LeaseNotFound, RevisionCompacted
+from control.common.errors import (
+    BackendUnavailable,
+    ImctlError,
+    LeaseNotFound,
+    RevisionCompacted,
+)
 from control.common.kv import Entry, KeyValueStore, WatchEvent
 
 log = logging.getLogger(__name__)
@@ -39,6 +45,18 @@ def _entry(kv: Any) -> Entry:
 
 _UNREACHABLE = (aetcd_errors.ConnectionFailedError, aetcd_errors.ConnectionTimeoutError)
 
+# gRPC's reconnect backoff grows to 120 s by default: after a 20 s etcd outage a client sat
+# 8-14 s idle with etcd serving again. Capped here, a broken channel tries again at least
+# every RECONNECT_MAX_S (+20 % gRPC jitter); callers retry every <= 1 s, so a node is back
+# within RECONNECT_MAX_S * 1.2 + 1 s < 2 s of etcd answering.
+RECONNECT_MAX_S = 0.5
+CHANNEL_OPTIONS: dict[str, int] = {
+    "grpc.initial_reconnect_backoff_ms": int(RECONNECT_MAX_S * 1000 / 2),
+    "grpc.max_reconnect_backoff_ms": int(RECONNECT_MAX_S * 1000),
+    # The shortest time a connection attempt is given (gRPC's default is 20 s).
+    "grpc.min_reconnect_backoff_ms": int(RECONNECT_MAX_S * 1000 * 2),
+}
+
 
 class EtcdKV(KeyValueStore):
     """etcd through aetcd. With several endpoints, a call that finds its member unreachable
@@ -63,7 +81,10 @@ class EtcdKV(KeyValueStore):
     def _make(self, endpoint: str) -> aetcd.Client:
         host, _, port = endpoint.rpartition(":")
         return aetcd.Client(
-            host=host or "127.0.0.1", port=int(port or 2379), timeout=self.timeout_s
+            host=host or "127.0.0.1",
+            port=int(port or 2379),
+            timeout=self.timeout_s,
+            options=dict(CHANNEL_OPTIONS),
         )
 
     async def _failover(self) -> None:
@@ -192,32 +213,63 @@ class EtcdKV(KeyValueStore):
                 raise
 
     async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
+        """One gRPC stream per watch, never shared and never reused.
+
+        aetcd multiplexes every watch of a client on one stream and pairs each "created"
+        reply with whichever create is pending: after a WatchTimeoutError (etcd stalled) a
+        late reply went to the next watch, which then got another prefix's events. Here a
+        stream carries exactly one watch and is cancelled whenever the watch ends, so a late
+        reply has nowhere to go.
+        """
         p = prefix.encode()
-        watch = await self._call(
-            lambda: self._client.watch(p, range_end=_range_end(p), start_revision=start_revision)
+        endpoint = self.endpoint
+        client = self._client
+        await self._call(client.connect)
+        call = rpc.WatchStub(client.channel).Watch(metadata=client.metadata)
+        create = rpc.WatchCreateRequest(
+            key=p, range_end=_range_end(p), start_revision=start_revision
         )
         try:
-            iterator = watch.__aiter__()
-            while True:
-                try:
-                    event = await iterator.__anext__()
-                except StopAsyncIteration:
-                    # aetcd ends the iterator when its stream is shut down: treat as broken.
-                    raise BackendUnavailable("etcd watch stream ended") from None
-                except aetcd_errors.RevisionCompactedError as exc:
-                    raise RevisionCompacted(exc.compacted_revision) from exc
-                except aetcd_errors.ClientError as exc:
-                    raise BackendUnavailable(f"etcd watch: {exc!r}") from exc
-                except Exception as exc:  # grpc surfaces raw errors through the stream
-                    raise BackendUnavailable(f"etcd watch: {exc!r}") from exc
-                yield WatchEvent(
-                    "put" if event.kind == "PUT" else "delete",
-                    event.kv.key.decode(),
-                    bytes(event.kv.value),
-                    event.kv.mod_revision,
-                )
-        finally:
+            responses = call.__aiter__()
             try:
-                await watch.cancel()
-            except Exception as exc:  # the stream may already be gone
-                log.debug("etcd watch cancel: %r", exc)
+                async with asyncio.timeout(self.timeout_s):
+                    await call.write(rpc.WatchRequest(create_request=create))
+                    first = await responses.__anext__()
+            except TimeoutError:
+                raise BackendUnavailable(
+                    f"etcd at {endpoint}: watch on {prefix} not created within {self.timeout_s}s"
+                ) from None
+            _check_watch(first, prefix)
+            if not first.created:
+                raise BackendUnavailable(f"etcd at {endpoint}: watch on {prefix} not created")
+            while True:
+                response = await responses.__anext__()
+                _check_watch(response, prefix)
+                for event in response.events:
+                    yield WatchEvent(
+                        "delete" if event.type == rpc.Event.DELETE else "put",
+                        event.kv.key.decode(),
+                        bytes(event.kv.value),
+                        event.kv.mod_revision,
+                    )
+        except StopAsyncIteration:
+            raise BackendUnavailable(f"etcd at {endpoint}: watch stream ended") from None
+        except rpc.AioRpcError as exc:
+            if exc.code() == rpc.StatusCode.UNAVAILABLE and endpoint == self.endpoint:
+                await self._failover()
+            raise BackendUnavailable(f"etcd at {endpoint}: watch: {exc.details()}") from exc
+        except ImctlError:
+            raise
+        except Exception as exc:  # grpc surfaces other raw errors through the stream
+            raise BackendUnavailable(f"etcd at {endpoint}: watch: {exc!r}") from exc
+        finally:
+            call.cancel()
+
+
+def _check_watch(response: Any, prefix: str) -> None:
+    """Raise what a watch response says went wrong with the watch."""
+    if response.compact_revision:
+        raise RevisionCompacted(int(response.compact_revision))
+    if response.canceled:
+        reason = response.cancel_reason or "no reason given"
+        raise BackendUnavailable(f"etcd cancelled the watch on {prefix}: {reason}")
