@@ -56,7 +56,7 @@ def controller(
         leader_ttl_s=2,
         sweep_s=0.2,
         reconcile_s=1.0,
-        policy=PreservationPolicy(threshold=0.5, window_s=5, grace_s=30),
+        policy=kw.pop("policy", PreservationPolicy(threshold=0.5, window_s=5, grace_s=30)),
         **kw,
     )
 
@@ -78,7 +78,9 @@ async def test_one_leader_and_failover(backends: Any, prefix: str) -> None:
     assert not a.election.leader
 
 
-async def test_dead_node_users_go_offline_within_ttl_plus_2s(backends: Any, prefix: str) -> None:
+async def test_dead_node_users_go_offline_within_ttl_plus_window_plus_2s(
+    backends: Any, prefix: str
+) -> None:
     kv, presence = backends
     registry = Registry(kv, prefix)
     stop = asyncio.Event()
@@ -86,14 +88,19 @@ async def test_dead_node_users_go_offline_within_ttl_plus_2s(backends: Any, pref
     keeper = asyncio.create_task(alive_reg.run(stop))
     await registry.register(node("doomed"), ttl=2)  # never refreshed: dies in 2 s
     died_at = time.monotonic() + 2
-    for i in range(300):
-        await presence.online(Presence(f"u{i}", "d", "doomed" if i % 3 else "alive", f"c{i}"))
-    ctl = controller(kv, presence, prefix, "solo")
+    users = [Presence(f"u{i}", "d", "doomed" if i % 3 else "alive", f"c{i}") for i in range(300)]
+    for p in users:
+        await presence.online(p)
+    window = 1.0
+    ctl = controller(
+        kv, presence, prefix, "solo", policy=PreservationPolicy(0.5, window_s=window, grace_s=30)
+    )
     await ctl.start()
     try:
-        deadline = died_at + 2 + 1.5  # TTL + 2 s, plus the etcd expiry tick
+        deadline = died_at + window + 2 + 1.5  # TTL + window + 2 s, plus the etcd expiry tick
         while (await presence.counts()).by_node.get("doomed"):
             assert time.monotonic() < deadline, "doomed node's users still online"
+            await presence.touch([(p.uid, p.device, p.conn) for p in users])  # not the sweep
             await asyncio.sleep(0.1)
         counts = await presence.counts()
         assert counts.total == 100 and counts.by_node == {"alive": 100}
@@ -131,3 +138,107 @@ async def test_follower_does_not_act_and_orphans_are_reconciled(backends: Any, p
     assert (await presence.counts()).total == 2
     assert await leader.reconcile_once() == ["ghost"]
     assert (await presence.counts()).by_node == {"live": 1}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_ten_nodes_lost_one_by_one_evict_nobody_until_grace_ends(
+    backends: Any, prefix: str
+) -> None:
+    """The reported replay: 6 of 10 nodes deleted one by one, 0.5 s apart. Before, the
+    controller applied the first 5 deletions (evicting their users) before the hold."""
+    kv, presence = backends
+    clock = Clock()
+    ctl = controller(kv, presence, prefix, "solo", clock=clock)
+    await ctl.election.run_once()
+    alive = {f"n{i}": node(f"n{i}") for i in range(10)}
+    ctl.on_nodes(dict(alive))
+    for i in range(10):
+        await presence.online(Presence(f"u{i}", "d", f"n{i}", f"c{i}"))
+    for i in range(6):
+        clock.now += 0.5
+        del alive[f"n{i}"]
+        ctl.on_nodes(dict(alive))
+        await ctl.run_once()
+        assert (await presence.counts()).total == 10, f"users evicted after {i + 1} losses"
+    assert ctl.view.held_since == 3.0
+    clock.now = 3.0 + 29.9  # grace is 30 s
+    await ctl.run_once()
+    assert (await presence.counts()).total == 10
+    clock.now = 3.0 + 30
+    assert "evicted 6" in await ctl.run_once()  # at the deadline, no registry change needed
+    assert (await presence.counts()).by_node == {f"n{i}": 1 for i in range(6, 10)}
+
+
+async def test_single_loss_is_evicted_after_the_window_not_before(
+    backends: Any, prefix: str
+) -> None:
+    kv, presence = backends
+    clock = Clock()
+    ctl = controller(kv, presence, prefix, "solo", clock=clock)
+    await ctl.election.run_once()
+    ctl.on_nodes({"a": node("a"), "b": node("b"), "c": node("c")})
+    await presence.online(Presence("u", "d", "c", "c1"))
+    ctl.on_nodes({"a": node("a"), "b": node("b")})
+    await ctl.run_once()
+    assert (await presence.counts()).total == 1
+    assert await ctl.reconcile_once() == []  # pending, not an orphan
+    clock.now = 5  # the window
+    await ctl.run_once()
+    assert (await presence.counts()).total == 0
+
+
+async def test_a_held_node_is_evicted_by_the_timer_at_the_end_of_grace(
+    backends: Any, prefix: str
+) -> None:
+    """Real leases on a real loop: 3 of 4 nodes die at once; their users stay through the
+    grace, then go offline at its end with no registry change to prompt it (before, only
+    the heartbeat sweep took them)."""
+    kv, presence = backends
+    registry = Registry(kv, prefix)
+    stop = asyncio.Event()
+    survivor = await registry.register(node("alive"), ttl=2)
+    keeper = asyncio.create_task(survivor.run(stop))
+    for i in range(3):
+        await registry.register(node(f"doomed{i}"), ttl=2)  # never refreshed
+    users = [
+        Presence(f"u{i}", "d", f"doomed{i % 3}" if i % 4 else "alive", f"c{i}") for i in range(40)
+    ]
+    for p in users:
+        await presence.online(p)
+    ctl = Controller(
+        kv,
+        presence,
+        prefix=prefix,
+        identity="solo",
+        leader_ttl_s=2,
+        sweep_s=0.2,
+        reconcile_s=30.0,  # the periodic pass must not be what evicts them
+        policy=PreservationPolicy(threshold=0.5, window_s=1, grace_s=3),
+    )
+    await ctl.start()
+    try:
+        deadline = time.monotonic() + 8
+        while ctl.view.held_since is None:
+            assert time.monotonic() < deadline, "no hold began"
+            await presence.touch([(p.uid, p.device, p.conn) for p in users])  # not the sweep
+            await asyncio.sleep(0.1)
+        held_at = time.monotonic()
+        while (await presence.counts()).total == 40:
+            assert time.monotonic() < held_at + 3 + 1.5, "held users still online after grace"
+            assert ctl.view.held_since is not None or time.monotonic() >= held_at + 2.9
+            await presence.touch([(p.uid, p.device, p.conn) for p in users])
+            await asyncio.sleep(0.1)
+        assert time.monotonic() >= held_at + 2.9, "evicted during the grace"
+        assert (await presence.counts()).by_node == {"alive": 10}
+        assert ctl.metrics.evicted._value.get() == 30 and ctl.metrics.expired._value.get() == 0
+    finally:
+        stop.set()
+        await keeper
+        await ctl.stop()
