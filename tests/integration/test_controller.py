@@ -18,6 +18,7 @@ from control.common.registry import NodeRecord, PreservationPolicy, Registry
 from control.presence.cluster import PresenceCluster, build_cluster
 from control.presence.controller import Controller
 from control.presence.model import Presence
+from tests.servers import EtcdServer, RedisServer
 
 
 @pytest.fixture(params=["embedded", "real"])
@@ -55,7 +56,7 @@ def controller(
         identity=name,
         leader_ttl_s=2,
         sweep_s=0.2,
-        reconcile_s=1.0,
+        reconcile_s=kw.pop("reconcile_s", 1.0),
         policy=kw.pop("policy", PreservationPolicy(threshold=0.5, window_s=5, grace_s=30)),
         **kw,
     )
@@ -242,3 +243,108 @@ async def test_a_held_node_is_evicted_by_the_timer_at_the_end_of_grace(
         stop.set()
         await keeper
         await ctl.stop()
+
+
+async def test_a_new_leader_evicts_orphans_at_its_first_pass(backends: Any, prefix: str) -> None:
+    """A (re)started controller takes a node's users offline as soon as it leads when the
+    node died before it started, not at the next reconcile tick (here 30 s away)."""
+    kv, presence = backends
+    registry = Registry(kv, prefix)
+    stop = asyncio.Event()
+    live = await registry.register(node("live"), ttl=2)
+    keeper = asyncio.create_task(live.run(stop))
+    await presence.online(Presence("u1", "d", "ghost", "c1"))  # died before we started
+    await presence.online(Presence("u2", "d", "live", "c2"))
+    ctl = controller(kv, presence, prefix, "solo", reconcile_s=30.0)
+    started = time.monotonic()
+    await ctl.start()
+    try:
+        while not ctl.election.leader:
+            assert time.monotonic() < started + 5, "never led"
+            await asyncio.sleep(0.02)
+        led = time.monotonic()
+        while (await presence.counts()).by_node.get("ghost"):
+            assert time.monotonic() < led + 1, "orphan not evicted at the first pass"
+            await asyncio.sleep(0.05)
+        assert (await presence.counts()).by_node == {"live": 1}
+    finally:
+        stop.set()
+        await keeper
+        await ctl.stop()
+
+
+async def test_leads_again_soon_after_etcd_returns_and_evicts_a_node_that_died_meanwhile(
+    own_etcd: EtcdServer, redis_servers: list[RedisServer], prefix: str
+) -> None:
+    """etcd killed for 4 s while a node dies. When etcd is back the controller leads again
+    as soon as its client reconnects, not after its old key's lease TTL (5 s; etcd restores
+    every lease with its full TTL): it kept its lease id through the outage and retries
+    every 0.5 s (before: 7 s). Then the dead node's lease lapses, the registry watch
+    resumes, and its users are evicted one window later."""
+    kv = EtcdKV(own_etcd.endpoint, timeout_s=2)
+    presence = build_cluster(
+        [(f"s{i}", r.url, 1) for i, r in enumerate(redis_servers)],
+        "redis",
+        timeout_s=60,
+        key_prefix=f"{prefix}:",
+    )
+    await kv.connect()
+    registry = Registry(kv, prefix)
+    stop_live, stop_doomed = asyncio.Event(), asyncio.Event()
+    keepers = []
+    for name, stop in (("live", stop_live), ("doomed", stop_doomed)):
+        reg = await registry.register(node(name), ttl=2)
+        keepers.append(asyncio.create_task(reg.run(stop)))
+    await presence.online(Presence("u1", "d", "live", "c1"))
+    await presence.online(Presence("u2", "d", "doomed", "c2"))
+    window = 1.0
+    ctl = Controller(
+        kv,
+        presence,
+        prefix=prefix,
+        identity="solo",
+        leader_ttl_s=LEADER_TTL,
+        sweep_s=0.2,
+        reconcile_s=30.0,
+        policy=PreservationPolicy(0.5, window_s=window, grace_s=30),
+    )
+    await ctl.start()
+    try:
+        await until_true(lambda: ctl.election.leader, 5, "first leadership")
+        own_etcd.kill()
+        stop_doomed.set()  # the node dies while etcd is down
+        await until_true(lambda: not ctl.election.leader, 5, "stepping down")
+        await asyncio.sleep(4 - 2)
+        await asyncio.to_thread(own_etcd.start)
+        back = time.monotonic()
+        took = await until_true(lambda: ctl.election.leader, LEADER_TTL + 4, "leading again")
+        print(f"led again {took:.2f}s after etcd returned")
+        # retry_s (0.5 s) + the client's reconnect (the etcd client's own backoff, <= 2 s)
+        assert took <= 3, f"led again {took:.1f}s after etcd returned"
+        while (await presence.counts()).by_node.get("doomed"):
+            elapsed = time.monotonic() - back
+            # node lease TTL + window + the registry watch's resume backoff (PrefixMirror:
+            # at most 5 s x 1.5 jitter) + 1 s
+            bound = 2 + window + 7.5 + 1
+            assert elapsed < bound, f"doomed users still online after {elapsed:.1f}s"
+            await asyncio.sleep(0.1)
+        print(f"evicted {time.monotonic() - back:.2f}s after etcd returned")
+        assert (await presence.counts()).by_node == {"live": 1}
+    finally:
+        stop_live.set()
+        stop_doomed.set()
+        await asyncio.gather(*keepers, return_exceptions=True)
+        await ctl.stop()
+        await presence.close()
+        await kv.close()
+
+
+LEADER_TTL = 5  # the default; long enough that waiting out the old key would show
+
+
+async def until_true(check: Any, within: float, what: str) -> float:
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < within, f"{what}: not within {within}s"
+        await asyncio.sleep(0.05)
+    return time.monotonic() - start
