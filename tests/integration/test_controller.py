@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from control.common.errors import BackendUnavailable
 from control.common.kv import KeyValueStore
 from control.common.kv.embedded import EmbeddedKV
 from control.common.kv.etcd import EtcdKV
@@ -77,6 +78,24 @@ async def test_one_leader_and_failover(backends: Any, prefix: str) -> None:
     assert await b.election.run_once() == "became leader"
     assert not (await a.election.run_once()).startswith("leader")
     assert not a.election.leader
+
+
+async def test_a_leader_cut_off_keeps_its_lease_and_leads_again_at_once(
+    backends: Any, prefix: str
+) -> None:
+    kv, presence = backends
+    a = controller(kv, presence, prefix, "a")
+    b = controller(kv, presence, prefix, "b")
+    assert await a.election.run_once() == "became leader"
+    a.election.unavailable(BackendUnavailable("cut off"))
+    assert not a.election.leader  # it stops acting while it cannot renew
+    assert (await b.election.run_once()).startswith("follower of a")  # the key lives on
+    assert await a.election.run_once() == "leader again"  # no wait for its key to expire
+    a.election.unavailable(BackendUnavailable("cut off"))
+    await kv.revoke_lease(a.election.lease or 0)  # this time the lease lapsed meanwhile
+    assert await b.election.run_once() == "became leader"
+    assert (await a.election.run_once()).startswith("follower of b")
+    assert a.election.lease is None and not a.election.leader
 
 
 async def test_dead_node_users_go_offline_within_ttl_plus_window_plus_2s(
