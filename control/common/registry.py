@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
@@ -247,96 +246,146 @@ class Registration:
 
 
 # -- self-preservation -----------------------------------------------------------------------
+#
+# One mechanism for the scheduler (what to route to) and the controller (whose users to
+# evict). A vanished node's loss is *pending* for ``window_s``; losses pending together are
+# "at once". More than ``threshold`` of the known nodes pending at once trips a hold: the
+# lost nodes are kept, nothing is final, for ``grace_s``. A loss becomes *final* (its users
+# may be evicted) once it has stood ``window_s`` outside a hold; when a hold's grace ends its
+# losses are *believed* (they never trip another hold) and are final as soon as they are
+# ``window_s`` old — at once when ``grace_s >= window_s``. So, for a node that stays gone:
+# never final before ``window_s`` after it vanished, always final by ``window_s + grace_s``.
 
 
 @dataclass(frozen=True, slots=True)
 class PreservationPolicy:
     threshold: float = 0.5  # fraction of nodes lost at once that trips it
-    window_s: float = 10.0  # "at once": losses within this window add up
+    window_s: float = 10.0  # "at once": losses within this window add up; a loss is final
+    # only after standing this long
     grace_s: float = 30.0  # how long the last view is held before the loss is believed
 
 
 @dataclass(frozen=True, slots=True)
-class Preservation:
-    """The outcome of one look at the registry: what to serve and why."""
+class Loss:
+    """A node seen missing and not yet final."""
 
-    nodes: Mapping[str, NodeRecord]
+    at: float  # when it was first seen missing
+    believed: bool = False  # a hold over it ended: it never trips another one
+
+
+@dataclass(frozen=True, slots=True)
+class Preservation:
+    """The outcome of one look at the registry: what to serve, what is final, and why."""
+
+    nodes: Mapping[str, NodeRecord]  # the view to serve (observed, plus held nodes)
     held_since: float | None
+    final: frozenset[str]  # losses that became final now: their users may be evicted
+    losses: Mapping[str, Loss]  # losses still pending (or held)
     message: str
 
 
 def preserve(
     reference: Mapping[str, NodeRecord],
     observed: Mapping[str, NodeRecord],
+    losses: Mapping[str, Loss],
     held_since: float | None,
     now: float,
     policy: PreservationPolicy,
 ) -> Preservation:
-    """Decide whether a view that lost many nodes at once is believed.
+    """Judge a registry view against the nodes known before it. Pure.
 
-    ``reference`` is the largest view served within the policy window. Losing more than
-    ``threshold`` of it at once looks like a registry or network fault, not a mass death,
-    so the lost nodes are kept (with their last records) for ``grace_s``.
+    ``reference`` holds the last record of every node known and not finally lost;
+    ``losses`` when each missing one was first seen missing (a node missing now and absent
+    from ``losses`` vanished ``now``). Losing more than ``threshold`` of the known nodes
+    within ``window_s`` looks like a registry or network fault, not a mass death, so the
+    lost nodes are kept (with their last records) for ``grace_s`` and nothing is final.
     """
-    lost = [nid for nid in reference if nid not in observed]
-    if not reference or len(lost) <= len(reference) * policy.threshold:
-        msg = "applied" if held_since is None else "recovered: holding released"
-        return Preservation(dict(observed), None, msg)
-    since = now if held_since is None else held_since
-    if now - since >= policy.grace_s:
-        return Preservation(
-            dict(observed),
-            None,
-            f"grace over: accepting loss of {len(lost)}/{len(reference)} nodes",
+    lost = {nid: losses.get(nid) or Loss(now) for nid in reference if nid not in observed}
+    # Times compare as ``now >= at + window`` (not ``now - at``): judged at its own
+    # deadline, a loss must turn final, whatever the float rounding.
+    # Outside a hold, a loss older than the window is final and no longer counts; inside
+    # one, every loss it holds keeps counting (a partial recovery may release the hold).
+    counted = {
+        nid
+        for nid, loss in lost.items()
+        if not loss.believed and (held_since is not None or now < loss.at + policy.window_s)
+    }
+    mass = len(counted) > policy.threshold * (len(observed) + len(counted))
+    since = (now if held_since is None else held_since) if mass else None
+    if since is not None and now >= since + policy.grace_s:
+        message = f"grace over: believing the loss of {len(counted)} nodes"
+        lost = {nid: replace(loss, believed=True) for nid, loss in lost.items()}
+        since = None
+    elif since is not None:
+        message = (
+            f"self-preservation: {len(counted)}/{len(observed) + len(counted)} nodes vanished "
+            f"at once; holding the last view for {policy.grace_s - (now - since):.0f}s more"
         )
-    held: dict[str, Any] = dict(observed)
-    for nid in lost:
-        held[nid] = reference[nid]
-    return Preservation(
-        held,
-        since,
-        f"self-preservation: {len(lost)}/{len(reference)} nodes vanished at once; "
-        f"holding the last view for {policy.grace_s - (now - since):.0f}s more",
+    else:
+        message = "applied" if held_since is None else "recovered: holding released"
+    held = counted if since is not None else set()
+    final = frozenset(
+        nid for nid, loss in lost.items() if nid not in held and now >= loss.at + policy.window_s
     )
+    nodes: dict[str, NodeRecord] = dict(observed)
+    for nid in held:
+        nodes[nid] = reference[nid]
+    pending = {nid: loss for nid, loss in lost.items() if nid not in final}
+    return Preservation(nodes, since, final, pending, message)
 
 
 class PreservingView:
-    """Feeds registry views through :func:`preserve`, remembering the window's reference.
-
-    Only node-id sets are kept per served view; the latest record of each node is kept once,
-    so memory stays bounded by the node count, not the change rate.
-    """
+    """Feeds registry views through :func:`preserve` and keeps its state: the last record of
+    every node not finally lost, the pending losses, the hold. ``offer`` a new registry
+    view; ``tick`` at :meth:`deadline` (a quiet registry sends no change that would)."""
 
     def __init__(self, policy: PreservationPolicy, clock: Callable[[], float] = time.monotonic):
         self.policy = policy
         self.clock = clock
         self.held_since: float | None = None
-        self._served: deque[tuple[float, frozenset[str]]] = deque()
+        self.losses: dict[str, Loss] = {}
         self._records: dict[str, NodeRecord] = {}
+        self._observed: Mapping[str, NodeRecord] = {}
         self.last_message = ""
 
-    def reference(self, now: float) -> dict[str, NodeRecord]:
-        while len(self._served) > 1 and now - self._served[0][0] > self.policy.window_s:
-            self._served.popleft()  # the newest view stays the reference however old
-        best: frozenset[str] = frozenset()
-        for _, ids in self._served:
-            if len(ids) >= len(best):
-                best = ids
-        return {nid: self._records[nid] for nid in best if nid in self._records}
+    @property
+    def known(self) -> Mapping[str, NodeRecord]:
+        """Every node observed or lost but not finally: none of these is to be evicted."""
+        return self._records
 
     def offer(self, observed: Mapping[str, NodeRecord]) -> Preservation:
+        self._observed = observed
+        return self.tick()
+
+    def tick(self) -> Preservation:
+        """Judge the last offered view again, now."""
         now = self.clock()
-        self._records.update(observed)
-        result = preserve(self.reference(now), observed, self.held_since, now, self.policy)
+        observed = self._observed
+        result = preserve(
+            {**self._records, **observed}, observed, self.losses, self.held_since, now, self.policy
+        )
         if (result.held_since is None) != (self.held_since is None):
             log.warning("%s", result.message)
-        if result.message.startswith("grace over"):
-            self._served.clear()  # the loss is accepted: it becomes the new reference
+        if result.final:
+            log.warning("node loss final: %s", ", ".join(sorted(result.final)))
         self.held_since = result.held_since
+        self.losses = dict(result.losses)
+        self._records = {
+            nid: observed[nid] if nid in observed else self._records[nid]
+            for nid in (*observed, *self.losses)
+        }
         self.last_message = result.message
-        if result.held_since is None:
-            self._served.append((now, frozenset(result.nodes)))
-            if len(self._records) > 2 * len(result.nodes) + 64:
-                live = set().union(*(ids for _, ids in self._served))
-                self._records = {k: v for k, v in self._records.items() if k in live}
         return result
+
+    def deadline(self) -> float | None:
+        """When judging again would change something (a hold ends, a loss turns final);
+        None when nothing is pending."""
+        held = self.held_since
+        times = [held + self.policy.grace_s] if held is not None else []
+        # In a hold only believed losses can turn final; the others wait for its end.
+        times += [
+            loss.at + self.policy.window_s
+            for loss in self.losses.values()
+            if held is None or loss.believed
+        ]
+        return min(times, default=None)

@@ -1,12 +1,13 @@
 """The presence controller: leader-elected; expires silent entries and takes a dead node's
-users offline as soon as its lease vanishes (not at the heartbeat TTL)."""
+users offline when its loss is final — ``window_s`` after its lease vanished, or at the
+end of a self-preservation hold — not at the heartbeat TTL."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -49,6 +50,11 @@ class ControllerMetrics:
 
 
 class Controller:
+    """Leader-elected presence housekeeping. Node losses are judged by the same
+    :class:`PreservingView` as the scheduler's: a dead node's users are evicted when its
+    loss turns final (``window_s`` after it vanished, or at the end of a self-preservation
+    hold), by a timer at the view's deadline, not by the heartbeat sweep."""
+
     def __init__(
         self,
         kv: KeyValueStore,
@@ -61,6 +67,7 @@ class Controller:
         reconcile_s: float,
         policy: PreservationPolicy,
         sweep_batch: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kv = kv
         self.presence = presence
@@ -71,20 +78,37 @@ class Controller:
         self.sweep_s = sweep_s
         self.reconcile_s = reconcile_s
         self.sweep_batch = sweep_batch
-        self.view = PreservingView(policy)
-        self.alive: dict[str, NodeRecord] = {}
+        self.view = PreservingView(policy, clock)
         self.synced = False
         self.metrics = ControllerMetrics()
         self.supervisor = Supervisor("controller")
         self._dead: asyncio.Queue[str] = asyncio.Queue()
+        self._rejudge = asyncio.Event()  # the view changed: its deadline may have moved
+        self._reconcile_now = asyncio.Event()  # became leader, or first synced
 
     # -- node deaths ---------------------------------------------------------------------------
+    @property
+    def alive(self) -> Mapping[str, NodeRecord]:
+        """Nodes whose users stay: listed, or lost but not finally (pending or held)."""
+        return self.view.known
+
     def on_nodes(self, observed: Mapping[str, NodeRecord]) -> None:
-        result = self.view.offer(observed)
-        gone = [nid for nid in self.alive if nid not in result.nodes]
-        self.alive = dict(result.nodes)
-        self.synced = True
-        for nid in gone:
+        self._queue(self.view.offer(observed).final)
+        if not self.synced:
+            self.synced = True
+            self._reconcile_now.set()
+        self._rejudge.set()
+
+    def judge_once(self) -> frozenset[str]:
+        """Judge the last registry view again now; queue the losses that turned final."""
+        if not self.synced:
+            return frozenset()
+        final = self.view.tick().final
+        self._queue(final)
+        return final
+
+    def _queue(self, final: frozenset[str]) -> None:
+        for nid in sorted(final):
             self._dead.put_nowait(nid)
 
     async def evict_once(self, node_id: str) -> int:
@@ -112,6 +136,21 @@ class Controller:
                     "evicting %s failed (%s); the reconcile pass retries", getter.result(), exc
                 )
 
+    async def _judge_forever(self, stop: asyncio.Event) -> None:
+        """Wake at the view's deadline (a hold's end, a loss turning final): a quiet
+        registry sends no change that would, so without this a held node's users would
+        wait for the heartbeat sweep."""
+        while not stop.is_set():
+            self._rejudge.clear()
+            deadline = self.view.deadline()
+            if deadline is None:
+                await _wake(stop, self._rejudge, self.reconcile_s)
+                continue
+            # A hair late: asyncio may wake a timer up to its clock resolution early.
+            await _wake(stop, self._rejudge, deadline - self.view.clock() + 0.01)
+            if self.view.clock() >= deadline:
+                self.judge_once()
+
     # -- periodic passes ------------------------------------------------------------------------
     async def sweep_once(self) -> int:
         if not self.election.leader:
@@ -121,8 +160,8 @@ class Controller:
         return expired
 
     async def reconcile_once(self) -> list[str]:
-        """Nodes that hold entries but are not alive (died while nobody led): evict them.
-        Also refreshes the online-count gauges."""
+        """Nodes that hold entries but are not known (died while nobody led, or before this
+        controller started): evict them. Also refreshes the online-count gauges."""
         counts = await self.presence.counts()
         self.metrics.online.set(counts.total)
         self.metrics.online_by.clear()
@@ -137,34 +176,40 @@ class Controller:
         return orphans
 
     async def run_once(self) -> str:
-        """One step of everything: election, sweep, reconcile. Returns what it did."""
+        """One step of everything: election, judging, sweep, reconcile. Returns what it did."""
         try:
             role = await self.election.run_once()
         except BackendUnavailable as exc:
             self.election.unavailable(exc)
             return f"store unavailable: {exc}"
         self.metrics.leader.set(1 if self.election.leader else 0)
+        self.judge_once()
         if not self.election.leader:
             return role
+        evicted = 0
+        while not self._dead.empty():
+            evicted += await self.evict_once(self._dead.get_nowait())
         expired = await self.sweep_once()
         orphans = await self.reconcile_once()
-        return f"{role}; expired {expired}; orphaned nodes evicted: {orphans or 'none'}"
+        return (
+            f"{role}; evicted {evicted}; expired {expired}; "
+            f"orphaned nodes evicted: {orphans or 'none'}"
+        )
 
     async def _elect_forever(self, stop: asyncio.Event) -> None:
-        was_leader = False
         while not stop.is_set():
+            was_leader = self.election.leader
             try:
                 await self.election.run_once()
+                delay = self.election.interval
             except BackendUnavailable as exc:
                 self.election.unavailable(exc)
+                delay = self.election.retry_s
             if self.election.leader and not was_leader:
-                # A new leader catches up on nodes that died while nobody led.
-                for nid in list(self.view.reference(time.monotonic())):
-                    if nid not in self.alive:
-                        self._dead.put_nowait(nid)
-            was_leader = self.election.leader
-            self.metrics.leader.set(1 if was_leader else 0)
-            await pause(stop, self.election.interval)
+                # A new leader catches up at once on nodes that died while nobody led.
+                self._reconcile_now.set()
+            self.metrics.leader.set(1 if self.election.leader else 0)
+            await pause(stop, delay)
 
     async def _sweep_forever(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -176,17 +221,19 @@ class Controller:
 
     async def _reconcile_forever(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            self._reconcile_now.clear()
             try:
                 await self.reconcile_once()
             except BackendUnavailable as exc:
                 log.warning("reconcile failed: %s", exc)
-            await pause(stop, self.reconcile_s)
+            await _wake(stop, self._reconcile_now, self.reconcile_s)
 
     async def start(self) -> None:
         mirror = self.registry.mirror(self.on_nodes)
         sup = self.supervisor
         sup.spawn("nodes", mirror.run)
         sup.spawn("election", self._elect_forever)
+        sup.spawn("judge", self._judge_forever)
         sup.spawn("evict", self._evict_forever)
         sup.spawn("sweep", self._sweep_forever)
         sup.spawn("reconcile", self._reconcile_forever)
@@ -194,3 +241,13 @@ class Controller:
     async def stop(self) -> None:
         await self.supervisor.close(timeout=3.0)
         await self.election.resign()
+
+
+async def _wake(stop: asyncio.Event, event: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds`` or until ``event`` or ``stop`` is set."""
+    waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(event.wait())}
+    try:
+        await asyncio.wait(waiters, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

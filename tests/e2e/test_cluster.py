@@ -27,6 +27,7 @@ SECRET = "e2e-ticket-secret-0123456789"
 TOKEN = "e2e-internal-token-0123"
 KEYS = TicketKeys({"k": SECRET.encode()}, "k")
 LEASE_TTL = 2
+WINDOW = 1.0  # registry.self_preservation.window_s
 
 
 class Cluster:
@@ -45,7 +46,12 @@ class Cluster:
                 "known": ["north", "south"],
                 "preference": {"north": ["north", "south"], "south": ["south", "north"]},
             },
-            "registry": {"lease_ttl_s": LEASE_TTL, "verify_s": 5},
+            "registry": {
+                "lease_ttl_s": LEASE_TTL,
+                "verify_s": 5,
+                # a lone node's loss is final (its users evicted) one window after it vanished
+                "self_preservation": {"window_s": WINDOW},
+            },
             "heartbeat": {"interval_s": 2, "misses": 3},
             "tickets": {"active_kid": "k", "keys": {"k": SECRET}},
             "scheduler": {
