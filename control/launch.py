@@ -4,13 +4,14 @@ local cluster in one process on shared backends (``imctl up``)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -46,6 +47,9 @@ class Part:
     # Asked to stop: turn unready, then keep serving this long (a load balancer's turn).
     leave: Callable[[], None] | None = None
     grace_s: float = 0.0
+    # Stop following the registry: in one process with the access nodes (imctl up), their
+    # leaving is this process's own shutdown, not a mass loss to hold a view through.
+    unwatch: Callable[[], Awaitable[None]] | None = None
 
 
 @dataclass
@@ -104,6 +108,11 @@ class Process:
         if grace:
             log.warning("stopping in %gs: /readyz answers 503 meanwhile", grace)
         nodes = [p.node for p in self.parts if p.node is not None]
+        if nodes:
+            # Before the nodes revoke their leases: a scheduler or controller that watched
+            # them go would log "self-preservation: 3/3 nodes vanished at once" (and the
+            # controller would evict them). Nothing here needs the registry any more.
+            await asyncio.gather(*(p.unwatch() for p in self.parts if p.unwatch is not None))
         await asyncio.gather(asyncio.sleep(grace), *(n.stop(drain_s) for n in nodes))
         for part in reversed(self.parts):
             if part.runner is not None:
@@ -148,6 +157,7 @@ def _scheduler_part(
         supervisor=state.supervisor,
         leave=leave,
         grace_s=settings.scheduler.shutdown_grace_s,
+        unwatch=functools.partial(state.supervisor.close, timeout=3.0),
     )
 
 
@@ -193,6 +203,7 @@ def _controller_part(
         c.host,
         c.port,
         supervisor=controller.supervisor,
+        unwatch=functools.partial(controller.supervisor.close, timeout=3.0),
     )
 
 
