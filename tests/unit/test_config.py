@@ -13,7 +13,7 @@ from tests.geodb import write_geo_db
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("name", ["local.yaml", "cluster.yaml"])
+@pytest.mark.parametrize("name", ["local.yaml", "local-real.yaml", "production-example.yaml"])
 def test_example_configs_are_valid(name: str) -> None:
     settings = load_settings(ROOT / "configs" / name, env={})
     assert settings.regions.known
