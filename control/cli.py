@@ -63,7 +63,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     from control.launch import run_scheduler
 
     settings = _load(args.config)
-    _setup_logging(settings.log_level, settings.log_format)
+    _setup_logging(settings.log_level, _log_format(args, settings))
     return asyncio.run(run_scheduler(settings))
 
 
@@ -81,7 +81,7 @@ def cmd_access(args: argparse.Namespace) -> int:
 
     settings = _load(args.config)
     settings.access.node(args.node_id)  # a clear error before anything starts
-    _setup_logging(settings.log_level, settings.log_format)
+    _setup_logging(settings.log_level, _log_format(args, settings))
     return asyncio.run(run_access(settings, args.node_id))
 
 
@@ -89,7 +89,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
     from control.launch import run_controller
 
     settings = _load(args.config)
-    _setup_logging(settings.log_level, settings.log_format)
+    _setup_logging(settings.log_level, _log_format(args, settings))
     return asyncio.run(run_controller(settings))
 
 
@@ -99,8 +99,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     path = args.config or str(_default_local_config())
     settings = _load(path)
     level = "warning" if settings.log_level == "info" else settings.log_level
-    _setup_logging(level, settings.log_format)
-    return asyncio.run(run_local(settings))
+    _setup_logging(level, _log_format(args, settings))
+    return asyncio.run(run_local(settings, as_json=args.output == "json"))
 
 
 # -- operating a cluster -----------------------------------------------------------------------
@@ -303,7 +303,8 @@ def cmd_presence_count(args: argparse.Namespace) -> int:
     data = _admin(args, path)
     if not args.by:
         return _print(args, data, f"{data['total']} online")
-    rows = [[k, str(v)] for k, v in data["counts"].items()]
+    # An empty name (clients that named no ?platform=) shows as (none), never a blank row.
+    rows = [[k or "(none)", str(v)] for k, v in data["counts"].items()]
     text = _table(rows, [args.by.upper(), "ONLINE"]) + f"\n\n{data['total']} online in all"
     return _print(args, data, text)
 
@@ -475,7 +476,15 @@ def cmd_connect(args: argparse.Namespace) -> int:
 
     try:
         return asyncio.run(
-            run(_server(args), args.uid, args.device, args.platform, args.version, args.region)
+            run(
+                _server(args),
+                args.uid,
+                args.device,
+                args.platform,
+                args.version,
+                args.region,
+                output=args.output,
+            )
         )
     except OSError as exc:  # failures the client does not retry (it retries the network's)
         return _fail(f"cannot connect: {exc}", EXIT_UNAVAILABLE)
@@ -516,7 +525,23 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:
         self.print_usage(sys.stderr)
-        raise SystemExit(_fail(f"{self.prog}: {message}", EXIT_USAGE))
+        # The prog already starts with "imctl" (``imctl connect``): no second prefix.
+        print(f"{self.prog}: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--output",
+        "-o",
+        choices=["table", "json"],
+        default="table",
+        help="json: logs as one JSON object a line (as log_format: json)",
+    )
+
+
+def _log_format(args: argparse.Namespace, settings: Settings) -> str:
+    return "json" if getattr(args, "output", "table") == "json" else settings.log_format
 
 
 def _admin_args(p: argparse.ArgumentParser) -> None:
@@ -545,6 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the local cluster and print where clients should ask.",
     )
     p.add_argument("--config", help="config file (default: the packaged local.yaml)")
+    _run_args(p)
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser(
@@ -553,6 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve GET /v1/endpoint and the operator endpoints.",
     )
     p.add_argument("--config", required=True, help="config file")
+    _run_args(p)
     p.set_defaults(func=cmd_scheduler)
 
     p = sub.add_parser(
@@ -571,6 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", help="config file (to run a node)")
     p.add_argument("--node-id", help="which of access.nodes to run")
+    _run_args(p)
     p.set_defaults(func=cmd_access, access_command=None)
     asub = p.add_subparsers(dest="access_command", metavar="ACTION", parser_class=_Parser)
     d = asub.add_parser(
@@ -603,6 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Leader-elected expiry sweep and dead-node cleanup.",
     )
     p.add_argument("--config", required=True, help="config file")
+    _run_args(p)
     p.set_defaults(func=cmd_controller)
 
     p = sub.add_parser(
@@ -671,6 +700,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="scheduler URL (default: $IMCTL_SERVER, else from --config)",
     )
     p.add_argument("--config", help="config file to find the scheduler address in")
+    p.add_argument(
+        "--output",
+        "-o",
+        choices=["table", "json"],
+        default="table",
+        help="json: stdout holds only the node's frames, one JSON object a line",
+    )
     p.set_defaults(func=cmd_connect)
 
     p = sub.add_parser(

@@ -55,16 +55,28 @@ async def _ask(http: aiohttp.ClientSession, server: str, params: dict[str, str])
         return dict(body)
 
 
-def _show(direction: str, frame: Any) -> None:
-    print(f"{direction} {json.dumps(frame, ensure_ascii=False)}", flush=True)
+class Output:
+    """Where the client's lines go. ``text``: frames from the node as ``< {...}``, typed
+    ones as ``> ...``, notes as ``# ...``, all on stdout. ``json``: stdout holds only the
+    node's frames, one JSON object a line (for ``jq`` and scripts); notes go to stderr."""
 
+    def __init__(self, form: str = "text") -> None:
+        self.json = form == "json"
 
-def _note(text: str) -> None:
-    print(f"# {text}", flush=True)
+    def frame(self, frame: Any) -> None:
+        text = json.dumps(frame, ensure_ascii=False)
+        print(text if self.json else f"< {text}", flush=True)
+
+    def sent(self, line: str) -> None:
+        if not self.json:
+            print(f"> {line}", flush=True)
+
+    def note(self, text: str) -> None:
+        print(f"# {text}", file=sys.stderr if self.json else sys.stdout, flush=True)
 
 
 async def _open(
-    http: aiohttp.ClientSession, answer: Mapping[str, Any], platform: str
+    http: aiohttp.ClientSession, answer: Mapping[str, Any], platform: str, out: Output
 ) -> aiohttp.ClientWebSocketResponse | None:
     """A WebSocket to the answer's node, else to each fallback in order; None when none of
     them can be reached."""
@@ -75,7 +87,7 @@ async def _open(
             return await http.ws_connect(url)
         except (aiohttp.ClientError, OSError) as exc:
             then = f"trying {candidates[i + 1]['node']}" if i + 1 < len(candidates) else "none left"
-            _note(f"{c['node']}: cannot connect ({exc}); {then}")
+            out.note(f"{c['node']}: cannot connect ({exc}); {then}")
     return None
 
 
@@ -87,7 +99,9 @@ async def run(
     version: str,
     region: str | None,
     max_attempts: int = 10,
+    output: str = "text",
 ) -> int:
+    out = Output(output)
     params = {"uid": uid, "device": device, "platform": platform, "version": version}
     if region:
         params["region"] = region
@@ -112,7 +126,7 @@ async def run(
         if failures >= max_attempts:
             return False
         delay = max(backoff_delay(policy, failures - 1), at_least)
-        _note(f"{why}; again in {delay:.1f}s")
+        out.note(f"{why}; again in {delay:.1f}s")
         await asyncio.sleep(delay)
         return True
 
@@ -128,30 +142,33 @@ async def run(
                     break
                 continue
             policy = answer["backoff"]
-            _note(
+            out.note(
                 f"scheduler: node {answer['node']} ({answer['region']}, track "
                 f"{answer['track']}), fallbacks {[f['node'] for f in answer['fallbacks']]}"
             )
-            ws = await _open(http, answer, platform)
+            ws = await _open(http, answer, platform, out)
             if ws is not None:
                 failures = 0
                 async with ws:
                     interval = float(answer["heartbeat"]["interval_s"])
-                    ending, after = await _session(ws, lines, interval)
+                    ending, after = await _session(ws, lines, interval, out)
                 if ending in ("done", "kicked"):
                     return 0
                 if ending == "reconnect":
-                    _note(f"reconnecting in {after:.1f}s")
+                    out.note(f"reconnecting in {after:.1f}s")
                     await asyncio.sleep(after)
                     continue
             if not await wait_after_failure("connection lost; asking the scheduler"):
                 break
-    _note(f"giving up after {failures} failed attempts in a row")
+    out.note(f"giving up after {failures} failed attempts in a row")
     return 1
 
 
 async def _session(
-    ws: aiohttp.ClientWebSocketResponse, lines: asyncio.Queue[str | None], interval: float
+    ws: aiohttp.ClientWebSocketResponse,
+    lines: asyncio.Queue[str | None],
+    interval: float,
+    out: Output,
 ) -> tuple[Ending, float]:
     """How the session ended, and for ``reconnect`` the seconds to wait first."""
 
@@ -178,13 +195,13 @@ async def _session(
                         await asyncio.wait_for(heard.wait(), QUIET_S)
                     except TimeoutError:
                         break  # quiet: everything sent has been answered
-                _note("end of input: disconnecting")
+                out.note("end of input: disconnecting")
                 leaving.set()
                 await ws.close()
                 return
             if line:
                 await ws.send_str(line)
-                print(f"> {line}", flush=True)
+                out.sent(line)
 
     tasks = [asyncio.create_task(heartbeat()), asyncio.create_task(typed())]
     try:
@@ -194,7 +211,7 @@ async def _session(
             heard.set()
             frame = json.loads(msg.data)
             if frame.get("t") != "pong":
-                _show("<", frame)
+                out.frame(frame)
             if frame.get("t") == "welcome":
                 welcomed.set()
             if frame.get("t") == "reconnect":
@@ -203,7 +220,7 @@ async def _session(
             return "done", 0.0
         if ws.close_code == 4001:  # kicked: the same device logged in elsewhere
             return "kicked", 0.0
-        _note(f"closed by the node: code {ws.close_code}")
+        out.note(f"closed by the node: code {ws.close_code}")
         return "lost", 0.0
     finally:
         for t in tasks:

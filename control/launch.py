@@ -4,14 +4,19 @@ local cluster in one process on shared backends (``imctl up``)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
+import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -46,6 +51,9 @@ class Part:
     # Asked to stop: turn unready, then keep serving this long (a load balancer's turn).
     leave: Callable[[], None] | None = None
     grace_s: float = 0.0
+    # Stop following the registry: in one process with the access nodes (imctl up), their
+    # leaving is this process's own shutdown, not a mass loss to hold a view through.
+    unwatch: Callable[[], Awaitable[None]] | None = None
 
 
 @dataclass
@@ -104,6 +112,11 @@ class Process:
         if grace:
             log.warning("stopping in %gs: /readyz answers 503 meanwhile", grace)
         nodes = [p.node for p in self.parts if p.node is not None]
+        if nodes:
+            # Before the nodes revoke their leases: a scheduler or controller that watched
+            # them go would log "self-preservation: 3/3 nodes vanished at once" (and the
+            # controller would evict them). Nothing here needs the registry any more.
+            await asyncio.gather(*(p.unwatch() for p in self.parts if p.unwatch is not None))
         await asyncio.gather(asyncio.sleep(grace), *(n.stop(drain_s) for n in nodes))
         for part in reversed(self.parts):
             if part.runner is not None:
@@ -148,6 +161,7 @@ def _scheduler_part(
         supervisor=state.supervisor,
         leave=leave,
         grace_s=settings.scheduler.shutdown_grace_s,
+        unwatch=functools.partial(state.supervisor.close, timeout=3.0),
     )
 
 
@@ -193,6 +207,7 @@ def _controller_part(
         c.host,
         c.port,
         supervisor=controller.supervisor,
+        unwatch=functools.partial(controller.supervisor.close, timeout=3.0),
     )
 
 
@@ -214,7 +229,7 @@ async def run_controller(settings: Settings) -> int:
     return await _run(Process([part]), None, 0)
 
 
-async def run_local(settings: Settings) -> int:
+async def run_local(settings: Settings, as_json: bool = False) -> int:
     """The whole cluster in one process: scheduler, every configured access node and the
     controller on one key-value store and one presence cluster."""
     kv = make_kv(settings.cluster)
@@ -232,15 +247,55 @@ async def run_local(settings: Settings) -> int:
         scheduler = _scheduler_part(settings, kv=kv, presence=presence)
         scheduler.grace_s = 0.0  # one local process: no load balancer to wait for
         parts.append(scheduler)
-        return await _run(Process(parts), banner(settings), 0)
+        shown = json.dumps(banner_data(settings)) if as_json else banner(settings)
+        return await _run(Process(parts), shown, 0)
     finally:
         await presence.close()
         await kv.close()
 
 
-def banner(settings: Settings) -> str:
-    s = settings.scheduler
-    url = f"http://{s.host}:{s.port}"
+def imctl_command(cwd: Path | None = None) -> str:
+    """How to run this imctl, as the user can paste it: ``imctl`` when that is on PATH,
+    else this installation's script (``.venv/bin/imctl`` from the checkout, as
+    ``./scripts/up.sh`` leaves it, which puts nothing on PATH)."""
+    mine = Path(sys.executable).parent / "imctl"  # not resolved: a venv's python is a link
+    found = shutil.which("imctl")
+    if not mine.exists() or (found is not None and Path(found).resolve() == mine.resolve()):
+        return "imctl"
+    try:
+        return str(mine.relative_to(cwd or Path.cwd()))
+    except ValueError:
+        return str(mine)
+
+
+def _loopback(host: str) -> str:
+    """A wildcard listener is reached on loopback from this machine."""
+    return {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, host)
+
+
+def banner_data(settings: Settings) -> dict[str, Any]:
+    """What the banner says, for ``imctl up --output json``."""
+    s, c = settings.scheduler, settings.controller
+    grants = settings.admin.grants()
+    return {
+        "cluster": settings.cluster.name,
+        "registry": settings.cluster.backend,
+        "presence": settings.presence.backend,
+        "scheduler": f"http://{_loopback(s.host)}:{s.port}",
+        "access": [
+            {"id": n.id, "endpoint": n.public_endpoint(), "region": n.region, "zone": n.zone}
+            for n in settings.access.nodes
+        ],
+        "controller": f"http://{_loopback(c.host)}:{c.port}/metrics",
+        "admin_open": grants.open,
+    }
+
+
+def banner(settings: Settings, imctl: str | None = None) -> str:
+    """Where clients ask and how to operate, each command as it can be pasted."""
+    imctl = imctl_command() if imctl is None else imctl
+    data = banner_data(settings)
+    url = data["scheduler"]
     lines = [
         f'imctl local cluster "{settings.cluster.name}" is up',
         f"  backends:   registry {settings.cluster.backend}, presence {settings.presence.backend}",
@@ -250,15 +305,27 @@ def banner(settings: Settings) -> str:
         lines.append(f"  access:     {n.id:<12} {n.public_endpoint():<28} {n.region}/{n.zone}")
     for st in settings.registry.static_nodes:
         lines.append(f"  static:     {st.id:<12} {st.endpoint:<28} {st.region}/{st.zone}")
-    c = settings.controller
     lines += [
-        f"  controller: http://{c.host}:{c.port}/metrics",
+        f"  controller: {data['controller']}",
         "  ask for an endpoint:",
         f"    curl '{url}/v1/endpoint?uid=alice&device=phone-1&platform=ios&version=1.0.0'",
-        "  then open a WebSocket to the answer's endpoint with ?ticket=<ticket>",
-        f"  operate:    imctl nodes --server {url}",
+        "  then open a WebSocket to the answer's endpoint with ?ticket=<ticket>&platform=ios",
+        f"  or let the reference client do both: {imctl} connect --uid alice --server {url}",
     ]
-    if settings.admin.grants().open:
+    if data["admin_open"]:
+        lines.append(f"  operate:    {imctl} nodes --server {url}")
         lines.append("  admin API:  open, no token (loopback only)")
+    else:
+        names = ", ".join(f"{t.name} ({t.role})" for t in settings.admin.tokens)
+        lines += [
+            f"  admin API:  bearer token required: one of admin.tokens in the config ({names})",
+            "  operate:    export IMCTL_TOKEN=<that token>   # or pass --token <that token>",
+            f"              {imctl} nodes --server {url}",
+        ]
+    if imctl != "imctl":
+        # PATH entries must be absolute; a relative command is relative to where it runs.
+        parent = Path(imctl).parent
+        on_path = parent if parent.is_absolute() else f"$PWD/{parent}"
+        lines.append(f'  ({imctl} is not on PATH; for plain imctl: export PATH="{on_path}:$PATH")')
     lines.append("Ctrl-C stops it.")
     return "\n".join(lines)

@@ -560,32 +560,62 @@ class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader, noting every key a mapping repeats: PyYAML keeps the last
     silently, and a config edited by two people would lose one edit without a word."""
 
-    def __init__(self, stream: str) -> None:
+    def __init__(self, stream: str, pick: int | None = None) -> None:
         super().__init__(stream)
         self.repeats: list[tuple[int, int, str, int]] = []  # line, column, key, first line
+        # None: the last of a repeated key wins (as PyYAML reads it); n: its n-th (0-based,
+        # or the last when it has fewer) wins, so the values it hides get checked too.
+        self.pick = pick
+        self.most = 1  # the most times one key is given in one mapping
 
     @classmethod
-    def read(cls, text: str) -> tuple[Any, list[tuple[int, int, str, int]]]:
+    def read(
+        cls, text: str, pick: int | None = None
+    ) -> tuple[Any, list[tuple[int, int, str, int]]]:
         """The document, and every repeated key in file order."""
-        loader = cls(text)
+        loader = cls(text, pick)
         try:
             return loader.get_single_data(), sorted(loader.repeats)
         finally:
             loader.dispose()
 
+    @classmethod
+    def hidden(cls, text: str) -> list[Any]:
+        """The document once for each value a repeated key hides: the n-th of every
+        repeated key wins in the n-th one."""
+        loader = cls(text)
+        try:
+            loader.get_single_data()
+            most = loader.most
+        finally:
+            loader.dispose()
+        return [cls.read(text, pick)[0] for pick in range(most - 1)]
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         first: dict[tuple[str, str], int] = {}
-        for key, _ in node.value:
+        given: dict[tuple[str, str], list[int]] = {}
+        for i, (key, _) in enumerate(node.value):
             # A merge key (<<) is meant to be overridden; anything else is a slip.
             if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
                 continue
             mark = key.start_mark
+            given.setdefault((key.tag, key.value), []).append(i)
             if (key.tag, key.value) in first:
                 self.repeats.append(
                     (mark.line + 1, mark.column + 1, key.value, first[(key.tag, key.value)])
                 )
             else:
                 first[(key.tag, key.value)] = mark.line + 1
+        self.most = max(self.most, *(len(at) for at in given.values()), 1)
+        if self.pick is not None and any(len(at) > 1 for at in given.values()):
+            dropped = {
+                i
+                for at in given.values()
+                if len(at) > 1
+                for i in at
+                if i != at[min(self.pick, len(at) - 1)]
+            }
+            node.value = [pair for i, pair in enumerate(node.value) if i not in dropped]
         return super().construct_mapping(node, deep)
 
 
@@ -616,10 +646,18 @@ def load_settings(
         f"{p}: line {line}, column {column}: key {key!r} given twice (first at line {first})"
         for line, column, key, first in repeated
     ]
-    try:
-        settings = parse_settings(data, str(p), env)
-    except ConfigError as exc:
-        raise ConfigError(repeats + exc.problems) from None
-    if repeats:
-        raise ConfigError(repeats)
+    problems = list(repeats)
+    settings: Settings | None = None
+    # What the file means (the last of a repeated key wins), then every value a repeated
+    # key hides: a bad one is reported with the repeat, not after the repeat is fixed.
+    documents = [data, *(_Loader.hidden(text) if repeats else [])]
+    for i, document in enumerate(documents):
+        try:
+            built = parse_settings(document, str(p), env)
+        except ConfigError as exc:
+            problems += [problem for problem in exc.problems if problem not in problems]
+        else:
+            settings = built if i == 0 else settings
+    if problems or settings is None:
+        raise ConfigError(problems)
     return settings

@@ -16,9 +16,8 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 
-if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
-fi
+. scripts/venv.sh
+ensure_venv
 py=.venv/bin/python
 echo "== installing the package with its test extras"
 $py -m pip install -q --upgrade pip

@@ -138,6 +138,18 @@ class Session:
             return False
         return True
 
+    async def pong(self, data: bytes) -> None:
+        """Answer a protocol PING, bounded as ``send`` is."""
+        if self.ws.closed or self.too_slow():
+            return
+        try:
+            async with asyncio.timeout(self.node.close_timeout_s):
+                await self.ws.pong(data)
+        except (ConnectionError, RuntimeError):
+            pass
+        except TimeoutError:
+            self.cut(f"a pong waited {self.node.close_timeout_s}s for it to read")
+
     async def close(self, code: int, reason: str) -> None:
         if self.ws.closed:
             return
@@ -315,11 +327,13 @@ class AccessNode:
 
     async def _report_forever(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            # Reports are written only when the load changes; a record deleted by hand (its
-            # lease still alive) would stay gone through a quiet hour: write it again.
+            # Written every tick, changed or not: the report's age (REPORTED in `imctl
+            # nodes`, the scheduler's pending window) then says the node is alive and its
+            # load is current, never "110s ago" for a healthy idle node. One put per node
+            # per report_interval_s; it also writes back a record deleted by hand.
             missing, self._missing_from_registry = self._missing_from_registry, False
             try:
-                if await self.report_once(force=missing) and missing:
+                if await self.report_once(force=True) and missing:
                     log.warning(
                         "%s: own record was gone from the registry; wrote it again", self.id
                     )
@@ -498,7 +512,9 @@ class AccessNode:
         # costs memory and CPU; it also lets one pushed frame be written to many sockets.
         ws = web.WebSocketResponse(
             heartbeat=None,
-            autoping=True,
+            # Off: aiohttp would answer PINGs before the frame loop sees them, and a client
+            # keeping the connection alive with protocol pings would be closed as idle.
+            autoping=False,
             max_msg_size=self.access.max_frame_bytes * 4,
             compress=False,
         )
@@ -530,7 +546,7 @@ class AccessNode:
             rate, burst = self.frame_rate, self.frame_burst
             async for msg in ws:
                 error: protocol.FrameError | None = None
-                if msg.type == WSMsgType.TEXT:
+                if msg.type in _METERED:
                     now = time.monotonic()
                     tokens = min(burst, session.tokens + (now - session.last_seen) * rate)
                     session.last_seen = now
@@ -541,7 +557,10 @@ class AccessNode:
                         error = self.flood_error
                     else:
                         session.tokens = tokens - 1.0
-                        error = await self._serve(session, msg.data)
+                        if msg.type == WSMsgType.TEXT:
+                            error = await self._serve(session, msg.data)
+                        else:
+                            await self._protocol_ping(session, msg.type, msg.data)
                 elif msg.type == WSMsgType.BINARY:
                     error = protocol.FrameError("binary", "frames are JSON text, not binary")
                 elif msg.type == WSMsgType.ERROR:
@@ -558,6 +577,16 @@ class AccessNode:
         finally:
             await self._close(session, reason)
         return ws
+
+    async def _protocol_ping(self, session: Session, kind: WSMsgType, data: bytes) -> None:
+        """A WebSocket PING (or an unsolicited PONG, RFC 6455 5.5.3: a one-way heartbeat)
+        is a heartbeat as ``{"t":"ping"}`` is: ``last_seen`` is already marked, the
+        presence entry is touched with the next flush, and a PING gets its PONG here
+        (autoping is off so that the frame loop sees them at all)."""
+        self.metrics.frame("ping")
+        self.heartbeats.add((session.uid, session.device, session.conn))
+        if kind == WSMsgType.PING:
+            await session.pong(data)
 
     async def _serve(self, session: Session, data: str) -> protocol.FrameError | None:
         """One text frame within the budget: answered, or why it is refused."""
@@ -796,6 +825,10 @@ class AccessNode:
         for task in list(self._background):
             task.cancel()
         await self.pusher.close()
+
+
+# Frames that spend the connection's frame budget and count as signs of life.
+_METERED = frozenset({WSMsgType.TEXT, WSMsgType.PING, WSMsgType.PONG})
 
 
 def _query(query_string: str) -> dict[str, str]:

@@ -170,6 +170,7 @@ class PresenceCluster:
                     await queue.put(event)
 
         tasks = [asyncio.create_task(follow(sid)) for sid in self.shards]
+        getter: asyncio.Future[PresenceEvent] | None = None
         try:
             while True:
                 getter = asyncio.ensure_future(queue.get())
@@ -183,9 +184,13 @@ class PresenceCluster:
                         t.result()  # surfaces a shard failure
                 return
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # The getter too: the reader cancelled mid-wait leaves it pending otherwise.
+            started: list[asyncio.Future[Any]] = [*tasks]
+            if getter is not None:
+                started.append(getter)
+            for f in started:
+                f.cancel()
+            await asyncio.gather(*started, return_exceptions=True)
 
     async def close(self) -> None:
         await asyncio.gather(*(s.close() for s in self.shards.values()))

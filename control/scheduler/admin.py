@@ -205,6 +205,7 @@ async def presence_events(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     follower = asyncio.create_task(follow(), name="presence-events")
     stopping = asyncio.ensure_future(state.stopping.wait())
+    getter: asyncio.Future[PresenceEvent] | None = None
     sent = 0
     quiet_since = time.monotonic()
     state.tails += 1
@@ -238,9 +239,12 @@ async def presence_events(request: web.Request) -> web.StreamResponse:
         state.tails -= 1
         metrics.event_tails.set(state.tails)
         stop.set()
-        stopping.cancel()
-        follower.cancel()
-        (failed,) = await asyncio.gather(follower, return_exceptions=True)
+        # Cancelled and awaited, every one: a task dropped while pending is logged by
+        # asyncio ("Task was destroyed but it is pending!") once per tail that ended.
+        pending = [f for f in (getter, stopping, follower) if f is not None]
+        for f in pending:
+            f.cancel()
+        *_, failed = await asyncio.gather(*pending, return_exceptions=True)
         if isinstance(failed, Exception):  # the stream ended early: say why, once
             log.error("presence event tail ended: %r", failed, exc_info=failed)
     return response

@@ -21,7 +21,7 @@ REAL_SECRETS = {
 }
 
 
-@pytest.mark.parametrize("name", ["local.yaml", "cluster.yaml"])
+@pytest.mark.parametrize("name", ["local.yaml", "local-real.yaml", "production-example.yaml"])
 def test_example_configs_are_valid(name: str) -> None:
     settings = load_settings(ROOT / "configs" / name, env=REAL_SECRETS)
     assert settings.regions.known
