@@ -214,7 +214,7 @@ async def run_controller(settings: Settings) -> int:
     return await _run(Process([part]), None, 0)
 
 
-async def run_local(settings: Settings) -> int:
+async def run_local(settings: Settings, config_path: str | None = None) -> int:
     """The whole cluster in one process: scheduler, every configured access node and the
     controller on one key-value store and one presence cluster."""
     kv = make_kv(settings.cluster)
@@ -232,13 +232,14 @@ async def run_local(settings: Settings) -> int:
         scheduler = _scheduler_part(settings, kv=kv, presence=presence)
         scheduler.grace_s = 0.0  # one local process: no load balancer to wait for
         parts.append(scheduler)
-        return await _run(Process(parts), banner(settings), 0)
+        return await _run(Process(parts), banner(settings, config_path), 0)
     finally:
         await presence.close()
         await kv.close()
 
 
-def banner(settings: Settings) -> str:
+def banner(settings: Settings, config_path: str | None = None) -> str:
+    """What ``imctl up`` prints; ``config_path`` None: the packaged local config."""
     s = settings.scheduler
     url = f"http://{s.host}:{s.port}"
     lines = [
@@ -254,7 +255,7 @@ def banner(settings: Settings) -> str:
     lines += [
         f"  controller: http://{c.host}:{c.port}/metrics",
         "  ask for an endpoint:",
-        f"    curl '{url}/v1/endpoint?uid=alice&device=phone-1&platform=ios&version=1.0.0'",
+        *_ask_lines(settings, url, config_path),
         "  then open a WebSocket to the answer's endpoint with ?ticket=<ticket>",
         f"  operate:    imctl nodes --server {url}",
     ]
@@ -262,3 +263,21 @@ def banner(settings: Settings) -> str:
         lines.append("  admin API:  open, no token (loopback only)")
     lines.append("Ctrl-C stops it.")
     return "\n".join(lines)
+
+
+def _ask_lines(settings: Settings, url: str, config_path: str | None) -> list[str]:
+    ask = f"'{url}/v1/endpoint?uid=alice&device=phone-1&platform=ios&version=1.0.0'"
+    auth = settings.client_auth
+    if auth.mode == "trust":
+        return [f"    curl {ask}", "  client auth: OFF, uid= taken as given (loopback only)"]
+    if auth.mode == "callback":
+        return [
+            f'    curl -H "Authorization: Bearer <session token>" {ask}',
+            f"  client auth: the app's auth service at {auth.callback.url}",
+        ]
+    config = f" --config {config_path}" if config_path else ""
+    return [
+        f'    curl -H "Authorization: Bearer $(imctl token --uid alice{config})" \\',
+        f"      {ask}",
+        "  client auth: JWT (sub = uid); imctl token mints them from client_auth.keys",
+    ]

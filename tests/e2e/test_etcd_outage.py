@@ -86,6 +86,7 @@ async def test_etcd_outage_then_a_deleted_record(
                 answer = await get(
                     http,
                     f"{c.url}/v1/endpoint?uid=late-{late}&device=phone&platform=ios&version=1.0",
+                    f"late-{late}",
                 )
                 url = f"{answer['endpoint']}?ticket={answer['ticket']}"
                 clients.append(await connect(http, url))

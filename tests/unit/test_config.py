@@ -80,6 +80,8 @@ def test_open_admin_needs_loopback() -> None:
         {
             "scheduler": {"host": "0.0.0.0"},
             "admin": {"tokens": [{"name": "sre", "token": "x" * 20, "role": "operator"}]},
+            # off loopback the built-in client key is refused too (tests/unit/test_auth.py)
+            "client_auth": {"keys": {"app": "y" * 32}},
         }
     )
 
