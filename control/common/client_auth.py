@@ -131,7 +131,7 @@ class IdentityCache:
         return len(gone)
 
 
-# -- keys ------------------------------------------------------------------------------------
+# -- keys --------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -208,7 +208,7 @@ def mint(
     return jwt.encode(payload, secret, algorithm="HS256", headers={"kid": kid})
 
 
-# -- JWT --------------------------------------------------------------------------------------
+# -- JWT ---------------------------------------------------------------------------------------
 
 # PyJWT's exceptions as the reason a client is told; the order matters (subclasses first).
 _REASONS: tuple[tuple[type[Exception], str, str], ...] = (
@@ -389,7 +389,7 @@ class JwksSource:
                 return
 
 
-# -- callback ---------------------------------------------------------------------------------
+# -- callback ----------------------------------------------------------------------------------
 
 
 class CircuitBreaker:
@@ -523,7 +523,7 @@ class CallbackVerifier:
             self._http = None
 
 
-# -- the edge's view ------------------------------------------------------------------------------
+# -- the edge's view ---------------------------------------------------------------------------
 
 
 class ClientAuth:
