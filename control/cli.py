@@ -100,7 +100,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = _load(path)
     level = "warning" if settings.log_level == "info" else settings.log_level
     _setup_logging(level, _log_format(args, settings))
-    return asyncio.run(run_local(settings, as_json=args.output == "json"))
+    config_path = None if args.config is None else path
+    return asyncio.run(run_local(settings, args.output == "json", config_path))
 
 
 # -- operating a cluster -----------------------------------------------------------------------
@@ -474,6 +475,16 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 def cmd_connect(args: argparse.Namespace) -> int:
     from control.client import run
 
+    token: Callable[[], str | None]
+    if args.token:
+        given = str(args.token)
+        token = lambda: given  # noqa: E731
+    else:
+        # A fresh token for every ask, so a client that runs for days never presents an
+        # expired one; trust mode needs none.
+        minter, settings, _ = _token_minter(args.config)
+        trusting = settings.client_auth.mode == "trust"
+        token = lambda: None if trusting else minter(args.uid, 3600)  # noqa: E731
     try:
         return asyncio.run(
             run(
@@ -484,10 +495,66 @@ def cmd_connect(args: argparse.Namespace) -> int:
                 args.version,
                 args.region,
                 output=args.output,
+                token=token,
             )
         )
     except OSError as exc:  # failures the client does not retry (it retries the network's)
         return _fail(f"cannot connect: {exc}", EXIT_UNAVAILABLE)
+
+
+TOKEN_TTL_MAX_S = 366 * 86400
+
+
+def token_ttl(text: str) -> float:
+    ttl = parse_duration(text)
+    if not 1 <= ttl <= TOKEN_TTL_MAX_S:
+        raise argparse.ArgumentTypeError(f"{text!r}: a lifetime from 1s to 366 days")
+    return ttl
+
+
+def _token_minter(config: str | None) -> tuple[Callable[[str, float], str], Settings, str]:
+    """A function minting client tokens from ``config``'s development key (default: the
+    config ``imctl up`` runs); SystemExit with one clear line when it has none."""
+    from control.common.client_auth import mint
+
+    path = config or str(_default_local_config())
+    settings = _load(path)
+    auth = settings.client_auth
+    if auth.mode == "callback":
+        raise SystemExit(
+            _fail(
+                f"{path}: client_auth.mode is callback: tokens come from the app's auth "
+                f"service ({auth.callback.url}), not from imctl",
+                EXIT_USAGE,
+            )
+        )
+    key = auth.minting_key()
+    if key is None:
+        raise SystemExit(
+            _fail(
+                f"{path}: client_auth.keys has no HS256 secret to sign tokens with (tokens "
+                "for RS256/ES256 or JWKS keys come from the app's backend)",
+                EXIT_USAGE,
+            )
+        )
+    kid, secret = key
+
+    def minter(uid: str, ttl: float) -> str:
+        return mint(uid, secret, kid, ttl, audience=auth.audience, issuer=auth.issuer)
+
+    return minter, settings, path
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    minter, settings, path = _token_minter(args.config)
+    if settings.client_auth.mode == "trust":
+        print(
+            f"imctl: note: {path} has client_auth.mode trust; the scheduler ignores tokens",
+            file=sys.stderr,
+        )
+    for uid in args.uid:
+        print(minter(uid, args.ttl))
+    return 0
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -699,7 +766,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=server_url,
         help="scheduler URL (default: $IMCTL_SERVER, else from --config)",
     )
-    p.add_argument("--config", help="config file to find the scheduler address in")
+    p.add_argument(
+        "--config",
+        help="config file to find the scheduler address and the development key in "
+        "(default key: the packaged local.yaml's, as imctl up and imctl token)",
+    )
+    p.add_argument(
+        "--token",
+        help="client credential sent as Authorization: Bearer (default: minted for --uid "
+        "from the config's development key)",
+    )
     p.add_argument(
         "--output",
         "-o",
@@ -708,6 +784,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="json: stdout holds only the node's frames, one JSON object a line",
     )
     p.set_defaults(func=cmd_connect)
+
+    p = sub.add_parser(
+        "token",
+        help="mint client tokens from the config's development key",
+        description="Print a client token (a JWT whose sub is the uid, HS256 with the "
+        "config's development key) for each --uid, one a line, in the order given. For "
+        'GET /v1/endpoint: curl -H "Authorization: Bearer $(imctl token --uid alice)" ...',
+    )
+    p.add_argument("--uid", required=True, type=user_id, action="append", help="repeatable")
+    p.add_argument(
+        "--ttl", type=token_ttl, default=3600.0, help="lifetime (3600, 10m, 2h; default 1h)"
+    )
+    p.add_argument("--config", help="config file (default: the packaged local.yaml, as imctl up)")
+    p.set_defaults(func=cmd_token)
 
     p = sub.add_parser(
         "config", help="work with config files", description="Check configuration files."

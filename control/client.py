@@ -42,11 +42,20 @@ class Refused(Exception):
         self.retry_after = retry_after
 
 
-async def _ask(http: aiohttp.ClientSession, server: str, params: dict[str, str]) -> dict[str, Any]:
-    async with http.get(f"{server}/v1/endpoint", params=params) as resp:
+class Unauthorized(Exception):
+    """The scheduler refused the credential (401/403): asking again will not help."""
+
+
+async def _ask(
+    http: aiohttp.ClientSession, server: str, params: dict[str, str], token: str | None = None
+) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    async with http.get(f"{server}/v1/endpoint", params=params, headers=headers) as resp:
         body = await resp.json(content_type=None)
         if resp.status != 200:
             message = body.get("message", body) if isinstance(body, dict) else body
+            if resp.status in (401, 403):
+                raise Unauthorized(f"HTTP {resp.status}: {message}")
             try:
                 retry_after = float(resp.headers.get("Retry-After", "0"))
             except ValueError:
@@ -100,7 +109,9 @@ async def run(
     region: str | None,
     max_attempts: int = 10,
     output: str = "text",
+    token: Callable[[], str | None] = lambda: None,
 ) -> int:
+    """Connect as ``uid``; ``token`` gives the credential for each ask of the scheduler."""
     out = Output(output)
     params = {"uid": uid, "device": device, "platform": platform, "version": version}
     if region:
@@ -134,7 +145,10 @@ async def run(
         # Unbounded while it works: a client stays connected across drains and restarts.
         while True:
             try:
-                answer = await _ask(http, server, params)
+                answer = await _ask(http, server, params, token())
+            except Unauthorized as exc:
+                out.note(f"scheduler: {exc}; giving up (check the token)")
+                return 1
             except (aiohttp.ClientError, OSError, Refused, ValueError) as exc:
                 # A refusal's Retry-After is the least to wait.
                 at_least = exc.retry_after if isinstance(exc, Refused) else 0.0

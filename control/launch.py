@@ -229,7 +229,9 @@ async def run_controller(settings: Settings) -> int:
     return await _run(Process([part]), None, 0)
 
 
-async def run_local(settings: Settings, as_json: bool = False) -> int:
+async def run_local(
+    settings: Settings, as_json: bool = False, config_path: str | None = None
+) -> int:
     """The whole cluster in one process: scheduler, every configured access node and the
     controller on one key-value store and one presence cluster."""
     kv = make_kv(settings.cluster)
@@ -247,7 +249,9 @@ async def run_local(settings: Settings, as_json: bool = False) -> int:
         scheduler = _scheduler_part(settings, kv=kv, presence=presence)
         scheduler.grace_s = 0.0  # one local process: no load balancer to wait for
         parts.append(scheduler)
-        shown = json.dumps(banner_data(settings)) if as_json else banner(settings)
+        shown = (
+            json.dumps(banner_data(settings)) if as_json else banner(settings, None, config_path)
+        )
         return await _run(Process(parts), shown, 0)
     finally:
         await presence.close()
@@ -291,7 +295,7 @@ def banner_data(settings: Settings) -> dict[str, Any]:
     }
 
 
-def banner(settings: Settings, imctl: str | None = None) -> str:
+def banner(settings: Settings, imctl: str | None = None, config_path: str | None = None) -> str:
     """Where clients ask and how to operate, each command as it can be pasted."""
     imctl = imctl_command() if imctl is None else imctl
     data = banner_data(settings)
@@ -308,7 +312,7 @@ def banner(settings: Settings, imctl: str | None = None) -> str:
     lines += [
         f"  controller: {data['controller']}",
         "  ask for an endpoint:",
-        f"    curl '{url}/v1/endpoint?uid=alice&device=phone-1&platform=ios&version=1.0.0'",
+        *_ask_lines(settings, url, config_path, imctl),
         "  then open a WebSocket to the answer's endpoint with ?ticket=<ticket>&platform=ios",
         f"  or let the reference client do both: {imctl} connect --uid alice --server {url}",
     ]
@@ -329,3 +333,23 @@ def banner(settings: Settings, imctl: str | None = None) -> str:
         lines.append(f'  ({imctl} is not on PATH; for plain imctl: export PATH="{on_path}:$PATH")')
     lines.append("Ctrl-C stops it.")
     return "\n".join(lines)
+
+
+def _ask_lines(
+    settings: Settings, url: str, config_path: str | None, imctl: str = "imctl"
+) -> list[str]:
+    ask = f"'{url}/v1/endpoint?uid=alice&device=phone-1&platform=ios&version=1.0.0'"
+    auth = settings.client_auth
+    if auth.mode == "trust":
+        return [f"    curl {ask}", "  client auth: OFF, uid= taken as given (loopback only)"]
+    if auth.mode == "callback":
+        return [
+            f'    curl -H "Authorization: Bearer <session token>" {ask}',
+            f"  client auth: the app's auth service at {auth.callback.url}",
+        ]
+    config = f" --config {config_path}" if config_path else ""
+    return [
+        f'    curl -H "Authorization: Bearer $({imctl} token --uid alice{config})" \\',
+        f"      {ask}",
+        "  client auth: JWT (sub = uid); imctl token mints them from client_auth.keys",
+    ]

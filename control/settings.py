@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from control.common.auth import Grant, TokenTable
+from control.common.client_auth import VerifyKey, parse_key
 from control.common.errors import ConfigError
 from control.common.geoip import CONTINENT, GeoDatabase, GeoError
 from control.common.registry import NodeRecord, PreservationPolicy
@@ -419,6 +420,99 @@ class AdminSettings:
         return TokenTable.of(Grant(t.name, t.token, t.role) for t in self.tokens)
 
 
+# Public (it is in this file): taken only on loopback, so a fresh checkout works and a
+# deployment must bring its own key.
+BUILT_IN_CLIENT_KEY = "imctl-built-in-client-key-loopback-only-not-secret"
+
+
+@dataclass(frozen=True)
+class AuthCallbackSettings:
+    url: str = setting(
+        "",
+        'the app\'s auth service: POST {"token": ...} -> {"uid", "expires_in"?}',
+        pattern=r"(https?://\S+)?",
+    )
+    timeout_s: float = setting(2.0, "an answer slower than this is a failure (503)", gt=0, le=30)
+    failures: int = setting(5, "failures in a row that open the circuit breaker", ge=1, le=1000)
+    open_s: float = setting(
+        30.0,
+        "an open breaker refuses (503) this long, then lets one trial call through",
+        gt=0,
+        le=3600,
+    )
+    cache_s: float = setting(
+        60.0,
+        "an accepted credential is believed this long (less when the answer's expires_in says so)",
+        ge=0,
+        le=86400,
+    )
+
+
+@dataclass(frozen=True)
+class ClientAuthSettings:
+    """How a client proves its uid to GET /v1/endpoint (Authorization: Bearer ...)."""
+
+    mode: Literal["jwt", "callback", "trust"] = setting(
+        "jwt",
+        "jwt: a JWT whose sub is the uid; callback: the app's auth service decides; trust: "
+        "uid= taken as given (tests and benchmarks, loopback listeners only)",
+    )
+    keys: Mapping[str, str] = setting(
+        MappingProxyType({"dev": BUILT_IN_CLIENT_KEY}),
+        "key id (the JWT's kid) -> HS256 secret (at least 32 characters) or PEM public key "
+        "(RSA: RS256, EC P-256: ES256); the built-in one only on loopback",
+    )
+    token_kid: str = setting(
+        "", "the HS256 key `imctl token` signs with (empty: the first HS256 key)"
+    )
+    jwks_url: str = setting(
+        "", "JWK set of the app's signing keys (empty: none)", pattern=r"(https?://\S+)?"
+    )
+    jwks_refresh_s: float = setting(
+        300.0, "fetch the JWK set this often (a failed fetch: a tenth of it)", ge=10, le=86400
+    )
+    audience: str = setting("imctl", "required aud claim (empty: a token must carry no aud)")
+    issuer: str = setting("", "required iss claim (empty: not checked)")
+    leeway_s: float = setting(5.0, "clock skew allowed on exp, nbf and iat", ge=0, le=300)
+    cache_size: int = setting(
+        65_536, "verified credentials remembered until their expiry (LRU)", ge=0, le=10_000_000
+    )
+    callback: AuthCallbackSettings = setting(AuthCallbackSettings(), "mode: callback")
+
+    def check(self, path: str) -> list[str]:
+        problems = []
+        for kid, text in self.keys.items():
+            if not isinstance(text, str):
+                continue  # already reported by the type check
+            try:
+                parse_key(kid, text)
+            except ValueError as exc:
+                problems.append(f"{path}.keys.{kid}: {exc}")
+        if self.token_kid and self.token_kid not in self.hs256_secrets():
+            problems.append(f"{path}.token_kid: {self.token_kid!r} is not an HS256 key in keys")
+        if self.mode == "jwt" and not self.keys and not self.jwks_url:
+            problems.append(f"{path}.keys: mode jwt needs keys or a jwks_url")
+        if self.mode == "callback" and not self.callback.url:
+            problems.append(f"{path}.callback.url: required with mode callback")
+        return problems
+
+    def hs256_secrets(self) -> dict[str, str]:
+        return {
+            kid: text
+            for kid, text in self.keys.items()
+            if isinstance(text, str) and not text.lstrip().startswith("-----BEGIN")
+        }
+
+    def verify_keys(self) -> dict[str, VerifyKey]:
+        return {kid: parse_key(kid, text) for kid, text in self.keys.items()}
+
+    def minting_key(self) -> tuple[str, str] | None:
+        """(kid, secret) `imctl token` signs with, if the config has an HS256 key."""
+        secrets = self.hs256_secrets()
+        kid = self.token_kid or next(iter(secrets), "")
+        return (kid, secrets[kid]) if kid in secrets else None
+
+
 @dataclass(frozen=True)
 class Settings:
     cluster: ClusterSettings = setting(ClusterSettings(), "")
@@ -430,6 +524,7 @@ class Settings:
     regions: RegionSettings = setting(RegionSettings(), "")
     gray: GraySettings = setting(GraySettings(), "")
     admin: AdminSettings = setting(AdminSettings(), "")
+    client_auth: ClientAuthSettings = setting(ClientAuthSettings(), "")
     access: AccessSettings = setting(AccessSettings(), "")
     presence: PresenceSettings = setting(PresenceSettings(), "")
     controller: ControllerSettings = setting(ControllerSettings(), "")
@@ -470,6 +565,18 @@ class Settings:
                 why = weakness(secret) if isinstance(secret, str) else None
                 if why is not None:
                     problems.append(f"{key}: {why} ({where})")
+        auth = self.client_auth
+        if not _is_loopback(host):
+            if auth.mode == "trust":
+                problems.append(
+                    f"client_auth.mode: trust (uid= taken as given) only when scheduler.host "
+                    f"is a loopback address, not {host}"
+                )
+            elif auth.mode == "jwt" and BUILT_IN_CLIENT_KEY in auth.keys.values():
+                problems.append(
+                    f"client_auth.keys: the built-in development key is public; set keys "
+                    f"of your own (or a jwks_url) when scheduler.host ({host}) is not loopback"
+                )
         known = set(self.regions.known or ())
         for i, node in enumerate(self.registry.static_nodes or ()):
             if node.region and node.region not in known:

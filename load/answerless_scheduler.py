@@ -24,7 +24,7 @@ from load.bare_server import ANSWER
 BODY = json.dumps(ANSWER, separators=(",", ":")).encode()
 
 
-def answer(self: EndpointHandler, request: web.Request) -> web.Response:
+def answer(self: EndpointHandler, request: web.Request, *_: object) -> web.Response:
     return web.Response(body=BODY, content_type=JSON)
 
 

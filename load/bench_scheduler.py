@@ -3,6 +3,12 @@ releases, against a bare aiohttp JSON handler, both measured in the same run by 
 
     python -m load.bench_scheduler [--runs 5] [--duration 8] [--connections 16]
 
+``imctl`` is the scheduler taking ``uid=`` on trust (``client_auth.mode: trust``, the figure
+of the earlier sessions); ``auth_new`` and ``auth_repeat`` are a second scheduler process
+with client authentication on (HS256 JWTs), every request with a token it has not seen
+(a signature check each) and with 1,000 tokens over and over (a reconnect storm: the
+verified-credential cache answers).
+
 Each server is its own process (one core of the two), wrk runs with one thread on loopback;
 runs alternate between the servers and the medians are reported. A third server, the
 scheduler with its decision taken out (``load/answerless_scheduler.py``), splits imctl's
@@ -44,7 +50,46 @@ end
 """
 
 
-def scheduler_config(port: int) -> dict:  # type: ignore[type-arg]
+AUTH_KEY = "bench-client-key-0123456789abcdef-not-secret"
+REPEATING_TOKENS = 1000
+# Read by wrk at start: one "uid token" a line, used in turn (wrapping at the end).
+AUTH_LUA = """
+math.randomseed(os.time())
+local regions = {"r1", "r2", "r3", "r4"}
+local platforms = {"ios", "android", "web"}
+local uids, tokens = {}, {}
+for line in io.lines("%s") do
+  local uid, token = line:match("^(%%S+) (%%S+)$")
+  uids[#uids + 1] = uid
+  tokens[#tokens + 1] = "Bearer " .. token
+end
+local i = 0
+request = function()
+  i = i + 1
+  if i > #uids then i = 1 end
+  local path = "/v1/endpoint?uid=" .. uids[i] .. "&device=d1&platform=" ..
+    platforms[math.random(1, 3)] .. "&version=5." .. math.random(0, 9) .. ".0&region=" ..
+    regions[math.random(1, 4)]
+  return wrk.format("GET", path, {["Authorization"] = tokens[i]})
+end
+"""
+
+
+def token_script(tmp: Path, name: str, count: int, start: int) -> Path:
+    """A wrk script presenting ``count`` distinct tokens (uids u<start>...) in turn."""
+    from control.common.client_auth import mint
+
+    tokens = tmp / f"{name}.tokens"
+    with tokens.open("w") as f:
+        for i in range(start, start + count):
+            uid = f"u{i}"
+            f.write(f"{uid} {mint(uid, AUTH_KEY, 'bench', 3600, audience='imctl')}\n")
+    script = tmp / f"{name}.lua"
+    script.write_text(AUTH_LUA % tokens)
+    return script
+
+
+def scheduler_config(port: int, auth: bool = False) -> dict:  # type: ignore[type-arg]
     nodes = []
     for i in range(1000):
         region = REGIONS[i % 4]
@@ -79,6 +124,11 @@ def scheduler_config(port: int) -> dict:  # type: ignore[type-arg]
         "registry": {"static_nodes": nodes},
         "scheduler": {"port": port, "rate_limit": {"rate_per_s": 1e9, "burst": 1e9}},
         "gray": {"releases": releases},
+        "client_auth": (
+            {"mode": "jwt", "keys": {"bench": AUTH_KEY}, "audience": "imctl"}
+            if auth
+            else {"mode": "trust"}
+        ),
         "log_level": "warning",
     }
 
@@ -114,6 +164,7 @@ def wrk(
 
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
+        "requests": float(requests),
         "rps": rps,
         "cpu_us_per_request": round(spent / max(requests, 1) * 1e6, 1),
         "p50_ms": ms("50"),
@@ -140,6 +191,12 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument(
+        "--new-tokens",
+        type=int,
+        default=60_000,
+        help="distinct tokens per auth_new run (more than it asks for: none repeats)",
+    )
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install wrk")
@@ -164,25 +221,44 @@ def main() -> None:
         env=env,
         stderr=subprocess.DEVNULL,
     )
-    servers = {"bare": (bport, bare), "imctl": (sport, sched), "answerless": (aport, answerless)}
+    xport = free_port()
+    xcfg = tmp / "auth.yaml"
+    xcfg.write_text(yaml.safe_dump(scheduler_config(xport, auth=True)))
+    authed = subprocess.Popen(
+        [sys.executable, "-m", "control.cli", "scheduler", "--config", str(xcfg)],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
+    repeat_script = token_script(tmp, "repeat", REPEATING_TOKENS, 10_000_000)
+    servers = {
+        "bare": (bport, bare),
+        "imctl": (sport, sched),
+        "answerless": (aport, answerless),
+        "auth_new": (xport, authed),
+        "auth_repeat": (xport, authed),
+    }
     try:
         for port, _ in servers.values():
             wait_port(port, 30)
         time.sleep(0.5)
         results: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
-        for _ in range(args.runs):
+        for run in range(args.runs):
+            # Tokens the auth server has never seen, a fresh set each run.
+            new_script = token_script(tmp, f"new{run}", args.new_tokens, run * args.new_tokens)
+            scripts = {"auth_new": new_script, "auth_repeat": repeat_script}
             for name, (port, proc) in servers.items():
-                results[name].append(
-                    wrk(
-                        f"http://127.0.0.1:{port}",
-                        args.duration,
-                        args.connections,
-                        script,
-                        proc.pid,
-                    )
+                one = wrk(
+                    f"http://127.0.0.1:{port}",
+                    args.duration,
+                    args.connections,
+                    scripts.get(name, script),
+                    proc.pid,
                 )
+                if name == "auth_new":
+                    one["requests_over_tokens"] = round(one["requests"] / args.new_tokens, 3)
+                results[name].append(one)
     finally:
-        for _, p in servers.values():
+        for p in {id(p): p for _, p in servers.values()}.values():
             p.terminate()
             p.wait(10)
     med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in results.items()}
@@ -220,6 +296,18 @@ def main() -> None:
                 "decision_budget_cpu_us_at_0.70": round(
                     med["bare"]["cpu_us_per_request"] / 0.7
                     - med["answerless"]["cpu_us_per_request"],
+                    1,
+                ),
+                # Client authentication, against the trusting scheduler in the same runs.
+                "auth_new_over_imctl_rps": round(med["auth_new"]["rps"] / med["imctl"]["rps"], 3),
+                "auth_repeat_over_imctl_rps": round(
+                    med["auth_repeat"]["rps"] / med["imctl"]["rps"], 3
+                ),
+                "auth_new_cpu_us_extra": round(
+                    med["auth_new"]["cpu_us_per_request"] - med["imctl"]["cpu_us_per_request"], 1
+                ),
+                "auth_repeat_cpu_us_extra": round(
+                    med["auth_repeat"]["cpu_us_per_request"] - med["imctl"]["cpu_us_per_request"],
                     1,
                 ),
                 "all_runs": results,

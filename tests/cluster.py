@@ -16,6 +16,7 @@ from control.presence.cluster import PresenceCluster
 from control.runtime import make_presence
 from control.settings import Settings, parse_settings
 from tests.servers import free_port
+from tests.tokens import CLIENT_AUTH
 
 SECRET = "test-ticket-secret-0123456789"
 
@@ -27,6 +28,7 @@ def cluster_settings(nodes: int = 2, **sections: Any) -> Settings:
         "registry": {"lease_ttl_s": 2, "verify_s": 5},
         "heartbeat": {"interval_s": 1, "misses": 3},
         "tickets": {"active_kid": "t1", "keys": {"t1": SECRET}},
+        "client_auth": CLIENT_AUTH,
         "access": {
             "nodes": [
                 {

@@ -12,6 +12,17 @@ from collections.abc import AsyncIterator, Mapping
 
 from aiohttp import web
 
+from control.common.client_auth import (
+    AuthFailure,
+    CallbackVerifier,
+    CircuitBreaker,
+    ClientAuth,
+    Identity,
+    IdentityCache,
+    JwksSource,
+    JwtVerifier,
+    check_claims,
+)
 from control.common.errors import BackendUnavailable, BadRequest
 from control.common.geoip import GeoDatabase
 from control.common.kv import KeyValueStore
@@ -26,8 +37,9 @@ from control.scheduler.admin import add_admin_routes
 from control.scheduler.engine import Engine
 from control.scheduler.geo import GeoReloader, build_region_map, open_geo
 from control.scheduler.proximity import client_ip
-from control.scheduler.request import parse_endpoint_query
+from control.scheduler.request import UID_RE, parse_endpoint_query
 from control.scheduler.state import (
+    AUTH,
     ENGINE,
     GRANTS,
     KV,
@@ -46,13 +58,64 @@ JSON = "application/json"
 _json_str = json.encoder.encode_basestring
 
 
-class EndpointHandler:
-    """``GET /v1/endpoint``: parse, rate-limit, decide, sign."""
+OTHER_USER = AuthFailure(403, "other_user", "the credential is for another uid")
 
-    def __init__(self, settings: Settings, engine: Engine, metrics: SchedulerMetrics) -> None:
+
+def build_client_auth(settings: Settings) -> ClientAuth:
+    """The client authentication ``settings.client_auth`` asks for."""
+    c = settings.client_auth
+    cache = IdentityCache(c.cache_size)
+    if c.mode == "trust":
+        return ClientAuth("trust", cache)
+    if c.mode == "callback":
+        cb = c.callback
+        breaker = CircuitBreaker(cb.failures, cb.open_s)
+        verifier = CallbackVerifier(cb.url, cb.timeout_s, cb.cache_s, breaker, UID_RE)
+        return ClientAuth("callback", cache, callback=verifier)
+    jwt_verifier = JwtVerifier(
+        c.verify_keys(),
+        audience=c.audience,
+        issuer=c.issuer,
+        leeway_s=c.leeway_s,
+        uid_pattern=UID_RE,
+    )
+    auth = ClientAuth("jwt", cache, jwt_verifier)
+    if c.jwks_url:
+        auth.jwks = JwksSource(c.jwks_url, c.jwks_refresh_s, auth.apply_jwks)
+        jwt_verifier.remote_loaded = False
+        jwt_verifier.on_unknown_kid = auth.jwks.want
+    return auth
+
+
+def refusal(exc: AuthFailure) -> web.Response:
+    """A 401 (with RFC 6750's WWW-Authenticate), 403 or 503 for a refused credential."""
+    code = {401: "unauthorized", 403: "forbidden"}.get(exc.status, "auth_unavailable")
+    extra: dict[str, object] = {"reason": exc.reason}
+    if exc.retry_after:
+        extra["retry_after"] = exc.retry_after
+    response = json_error(exc.status, code, exc.message, **extra)
+    if exc.status == 401:
+        challenge = 'Bearer realm="imctl"'
+        if exc.reason != "missing":
+            challenge += f', error="invalid_token", error_description="{exc.message}"'
+        response.headers["WWW-Authenticate"] = challenge
+    return response
+
+
+class EndpointHandler:
+    """``GET /v1/endpoint``: rate-limit, authenticate, parse, decide, sign."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        metrics: SchedulerMetrics,
+        auth: ClientAuth | None = None,
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.metrics = metrics
+        self.auth = build_client_auth(settings) if auth is None else auth
         self.keys = settings.tickets.ticket_keys()
         self.trusted = settings.scheduler.trusted_proxies
         self.known_regions = frozenset(settings.regions.known)
@@ -76,23 +139,44 @@ class EndpointHandler:
     async def handle(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         try:
-            response = self.answer(request)
+            headers = request.headers
+            ip = client_ip(request.remote, headers.get("X-Forwarded-For"), self.trusted)
+            # The rate limit comes first: it also bounds the signature checks one address
+            # can make the scheduler do.
+            wait = self.buckets.allow(client_key(ip))
+            if wait > 0:
+                self._count("none", "none", "rate_limited")
+                response = json_error(
+                    429,
+                    "rate_limited",
+                    "too many requests from this address",
+                    retry_after=max(1, math.ceil(wait)),
+                )
+            elif self.auth.trusting:
+                response = self.answer(request, ip, None)
+            else:
+                header = headers.get("Authorization")
+                identity = self.auth.cached(header)  # a reconnect: no signature check
+                if identity is None:
+                    identity = await self.auth.authenticate(header)
+                    self.metrics.auth.inc("verified")
+                else:
+                    self.metrics.auth.inc("cached")
+                response = self.answer(request, ip, identity)
+        except AuthFailure as exc:
+            self.metrics.auth.inc(exc.reason)
+            self._count("none", "none", "unauthorized" if exc.status == 401 else "refused")
+            response = refusal(exc)
         except Exception:
             response = internal_error(request)
         self.metrics.latency.observe(time.perf_counter() - started)
         return response
 
-    def answer(self, request: web.Request) -> web.Response:
-        ip = client_ip(request.remote, request.headers.get("X-Forwarded-For"), self.trusted)
-        wait = self.buckets.allow(client_key(ip))
-        if wait > 0:
-            self._count("none", "none", "rate_limited")
-            return json_error(
-                429,
-                "rate_limited",
-                "too many requests from this address",
-                retry_after=max(1, math.ceil(wait)),
-            )
+    def answer(
+        self, request: web.Request, ip: str | None, identity: Identity | None
+    ) -> web.Response:
+        """The decision for a client past the rate limit; ``identity`` is who its credential
+        proved it is (None: the trusting mode, uid= as given)."""
         try:
             q = parse_endpoint_query(
                 request.raw_path.partition("?")[2].partition("#")[0], self.known_regions
@@ -100,6 +184,15 @@ class EndpointHandler:
         except BadRequest as exc:
             self._count("none", "none", "bad_request")
             return json_error(400, "bad_request", str(exc), field=exc.field)
+        if identity is not None:
+            # The ticket is bound to the authenticated uid: asking for another is refused,
+            # never answered with a ticket for either.
+            if q.uid != identity.uid:
+                raise OTHER_USER
+            if identity.devices is not None or identity.platforms is not None:
+                refused = check_claims(identity, q.device, q.platform)
+                if refused is not None:
+                    raise refused
         region = q.region or self.engine.region_map.region_of(ip)
         user = UserContext(q.uid, q.platform, q.version, region)
         decision = self.engine.assign(user)
@@ -163,6 +256,13 @@ def create_app(
             settings.regions, engine, geo, lambda info: metrics.geoip_built.set(info.build_epoch)
         )
     state = SchedulerState()
+    auth = build_client_auth(settings)
+    if auth.trusting:
+        log.warning(
+            "client_auth.mode is trust: GET /v1/endpoint takes uid= as given, with no "
+            "credential (tests and benchmarks only; allowed on loopback listeners only)"
+        )
+    app[AUTH] = auth
     app[SETTINGS] = settings
     app[GRANTS] = settings.admin.grants()
     app[ENGINE] = engine
@@ -238,8 +338,11 @@ def create_app(
         state.supervisor.spawn("readiness", ready_when_synced)
         if reloader is not None:
             state.supervisor.spawn("geoip-reload", reloader.run)
+        if auth.jwks is not None:
+            state.supervisor.spawn("jwks-refresh", auth.jwks.run)
         yield
         await state.supervisor.close(timeout=3.0)
+        await auth.close()
         if reloader is not None:
             reloader.close()
         for handle in (state._rebuild_handle, state._hold_handle):
@@ -255,7 +358,7 @@ def create_app(
 
     app.on_shutdown.append(end_streams)
     app.cleanup_ctx.append(backend_ctx)
-    endpoint = EndpointHandler(settings, engine, metrics).handle
+    endpoint = EndpointHandler(settings, engine, metrics, auth).handle
     app.router.add_get("/v1/endpoint", endpoint, allow_head=False)  # HEAD must not decide
     add_admin_routes(app)
     add_ops_routes(

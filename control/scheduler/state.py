@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 
 from control.common.auth import Role, TokenTable, bearer
+from control.common.client_auth import ClientAuth
 from control.common.kv import KeyValueStore
 from control.common.metrics import LoopCounter, LoopHistogram
 from control.common.mirror import PrefixMirror
@@ -71,6 +72,13 @@ class SchedulerMetrics:
             "Open GET /v1/presence/events streams (capped by scheduler.max_event_tails)",
             registry=self.registry,
         )
+        self.auth = LoopCounter(
+            "imctl_scheduler_client_auth_total",
+            "Client credentials on GET /v1/endpoint by result: cached (a reconnect's token "
+            "seen before), verified, or why it was refused",
+            ["result"],
+            self.registry,
+        )
         self.geoip_built = Gauge(
             "imctl_scheduler_geoip_build_timestamp_seconds",
             "When the geo database in use was built (alert when it grows old)",
@@ -129,4 +137,5 @@ def require(role: Role) -> Callable[..., Any]:
 
 
 PRESENCE = web.AppKey("presence", PresenceCluster)
+AUTH = web.AppKey("client_auth", ClientAuth)
 KV = web.AppKey("kv", KeyValueStore)

@@ -20,6 +20,7 @@ import yaml
 
 from control.common.tickets import TicketKeys
 from tests.servers import EtcdServer, RedisServer, free_port, wait_port
+from tests.tokens import CLIENT_AUTH, as_user
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,6 +55,7 @@ class Cluster:
             },
             "heartbeat": {"interval_s": 2, "misses": 3},
             "tickets": {"active_kid": "k", "keys": {"k": SECRET}},
+            "client_auth": CLIENT_AUTH,
             "scheduler": {
                 "port": self.ports["scheduler"],
                 "rebuild_s": 0,
@@ -137,8 +139,9 @@ class Cluster:
         )
 
 
-async def get(http: aiohttp.ClientSession, url: str) -> Any:
-    async with http.get(url) as resp:
+async def get(http: aiohttp.ClientSession, url: str, uid: str | None = None) -> Any:
+    """GET ``url``'s JSON, proving ``uid`` (for /v1/endpoint) when given."""
+    async with http.get(url, headers=as_user(uid) if uid else None) as resp:
         return await resp.json()
 
 
@@ -194,7 +197,9 @@ async def test_ask_connect_online_heartbeat_disconnect(
     c = cluster
     await ready(http, c, {"n0", "n1"})
     answer = await get(
-        http, f"{c.url}/v1/endpoint?uid=alice&device=phone&platform=ios&version=1.0&region=north"
+        http,
+        f"{c.url}/v1/endpoint?uid=alice&device=phone&platform=ios&version=1.0&region=north",
+        "alice",
     )
     assert answer["node"] in ("n0", "n1") and answer["fallbacks"]
     ws = await http.ws_connect(f"{answer['endpoint']}?ticket={answer['ticket']}&platform=ios")
@@ -271,6 +276,7 @@ async def test_drain_moves_1000_clients_at_a_bounded_rate(
         answer = await get(
             http,
             f"{c.url}/v1/endpoint?uid={uid}&device=phone&platform=ios&version=1.0&region=north",
+            uid,
         )
         ws = await http.ws_connect(f"{answer['endpoint']}?ticket={answer['ticket']}")
         welcome = await ws.receive_json(timeout=10)
@@ -340,7 +346,9 @@ async def test_kill_9_node_users_offline_within_ttl_plus_2s(
             aiohttp.WSMsgType.ERROR,
         )
         answer = await get(
-            http, f"{c.url}/v1/endpoint?uid=victim-{i}&device=phone&platform=ios&version=1.0"
+            http,
+            f"{c.url}/v1/endpoint?uid=victim-{i}&device=phone&platform=ios&version=1.0",
+            f"victim-{i}",
         )
         assert answer["node"] == "n0"
         again = await http.ws_connect(f"{answer['endpoint']}?ticket={answer['ticket']}")

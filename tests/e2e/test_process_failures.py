@@ -15,6 +15,7 @@ import pytest
 
 from tests.e2e.test_cluster import LEASE_TTL, WINDOW, Cluster, counts_by_node, ready, until
 from tests.servers import EtcdServer, RedisServer
+from tests.tokens import as_user
 
 pytestmark = pytest.mark.e2e
 LEADER_TTL = 2  # the cluster's controller.leader_ttl_s
@@ -97,7 +98,7 @@ async def test_kill_9_the_scheduler(
         async with aiohttp.ClientSession() as http:
             await ready(http, c, {"n0", "n1"})
             ask = f"{c.url}/v1/endpoint?uid=amy&device=phone&platform=ios&version=1.0"
-            async with http.get(ask) as resp:
+            async with http.get(ask, headers=as_user("amy")) as resp:
                 answer = await resp.json()
             ws = await http.ws_connect(f"{answer['endpoint']}?ticket={answer['ticket']}")
             assert (await ws.receive_json(timeout=5))["t"] == "welcome"
@@ -110,7 +111,7 @@ async def test_kill_9_the_scheduler(
             await ready(http, c, {"n0", "n1"})
 
             async def serves() -> bool:
-                async with http.get(ask) as resp:
+                async with http.get(ask, headers=as_user("amy")) as resp:
                     return resp.status == 200
 
             await until(serves, 10, "the restarted scheduler answering")

@@ -34,6 +34,19 @@ def get(url: str, token: str | None = None) -> tuple[int, dict]:  # type: ignore
         return err.code, json.loads(err.read())
 
 
+def imctl_token(uid: str, config: Path) -> str:
+    """A client token the way a user gets one: ``imctl token``."""
+    run = subprocess.run(
+        [*IMCTL, "token", "--uid", uid, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        cwd=ROOT,
+    )
+    return run.stdout.strip()
+
+
 def wait_ready(base: str, within: float = 10) -> None:
     """Until a scheduler listening at ``base`` answers /readyz 200."""
     wait_port(int(base.rsplit(":", 1)[1]))
@@ -66,7 +79,7 @@ def stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
 
 
 @pytest.fixture
-def up(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+def up(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str], Path]]:
     """``imctl up`` on the packaged local config, moved to free ports."""
 
     config = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
@@ -79,13 +92,16 @@ def up(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     path.write_text(yaml.safe_dump(config))
     proc = spawn(["up", "--config", str(path)])
     wait_port(port)
-    yield f"http://127.0.0.1:{port}", proc
+    yield f"http://127.0.0.1:{port}", proc, path
     stop(proc)
 
 
-def test_up_prints_where_to_ask_and_serves(up: tuple[str, subprocess.Popen[str]]) -> None:
-    url, proc = up
-    status, body = get(f"{url}/v1/endpoint?uid=alice&device=p1&platform=ios&version=1.0")
+def test_up_prints_where_to_ask_and_serves(up: tuple[str, subprocess.Popen[str], Path]) -> None:
+    url, proc, config = up
+    ask = f"{url}/v1/endpoint?uid=alice&device=p1&platform=ios&version=1.0"
+    status, body = get(ask)
+    assert status == 401 and body["reason"] == "missing", body  # the shipped config: auth on
+    status, body = get(ask, imctl_token("alice", config))
     assert status == 200 and body["endpoint"].startswith("ws://")
 
     async def talk() -> list[dict]:  # type: ignore[type-arg]
@@ -127,6 +143,7 @@ def test_up_prints_where_to_ask_and_serves(up: tuple[str, subprocess.Popen[str]]
     assert all(re.search(r"registry\s+\d+s ago$", row.rstrip()) for row in rows), rows
     out, err = stop(proc)
     assert f"scheduler:  {url}" in out and "/v1/endpoint?uid=" in out
+    assert f"Authorization: Bearer $(imctl token --uid alice --config {config})" in out
     assert out.count("access:") == 3
     assert proc.returncode == 0, err
 
@@ -202,6 +219,7 @@ scheduler: {{port: {port}, shutdown_grace_s: 3}}
     proc = spawn(["scheduler", "--config", str(cfg)])
     base = f"http://127.0.0.1:{port}"
     ask = f"{base}/v1/endpoint?uid=u1&device=d&platform=ios&version=1.0"
+    token = imctl_token("u1", cfg)
     try:
         wait_ready(base)
         proc.send_signal(signal.SIGTERM)
@@ -211,7 +229,7 @@ scheduler: {{port: {port}, shutdown_grace_s: 3}}
             time.sleep(0.05)
         status, body = get(f"{base}/readyz")
         assert status == 503 and body["stopping"] is True, body
-        assert get(ask)[0] == 200  # in the grace: still answering
+        assert get(ask, token)[0] == 200  # in the grace: still answering
         assert proc.wait(10) == 0
         assert 2.5 <= time.monotonic() - signalled < 8
     finally:
@@ -296,7 +314,8 @@ def test_up_on_etcd_and_redis(etcd_server: EtcdServer, redis_servers: list, tmp_
     try:
         wait_port(port)
         url = f"http://127.0.0.1:{port}"
-        status, body = get(f"{url}/v1/endpoint?uid=carol&device=p1&platform=web&version=2.0")
+        ask = f"{url}/v1/endpoint?uid=carol&device=p1&platform=web&version=2.0"
+        status, body = get(ask, imctl_token("carol", path))
         assert status == 200
 
         async def login() -> dict:  # type: ignore[type-arg]
@@ -317,9 +336,9 @@ def test_up_on_etcd_and_redis(etcd_server: EtcdServer, redis_servers: list, tmp_
 
 
 def test_operator_verbs_against_something_else_are_a_clear_error(
-    up: tuple[str, subprocess.Popen[str]],
+    up: tuple[str, subprocess.Popen[str], Path],
 ) -> None:
-    url, _ = up
+    url, _, _ = up
     # A server that answers 200 with JSON of another shape: the scheduler's own /healthz.
     other = f"{url}/healthz?path="
     for verb in (["nodes"], ["presence", "who", "alice"], ["presence", "count"]):
@@ -331,9 +350,9 @@ def test_operator_verbs_against_something_else_are_a_clear_error(
 
 
 def test_connect_client_talks_then_leaves_at_end_of_input(
-    up: tuple[str, subprocess.Popen[str]],
+    up: tuple[str, subprocess.Popen[str], Path],
 ) -> None:
-    url, _ = up
+    url, _, _ = up
     seen: list[str] = []
     with subprocess.Popen(
         [*IMCTL, "connect", "--uid", "carol", "--server", url],

@@ -18,6 +18,7 @@ from control.common.registry import NodeRecord, Registry
 from control.scheduler.service import ENGINE, SETTINGS, create_app
 from control.settings import Settings, parse_settings
 from tests.geodb import write_geo_db
+from tests.tokens import CLIENT_AUTH, as_user
 
 BASE: dict[str, Any] = {
     "regions": {
@@ -34,8 +35,10 @@ BASE: dict[str, Any] = {
     },
     "scheduler": {"trusted_proxies": ["127.0.0.0/8"], "rebuild_s": 0},
     "tickets": {"active_kid": "k1", "keys": {"k1": "0123456789abcdef-test"}},
+    "client_auth": CLIENT_AUTH,
 }
 OK = {"uid": "alice", "device": "phone-1", "platform": "ios", "version": "5.1.0"}
+AS_ALICE = as_user("alice")  # every test client below proves alice unless told otherwise
 
 
 def settings(**over: Any) -> Settings:
@@ -47,7 +50,7 @@ def settings(**over: Any) -> Settings:
 
 @pytest.fixture
 async def client(aiohttp_client: Any) -> TestClient:
-    return await aiohttp_client(create_app(settings()))
+    return await aiohttp_client(create_app(settings()), headers=AS_ALICE)
 
 
 async def test_contract_shape(client: TestClient) -> None:
@@ -86,7 +89,7 @@ async def test_region_from_trusted_forwarded_for(client: TestClient) -> None:
 async def test_region_from_the_geo_database(aiohttp_client: Any, tmp_path: Path) -> None:
     db = write_geo_db(tmp_path / "city.mmdb")
     geoip = {"database": str(db), "places": {"CN-GD": "south", "continent:EU": "north"}}
-    client = await aiohttp_client(create_app(settings(regions={"geoip": geoip})))
+    client = await aiohttp_client(create_app(settings(regions={"geoip": geoip})), headers=AS_ALICE)
 
     async def region(forwarded_for: str) -> str:
         resp = await client.get(
@@ -139,7 +142,8 @@ async def test_query_is_form_decoded(client: TestClient) -> None:
     """Escapes are decoded (the signed ticket carries the decoded uid), ``+`` is a space
     (so not a valid device), and unknown parameters and a fragment are ignored."""
     resp = await client.get(
-        "/v1/endpoint?uid=al%69ce%40home&device=d1&platform=iOS&version=5.1&x=1&region=north"
+        "/v1/endpoint?uid=al%69ce%40home&device=d1&platform=iOS&version=5.1&x=1&region=north",
+        headers=as_user("alice@home"),
     )
     assert resp.status == 200
     body = await resp.json()
@@ -211,7 +215,7 @@ async def test_head_is_refused_not_a_decision(client: TestClient) -> None:
 
 async def test_rate_limit_429_with_retry_after(aiohttp_client: Any) -> None:
     s = settings(scheduler={"rate_limit": {"rate_per_s": 1, "burst": 3}})
-    client = await aiohttp_client(create_app(s))
+    client = await aiohttp_client(create_app(s), headers=AS_ALICE)
     statuses = [(await client.get("/v1/endpoint", params=OK)).status for _ in range(3)]
     assert statuses == [200, 200, 200]
     resp = await client.get("/v1/endpoint", params=OK)
@@ -232,7 +236,7 @@ async def test_503_when_no_node_has_room(aiohttp_client: Any) -> None:
         },
         scheduler={"retry_after_s": 7},
     )
-    client = await aiohttp_client(create_app(s))
+    client = await aiohttp_client(create_app(s), headers=AS_ALICE)
     first = await client.get("/v1/endpoint", params=OK)
     assert first.status == 200 and (await first.json())["node"] == "f1"
     resp = await client.get("/v1/endpoint", params=OK)  # f1 is full with our pending client
@@ -245,7 +249,7 @@ async def test_registry_nodes_and_operator_views(aiohttp_client: Any) -> None:
     await kv.connect()
     try:
         app = create_app(settings(registry={"static_nodes": []}), kv=kv)
-        client = await aiohttp_client(app)
+        client = await aiohttp_client(app, headers=AS_ALICE)
         resp = await client.get("/readyz")
         for _ in range(50):
             if resp.status == 200:
@@ -282,7 +286,7 @@ async def test_admin_tokens_and_roles(aiohttp_client: Any) -> None:
     s = settings(
         admin={"tokens": [{"name": "g", "token": "viewer-token-0123456", "role": "viewer"}]}
     )
-    client = await aiohttp_client(create_app(s))
+    client = await aiohttp_client(create_app(s), headers=AS_ALICE)
     assert (await client.get("/v1/nodes")).status == 401
     bad = await client.get("/v1/nodes", headers={"Authorization": "Bearer nope"})
     assert bad.status == 401
@@ -314,7 +318,7 @@ async def test_a_failed_snapshot_build_keeps_the_last_one(
     await kv.connect()
     try:
         app = create_app(settings(registry={"static_nodes": []}), kv=kv)
-        client = await aiohttp_client(app)
+        client = await aiohttp_client(app, headers=AS_ALICE)
         registry = Registry(kv, "/imctl")
         reg = await registry.register(
             NodeRecord(id="live", endpoint="ws://h/live", region="south"), ttl=5
@@ -348,7 +352,7 @@ async def test_presence_views_while_redis_is_down_are_503(aiohttp_client: Any) -
     from tests.servers import free_port
 
     dead = build_cluster([("s0", f"redis://127.0.0.1:{free_port()}", 1)], "redis", 90, "x:")
-    client = await aiohttp_client(create_app(settings(), presence=dead))
+    client = await aiohttp_client(create_app(settings(), presence=dead), headers=AS_ALICE)
     for path in ("/v1/presence/alice", "/v1/presence/count?by=node"):
         resp = await client.get(path)
         assert resp.status == 503 and resp.headers["Retry-After"] == "1", path
@@ -369,7 +373,7 @@ async def test_explain_says_why_without_deciding(aiohttp_client: Any) -> None:
         {"name": "canary", "target": {"pool": "canary"}, "percent": 100},
     ]  # fmt: skip
     app = create_app(settings(registry={"static_nodes": nodes}, gray={"releases": releases}))
-    client = await aiohttp_client(app)
+    client = await aiohttp_client(app, headers=AS_ALICE)
     resp = await client.get("/v1/explain", params={**OK, "ip": "10.1.2.3"})
     assert resp.status == 200, await resp.text()
     body = await resp.json()

@@ -12,6 +12,7 @@ import pytest
 
 from tests.cluster import LocalCluster, cluster_settings
 from tests.servers import free_port
+from tests.tokens import token
 
 
 def dead_node(region: str) -> dict[str, Any]:
@@ -23,7 +24,7 @@ def dead_node(region: str) -> dict[str, Any]:
 async def connect(server: str, *extra: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "control.cli", "connect", "--uid", "erin", "--server", server,
-        *extra,
+        "--token", token("erin"), *extra,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
@@ -102,3 +103,23 @@ async def test_piped_input_waits_for_the_welcome() -> None:
     sent = lines.index('> {"t": "echo", "body": "hi"}')
     assert welcome < sent, lines
     assert '< {"t": "echo", "body": "hi"}' in lines, lines
+
+
+@pytest.mark.timeout(60)
+async def test_a_refused_credential_ends_the_client_at_once() -> None:
+    """A 401 will not turn into a 200 by asking again: the client says why and exits 1
+    instead of backing off ten times."""
+    settings = cluster_settings(nodes=1)
+    async with LocalCluster(settings, scheduler=True):
+        server = f"http://127.0.0.1:{settings.scheduler.port}"
+        client = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "control.cli", "connect", "--uid", "erin", "--server",
+            server, "--token", token("mallory"),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(client.communicate(), 20)
+    text = out.decode()
+    assert client.returncode == 1, text
+    assert "HTTP 403: the credential is for another uid; giving up" in text, text
+    assert "again in" not in text, text

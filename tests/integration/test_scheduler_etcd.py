@@ -19,6 +19,7 @@ from control.gray.store import GrayStore
 from control.scheduler.service import ENGINE, STATE, create_app
 from control.settings import Settings, parse_settings
 from tests.servers import EtcdServer
+from tests.tokens import CLIENT_AUTH, as_user
 
 pytestmark = pytest.mark.etcd
 OK = {"uid": "alice", "device": "d1", "platform": "ios", "version": "1.0"}
@@ -31,6 +32,7 @@ def config(endpoint: str, prefix: str, **registry: Any) -> Settings:
             "regions": {"known": ["r1"]},
             "registry": {"lease_ttl_s": 2, "verify_s": 60, **registry},
             "scheduler": {"rebuild_s": 0},
+            "client_auth": CLIENT_AUTH,
         }
     )
 
@@ -66,7 +68,7 @@ async def synced_scheduler(
 ) -> tuple[web.Application, TestClient]:
     """The scheduler app behind a test client, once its first registry view is in."""
     app = create_app(settings)
-    client: TestClient = await aiohttp_client(app)
+    client: TestClient = await aiohttp_client(app, headers=as_user(OK["uid"]))
     await asyncio.wait_for(app[STATE].synced.wait(), 10)
     return app, client
 
@@ -186,6 +188,7 @@ async def test_admin_writes_while_etcd_is_down_are_503(
                 "static_nodes": [{"id": "s1", "endpoint": "ws://127.0.0.1/s1", "region": "r1"}],
             },
             "scheduler": {"rebuild_s": 0},
+            "client_auth": CLIENT_AUTH,
         }
     )
     _, client = await synced_scheduler(aiohttp_client, settings)

@@ -90,6 +90,8 @@ def test_open_admin_needs_loopback() -> None:
             "admin": {"tokens": [{"name": "sre", "token": "x" * 40, "role": "operator"}]},
             "tickets": {"active_kid": "k", "keys": {"k": "y" * 40}},
             "access": {"internal_token": "z" * 40},
+            # off loopback the built-in client key is refused too (tests/unit/test_auth.py)
+            "client_auth": {"keys": {"app": "y" * 40}},
         }
     )
 

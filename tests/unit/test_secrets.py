@@ -26,6 +26,7 @@ def exposed(**sections: Any) -> dict[str, Any]:
         "admin": {"tokens": ADMIN},
         "tickets": {"active_kid": "k", "keys": {"k": STRONG}},
         "access": {"internal_token": STRONG + "b"},
+        "client_auth": {"keys": {"app": STRONG + "c"}},
     }
     for key, value in sections.items():
         if value is None:
@@ -96,7 +97,7 @@ def test_the_message_never_quotes_the_secret() -> None:
 def test_production_example_is_refused_until_its_secrets_are_set(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    path = ROOT / "configs" / "cluster.yaml"
+    path = ROOT / "configs" / "production-example.yaml"
     assert main(["config", "check", str(path), "--output", "json"]) == 2
     report = json.loads(capsys.readouterr().out)
     text = "\n".join(report["problems"])
