@@ -115,7 +115,7 @@ def test_hs256_rs256_es256_verify_and_sub_is_the_uid() -> None:
     "claims,why",
     [
         ({"exp": int(time.time()) - 120}, "expired"),
-        ({"nbf": int(time.time()) + 120}, "not_yet_valid"),
+        ({"nbf": int(time.time()) + 86_400}, "not_yet_valid"),
         ({"aud": "another-app"}, "wrong_audience"),
         ({"aud": None}, "malformed"),  # an audience is required
         ({"exp": None}, "malformed"),  # so is an expiry: nothing is cached forever
