@@ -21,6 +21,7 @@ import yaml
 from control.common.auth import Grant, TokenTable
 from control.common.errors import ConfigError
 from control.common.geoip import CONTINENT, GeoDatabase, GeoError
+from control.common.guard import GuardLimits
 from control.common.registry import NodeRecord, PreservationPolicy
 from control.common.schema import build, register_converter, setting
 from control.common.tickets import TicketKeys
@@ -326,6 +327,17 @@ class AccessSettings:
     )
     handshake_rate_per_s: float = setting(500.0, "WebSocket upgrades per second", gt=0)
     handshake_burst: float = setting(1000.0, "upgrade burst", ge=1)
+    handshake_rate_per_address_per_s: float = setting(
+        50.0,
+        "upgrades per second from one client address (IPv4, or IPv6 /64), spent before the "
+        "node-wide budget: one address cannot take every client's turn. Behind a proxy that "
+        "does not pass the client's address, every client shares the proxy's: raise it",
+        gt=0,
+    )
+    handshake_burst_per_address: float = setting(100.0, "upgrade burst per client address", ge=1)
+    handshake_addresses: int = setting(
+        100_000, "client addresses whose handshake budget is tracked at once", ge=1
+    )
     report_interval_s: float = setting(2.0, "load report period", gt=0, le=60)
     drain_s: float = setting(60.0, "drain window on SIGTERM", ge=0)
     drain_max_rate: float = setting(500.0, "reconnect frames per second at most", gt=0)
@@ -362,6 +374,40 @@ class AccessSettings:
                 return n
         known = ", ".join(n.id for n in self.nodes) or "none"
         raise ConfigError([f"access.nodes: no node {node_id!r} (known: {known})"])
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """Every process's listening sockets: connections that are not (yet) sessions."""
+
+    idle_timeout_s: float = setting(
+        5.0,
+        "a connection that has not sent a whole request head this long after it opened or "
+        "after its last answer is closed (slow headers, idle keep-alive, never upgraded)",
+        gt=0,
+        le=300,
+    )
+    max_pending: int = setting(
+        4096,
+        "connections of this process that are not WebSocket sessions, at most; past it a "
+        "new connection gets a 503 and is closed",
+        ge=1,
+    )
+    max_pending_per_address: int = setting(
+        256, "the same, per client address (IPv4, or IPv6 /64)", ge=1
+    )
+    log_interval_s: float = setting(
+        10.0,
+        "malformed requests, refused connections and failing accept() are logged once per "
+        "interval per kind, with a count (metrics count every one)",
+        gt=0,
+        le=3600,
+    )
+
+    def limits(self) -> GuardLimits:
+        return GuardLimits(
+            self.idle_timeout_s, self.max_pending, self.max_pending_per_address, self.log_interval_s
+        )
 
 
 @dataclass(frozen=True)
@@ -432,6 +478,7 @@ class Settings:
     access: AccessSettings = setting(AccessSettings(), "")
     presence: PresenceSettings = setting(PresenceSettings(), "")
     controller: ControllerSettings = setting(ControllerSettings(), "")
+    connections: ConnectionSettings = setting(ConnectionSettings(), "")
     log_level: Literal["debug", "info", "warning", "error"] = setting("info", "log level")
     log_format: Literal["text", "json"] = setting(
         "text", "text for people, json (one object a line) for log shippers"

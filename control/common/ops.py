@@ -59,12 +59,18 @@ def json_error(status: int, code: str, message: str, **extra: Any) -> web.Respon
     )
 
 
+# The app's metrics registry, for process-level collectors (common/guard.py) to join.
+METRICS = web.AppKey("metrics", CollectorRegistry)
+
+
 def add_ops_routes(
     app: web.Application,
     supervisor: Supervisor,
     registry: CollectorRegistry,
     readiness: Readiness,
 ) -> None:
+    app[METRICS] = registry
+
     async def healthz(request: web.Request) -> web.Response:
         alive = supervisor.alive()
         ok = all(alive.values())
