@@ -20,8 +20,12 @@ The event loop's exception handler (:func:`install_loop_handler`) does the same 
 failing ``accept()`` (descriptors exhausted): asyncio logs each failure with a traceback,
 up to ``backlog`` times per wakeup, and stops accepting for a second (its own retry delay).
 
+An HTTP error that a handler did not answer itself (aiohttp's 404 for a target no route
+matches, like ``OPTIONS *``) goes out in the same JSON shape (``finish_response``).
+
 Everything here relies on aiohttp's public surface only (``RequestHandler``'s constructor
-and its ``connection_made``, ``connection_lost``, ``set_parser`` and ``handle_error``;
+and its ``connection_made``, ``connection_lost``, ``set_parser``, ``finish_response`` and
+``handle_error``;
 ``BaseSite``; ``BaseRunner.server``); tests/unit/test_guard.py fails if it changes.
 """
 
@@ -277,6 +281,13 @@ class Connection(RequestHandler):
         """The client address key while this connection is not a session."""
         return self._address
 
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        if isinstance(resp, web.HTTPException) and resp.status >= 400:
+            resp = _json_http_exception(resp)
+        return await super().finish_response(request, resp, start_time)
+
     def handle_error(
         self,
         request: web.BaseRequest,
@@ -291,6 +302,16 @@ class Connection(RequestHandler):
         response = json_error(status, code, text)
         response.force_close()
         return response
+
+
+def _json_http_exception(exc: web.HTTPException) -> web.Response:
+    """An aiohttp HTTP error that reached the protocol as plain text (a request target
+    no route can match, such as ``OPTIONS *``), as the same JSON error."""
+    response = json_error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+    for name in ("Allow", "Retry-After"):
+        if name in exc.headers:
+            response.headers[name] = exc.headers[name]
+    return response
 
 
 def _peer_key_of(request: web.BaseRequest) -> str:
