@@ -23,7 +23,9 @@ from aiohttp import web
 from control.access.node import AccessNode
 from control.access.node import create_app as access_app
 from control.common.errors import BackendUnavailable, ImctlError
+from control.common.guard import ConnectionGuard, GuardedSite, install_loop_handler
 from control.common.kv import KeyValueStore
+from control.common.ops import METRICS
 from control.common.tasks import Supervisor
 from control.presence.cluster import PresenceCluster
 from control.presence.controller import Controller
@@ -31,7 +33,7 @@ from control.presence.service import create_app as controller_app
 from control.runtime import make_kv, make_presence
 from control.scheduler.service import STATE
 from control.scheduler.service import create_app as scheduler_app
-from control.settings import Settings
+from control.settings import ConnectionSettings, Settings
 
 log = logging.getLogger("imctl")
 EXIT_UNAVAILABLE = 1
@@ -60,9 +62,15 @@ class Part:
 class Process:
     parts: list[Part] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    connections: ConnectionSettings = field(default_factory=ConnectionSettings)
+    guard: ConnectionGuard | None = None
+    _unguard: Callable[[], None] | None = None
 
     async def start(self) -> str | None:
         """Bind every part; returns an error message instead of raising."""
+        # One guard for the process: its caps count every part's connections.
+        guard = self.guard = ConnectionGuard(self.connections.limits())
+        self._unguard = install_loop_handler(asyncio.get_running_loop(), guard)
         for part in self.parts:
             runner = web.AppRunner(
                 part.app, access_log=None, handle_signals=False, shutdown_timeout=5.0
@@ -73,7 +81,9 @@ class Process:
                 await runner.cleanup()
                 return f"cannot start {part.name}: {exc}"
             part.runner = runner
-            site = web.TCPSite(runner, part.host, part.port, backlog=4096, reuse_address=True)
+            if METRICS in part.app:
+                guard.register(part.app[METRICS])
+            site = GuardedSite(runner, guard, part.host, part.port, backlog=4096)
             try:
                 await site.start()
             except OSError as exc:
@@ -121,6 +131,9 @@ class Process:
         for part in reversed(self.parts):
             if part.runner is not None:
                 await part.runner.cleanup()
+        if self._unguard is not None:  # the loop may outlive the process (tests, imctl up)
+            self._unguard()
+            self._unguard = None
 
 
 async def _run(process: Process, banner: str | None, drain_s: float) -> int:
@@ -203,7 +216,9 @@ def _controller_part(
     c = settings.controller
     return Part(
         "controller",
-        controller_app(controller, own_backends=own),
+        controller_app(
+            controller, own_backends=own, metrics_readers=settings.admin.metrics_readers()
+        ),
         c.host,
         c.port,
         supervisor=controller.supervisor,
@@ -214,19 +229,21 @@ def _controller_part(
 async def run_scheduler(settings: Settings) -> int:
     part = _scheduler_part(settings)
     log.info("scheduler on http://%s:%d", part.host, part.port)
-    return await _run(Process([part]), None, 0)
+    return await _run(Process([part], connections=settings.connections), None, 0)
 
 
 async def run_access(settings: Settings, node_id: str) -> int:
     part = _access_part(
         settings, node_id, make_kv(settings.cluster), make_presence(settings), own=True
     )
-    return await _run(Process([part]), None, settings.access.drain_s)
+    return await _run(
+        Process([part], connections=settings.connections), None, settings.access.drain_s
+    )
 
 
 async def run_controller(settings: Settings) -> int:
     part = _controller_part(settings, make_kv(settings.cluster), make_presence(settings), own=True)
-    return await _run(Process([part]), None, 0)
+    return await _run(Process([part], connections=settings.connections), None, 0)
 
 
 async def run_local(
@@ -252,7 +269,7 @@ async def run_local(
         shown = (
             json.dumps(banner_data(settings)) if as_json else banner(settings, None, config_path)
         )
-        return await _run(Process(parts), shown, 0)
+        return await _run(Process(parts, connections=settings.connections), shown, 0)
     finally:
         await presence.close()
         await kv.close()

@@ -22,6 +22,7 @@ from control.common.auth import Grant, TokenTable
 from control.common.client_auth import VerifyKey, parse_key
 from control.common.errors import ConfigError
 from control.common.geoip import CONTINENT, GeoDatabase, GeoError
+from control.common.guard import GuardLimits
 from control.common.registry import NodeRecord, PreservationPolicy
 from control.common.schema import build, register_converter, setting
 from control.common.secrets import weakness
@@ -328,6 +329,17 @@ class AccessSettings:
     )
     handshake_rate_per_s: float = setting(500.0, "WebSocket upgrades per second", gt=0)
     handshake_burst: float = setting(1000.0, "upgrade burst", ge=1)
+    handshake_rate_per_address_per_s: float = setting(
+        50.0,
+        "upgrades per second from one client address (IPv4, or IPv6 /64), spent before the "
+        "node-wide budget: one address cannot take every client's turn. Behind a proxy that "
+        "does not pass the client's address, every client shares the proxy's: raise it",
+        gt=0,
+    )
+    handshake_burst_per_address: float = setting(100.0, "upgrade burst per client address", ge=1)
+    handshake_addresses: int = setting(
+        100_000, "client addresses whose handshake budget is tracked at once", ge=1
+    )
     report_interval_s: float = setting(2.0, "load report period", gt=0, le=60)
     drain_s: float = setting(60.0, "drain window on SIGTERM", ge=0)
     drain_max_rate: float = setting(500.0, "reconnect frames per second at most", gt=0)
@@ -364,6 +376,47 @@ class AccessSettings:
                 return n
         known = ", ".join(n.id for n in self.nodes) or "none"
         raise ConfigError([f"access.nodes: no node {node_id!r} (known: {known})"])
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """Every process's listening sockets: connections that are not (yet) sessions."""
+
+    idle_timeout_s: float = setting(
+        5.0,
+        "a connection that has not sent a whole request head this long after it opened or "
+        "after its last answer is closed (slow headers, idle keep-alive, never upgraded)",
+        gt=0,
+        le=300,
+    )
+    max_pending: int = setting(
+        4096,
+        "connections of this process that are not WebSocket sessions, at most; past it a "
+        "new connection gets a 503 and is closed",
+        ge=1,
+    )
+    max_pending_per_address: int = setting(
+        256, "the same, per client address (IPv4, or IPv6 /64)", ge=1
+    )
+    log_interval_s: float = setting(
+        10.0,
+        "malformed requests, refused connections and failing accept() are logged once per "
+        "interval per kind, with a count (metrics count every one)",
+        gt=0,
+        le=3600,
+    )
+
+    @property
+    def client_keepalive_s(self) -> float:
+        """How long our own clients (the push fan-out) keep an idle pooled connection to a
+        peer: well inside the peer's idle deadline, so no request picks up one the peer has
+        just closed."""
+        return self.idle_timeout_s / 2
+
+    def limits(self) -> GuardLimits:
+        return GuardLimits(
+            self.idle_timeout_s, self.max_pending, self.max_pending_per_address, self.log_interval_s
+        )
 
 
 @dataclass(frozen=True)
@@ -415,9 +468,19 @@ class AdminSettings:
     tokens: tuple[TokenSettings, ...] = setting(
         (), "admin API bearer tokens; none means open, allowed only on loopback"
     )
+    metrics: Literal["open", "viewer"] = setting(
+        "open",
+        "who reads /metrics on every process: anyone who reaches the listener (open), or "
+        "callers with a viewer or operator token (viewer; Prometheus sends it as "
+        "authorization.credentials)",
+    )
 
     def grants(self) -> TokenTable:
         return TokenTable.of(Grant(t.name, t.token, t.role) for t in self.tokens)
+
+    def metrics_readers(self) -> TokenTable | None:
+        """Who may read /metrics: None for anyone."""
+        return self.grants() if self.metrics == "viewer" else None
 
 
 # Public (it is in this file): taken only on loopback, so a fresh checkout works and a
@@ -528,6 +591,7 @@ class Settings:
     access: AccessSettings = setting(AccessSettings(), "")
     presence: PresenceSettings = setting(PresenceSettings(), "")
     controller: ControllerSettings = setting(ControllerSettings(), "")
+    connections: ConnectionSettings = setting(ConnectionSettings(), "")
     log_level: Literal["debug", "info", "warning", "error"] = setting("info", "log level")
     log_format: Literal["text", "json"] = setting(
         "text", "text for people, json (one object a line) for log shippers"
@@ -544,6 +608,12 @@ class Settings:
         out = [(f"tickets.keys.{kid}", key) for kid, key in self.tickets.keys.items()]
         out.append(("access.internal_token", self.access.internal_token))
         out += [(f"admin.tokens[{i}].token", t.token) for i, t in enumerate(self.admin.tokens)]
+        if self.client_auth.mode == "jwt":  # HS256 keys are shared secrets; PEM keys public
+            out += [
+                (f"client_auth.keys.{kid}", key)
+                for kid, key in self.client_auth.keys.items()
+                if not key.lstrip().startswith("-----BEGIN")
+            ]
         return out
 
     def exposed(self) -> list[tuple[str, str]]:
@@ -562,9 +632,15 @@ class Settings:
             # Built-in and placeholder secrets are for a cluster on one machine only.
             where = f"{exposed[0][0]} is {exposed[0][1]}, not loopback"
             for key, secret in self.secrets():
+                if secret == BUILT_IN_CLIENT_KEY:
+                    continue  # told below, with what to do instead
                 why = weakness(secret) if isinstance(secret, str) else None
                 if why is not None:
                     problems.append(f"{key}: {why} ({where})")
+        if self.admin.metrics == "viewer" and not self.admin.tokens:
+            problems.append(
+                "admin.metrics: viewer needs admin.tokens (with none, every caller is an operator)"
+            )
         auth = self.client_auth
         if not _is_loopback(host):
             if auth.mode == "trust":

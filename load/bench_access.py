@@ -47,8 +47,12 @@ def node_config(tmp: Path, port: int, presence: str, redis_url: str | None) -> P
             "nodes": [{"id": "n0", "region": "r", "port": port, "capacity": 20_000}],
             "handshake_rate_per_s": 1e6,
             "handshake_burst": 1e6,
+            # Every benchmark client is 127.0.0.1: no per-address limits.
+            "handshake_rate_per_address_per_s": 1e6,
+            "handshake_burst_per_address": 1e6,
         },
         "presence": {"backend": presence, "shards": [{"id": "s0", "url": redis_url or ""}]},
+        "connections": {"max_pending": 20_000, "max_pending_per_address": 20_000},
         "log_level": "warning",
     }
     path = tmp / f"node-{port}.yaml"

@@ -55,7 +55,11 @@ def start_cluster(
             "drain_s": 0,
             "handshake_rate_per_s": 1e6,
             "handshake_burst": 1e6,
+            # Every benchmark client is 127.0.0.1: no per-address limits.
+            "handshake_rate_per_address_per_s": 1e6,
+            "handshake_burst_per_address": 1e6,
         },
+        "connections": {"max_pending": 20_000, "max_pending_per_address": 20_000},
         "presence": {
             "backend": "redis",
             "key_prefix": "push:",

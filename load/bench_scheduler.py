@@ -123,6 +123,8 @@ def scheduler_config(port: int, auth: bool = False) -> dict:  # type: ignore[typ
         },
         "registry": {"static_nodes": nodes},
         "scheduler": {"port": port, "rate_limit": {"rate_per_s": 1e9, "burst": 1e9}},
+        # wrk's keep-alive connections all come from 127.0.0.1.
+        "connections": {"max_pending": 20_000, "max_pending_per_address": 20_000},
         "gray": {"releases": releases},
         "client_auth": (
             {"mode": "jwt", "keys": {"bench": AUTH_KEY}, "audience": "imctl"}

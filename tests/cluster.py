@@ -64,7 +64,7 @@ class LocalCluster:
         self.settings = settings
         self.kv: KeyValueStore = EmbeddedKV()
         self.presence: PresenceCluster = make_presence(settings)
-        self.process = Process()
+        self.process = Process(connections=settings.connections)
         self.with_scheduler = scheduler
         self.with_controller = controller
         self.keys = settings.tickets.ticket_keys()

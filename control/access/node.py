@@ -33,6 +33,7 @@ from control.common.errors import (
     TicketError,
     parse_json,
 )
+from control.common.guard import client_address
 from control.common.kv import KeyValueStore
 from control.common.metrics import LoopCounter
 from control.common.mirror import PrefixMirror
@@ -258,6 +259,11 @@ class AccessNode:
         self.drain_reason = ""
         self.handshaking = 0
         self.gate = TokenBuckets(self.access.handshake_rate_per_s, self.access.handshake_burst, 1)
+        self.address_gate = TokenBuckets(
+            self.access.handshake_rate_per_address_per_s,
+            self.access.handshake_burst_per_address,
+            self.access.handshake_addresses,
+        )
         self.frame_rate = self.access.frame_rate_per_s
         self.frame_burst = self.access.frame_burst
         self.flood_error = protocol.FrameError(
@@ -266,7 +272,12 @@ class AccessNode:
         self.registry = Registry(kv, settings.cluster.prefix)
         self.registration: Registration | None = None
         self.peers: dict[str, NodeRecord] = {}
-        self.pusher = Pusher(presence, self.peer_url, self.access.internal_token)
+        self.pusher = Pusher(
+            presence,
+            self.peer_url,
+            self.access.internal_token,
+            keepalive_s=settings.connections.client_keepalive_s,
+        )
         self.core: MessageCore = load_core(
             self.access.core,
             CoreContext(
@@ -491,23 +502,15 @@ class AccessNode:
         task.add_done_callback(self._background.discard)
 
     async def handle_ws(self, request: web.Request) -> web.StreamResponse:
-        if self.gate.allow("handshakes") > 0:
-            self.metrics.handshake("rate_limited")
-            return json_error(429, "rate_limited", "too many handshakes", retry_after=1)
-        if self.state != "up":
-            self.metrics.handshake("draining")
-            return json_error(
-                503, "draining", "this node is draining; ask the scheduler again", retry_after=1
-            )
-        if len(self.sessions) + self.handshaking >= self.cfg.capacity:
-            self.metrics.handshake("full")
-            return json_error(503, "full", "this node is at capacity", retry_after=1)
+        # Cheapest first, and the node-wide budget last: a request refused for its own
+        # sake (no ticket, no upgrade, its address over its share) costs no other client
+        # its turn. Every refusal closes the connection: a pipelined flood pays for a new
+        # connection per answer, and those are capped per address (common/guard.py).
         params = _query(request.query_string)
         try:
             ticket = self.keys.verify(params.get("ticket", ""), self.id, time.time())
         except TicketError as exc:
-            self.metrics.handshake("bad_ticket")
-            return json_error(401, "bad_ticket", exc.reason)
+            return self._refuse("bad_ticket", 401, "bad_ticket", exc.reason)
         # No per-message deflate: IM frames are small, and a zlib context per connection
         # costs memory and CPU; it also lets one pushed frame be written to many sockets.
         ws = web.WebSocketResponse(
@@ -519,8 +522,31 @@ class AccessNode:
             compress=False,
         )
         if not ws.can_prepare(request).ok:
-            self.metrics.handshake("not_websocket")
-            return json_error(400, "not_websocket", "expected a WebSocket upgrade")
+            return self._refuse(
+                "not_websocket", 400, "not_websocket", "expected a WebSocket upgrade"
+            )
+        if self.address_gate.allow(client_address(request)) > 0:
+            return self._refuse(
+                "address_rate_limited",
+                429,
+                "rate_limited",
+                "too many handshakes from this address",
+                retry_after=1,
+            )
+        if self.gate.allow("handshakes") > 0:
+            return self._refuse(
+                "rate_limited", 429, "rate_limited", "too many handshakes", retry_after=1
+            )
+        if self.state != "up":
+            return self._refuse(
+                "draining",
+                503,
+                "draining",
+                "this node is draining; ask the scheduler again",
+                retry_after=1,
+            )
+        if len(self.sessions) + self.handshaking >= self.cfg.capacity:
+            return self._refuse("full", 503, "full", "this node is at capacity", retry_after=1)
         self.handshaking += 1
         try:
             await ws.prepare(request)
@@ -587,6 +613,15 @@ class AccessNode:
         self.heartbeats.add((session.uid, session.device, session.conn))
         if kind == WSMsgType.PING:
             await session.pong(data)
+
+    def _refuse(
+        self, result: str, status: int, code: str, message: str, **extra: Any
+    ) -> web.Response:
+        """A handshake refused before the upgrade: counted, answered, connection closed."""
+        self.metrics.handshake(result)
+        response = json_error(status, code, message, **extra)
+        response.force_close()
+        return response
 
     async def _serve(self, session: Session, data: str) -> protocol.FrameError | None:
         """One text frame within the budget: answered, or why it is refused."""
@@ -879,6 +914,12 @@ def create_app(node: AccessNode, own_backends: bool = False) -> web.Application:
     app.router.add_get("/ws", node.handle_ws, allow_head=False)
     app.router.add_post("/internal/push", guarded(node.handle_push))
     app.router.add_post("/internal/kick", guarded(node.handle_kick))
-    add_ops_routes(app, node.supervisor, node.metrics.registry, node.readiness)
+    add_ops_routes(
+        app,
+        node.supervisor,
+        node.metrics.registry,
+        node.readiness,
+        node.settings.admin.metrics_readers(),
+    )
     add_json_fallbacks(app)
     return app

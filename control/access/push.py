@@ -32,12 +32,16 @@ class Pusher:
         token: str,
         timeout_s: float = 2.0,
         chunk: int = CHUNK,
+        keepalive_s: float = 2.0,
     ) -> None:
         self.presence = presence
         self.node_url = node_url
         self.token = token
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.chunk = chunk
+        # Below the nodes' idle deadline (connections.idle_timeout_s): a pooled connection
+        # the peer has already closed would fail the push that picked it up.
+        self.keepalive_s = keepalive_s
         self._http: aiohttp.ClientSession | None = None
 
     def _session(self) -> aiohttp.ClientSession:
@@ -45,7 +49,7 @@ class Pusher:
             self._http = aiohttp.ClientSession(
                 timeout=self.timeout,
                 headers={"Authorization": f"Bearer {self.token}"},
-                connector=aiohttp.TCPConnector(limit=256),
+                connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=self.keepalive_s),
             )
         return self._http
 

@@ -63,6 +63,18 @@ class TokenTable:
         grant = self.grant_of(token) if token is not None else None
         return grant.role if grant is not None else None
 
+    def refusal(self, authorization: str | None, needed: Role) -> tuple[int, str, str] | None:
+        """Why a request with this ``Authorization`` header may not do what needs
+        ``needed``, as (status, code, message); None when it may. 401 says whether the
+        credential was missing or wrong, never how close it came; 403 names the role."""
+        granted = self.role_of(authorization)
+        if granted is None:
+            missing = bearer(authorization) is None
+            return 401, "unauthorized", "a bearer token is required" if missing else "invalid token"
+        if not self.allows(granted, needed):
+            return 403, "forbidden", f"this needs the {needed} role"
+        return None
+
     @staticmethod
     def allows(role: Role | None, needed: Role) -> bool:
         return role is not None and _RANK[role] >= _RANK[needed]

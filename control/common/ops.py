@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from control.common.auth import TokenTable
 from control.common.errors import BackendUnavailable
 from control.common.tasks import Supervisor
 
@@ -59,12 +60,20 @@ def json_error(status: int, code: str, message: str, **extra: Any) -> web.Respon
     )
 
 
+# The app's metrics registry, for process-level collectors (common/guard.py) to join.
+METRICS = web.AppKey("metrics", CollectorRegistry)
+
+
 def add_ops_routes(
     app: web.Application,
     supervisor: Supervisor,
     registry: CollectorRegistry,
     readiness: Readiness,
+    readers: TokenTable | None = None,
 ) -> None:
+    """``readers``: when given, /metrics needs a viewer (or operator) admin token."""
+    app[METRICS] = registry
+
     async def healthz(request: web.Request) -> web.Response:
         alive = supervisor.alive()
         ok = all(alive.values())
@@ -75,6 +84,13 @@ def add_ops_routes(
         return web.json_response({"ready": ready, **details}, status=200 if ready else 503)
 
     async def metrics(request: web.Request) -> web.Response:
+        if readers is not None:
+            refused = readers.refusal(request.headers.get("Authorization"), "viewer")
+            if refused is not None:
+                response = json_error(*refused)
+                if refused[0] == 401:
+                    response.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
+                return response
         return web.Response(
             body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from control.common.auth import TokenTable
 from control.common.ops import add_json_fallbacks, add_ops_routes, lifecycle
 from control.presence.controller import Controller
 
 CONTROLLER = web.AppKey("controller", Controller)
 
 
-def create_app(controller: Controller, own_backends: bool = False) -> web.Application:
+def create_app(
+    controller: Controller, own_backends: bool = False, metrics_readers: TokenTable | None = None
+) -> web.Application:
     app = web.Application()
     app[CONTROLLER] = controller
 
@@ -26,6 +29,7 @@ def create_app(controller: Controller, own_backends: bool = False) -> web.Applic
         controller.supervisor,
         controller.metrics.registry,
         lambda: (controller.synced, {"leader": controller.election.leader}),
+        metrics_readers,
     )
     add_json_fallbacks(app)
     return app

@@ -369,6 +369,7 @@ def create_app(
             state.synced.is_set() and not state.leaving,
             {"backend": state.backend, "stopping": state.leaving},
         ),
+        settings.admin.metrics_readers(),
     )
     add_json_fallbacks(app)
     return app

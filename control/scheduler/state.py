@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 
-from control.common.auth import Role, TokenTable, bearer
+from control.common.auth import Role, TokenTable
 from control.common.client_auth import ClientAuth
 from control.common.kv import KeyValueStore
 from control.common.metrics import LoopCounter, LoopHistogram
@@ -121,14 +121,9 @@ def require(role: Role) -> Callable[..., Any]:
         @guarded
         async def checked(request: web.Request) -> web.StreamResponse:
             table: TokenTable = request.app[GRANTS]
-            header = request.headers.get("Authorization")
-            granted = table.role_of(header)
-            if granted is None:
-                missing = bearer(header) is None
-                why = "a bearer token is required" if missing else "invalid token"
-                return json_error(401, "unauthorized", why)
-            if not table.allows(granted, role):
-                return json_error(403, "forbidden", f"this needs the {role} role")
+            refused = table.refusal(request.headers.get("Authorization"), role)
+            if refused is not None:
+                return json_error(*refused)
             return await handler(request)
 
         return checked

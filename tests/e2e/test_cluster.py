@@ -71,6 +71,9 @@ class Cluster:
                 "drain_max_rate": 150,
                 "handshake_rate_per_s": 5000,
                 "handshake_burst": 5000,
+                # Its 1,000 clients are all 127.0.0.1: no per-address limits.
+                "handshake_rate_per_address_per_s": 5000,
+                "handshake_burst_per_address": 5000,
                 "reconnect_grace_s": 3,
                 "drain_s": 1,
             },
@@ -81,6 +84,7 @@ class Cluster:
                 "shards": [{"id": f"s{i}", "url": r.url} for i, r in enumerate(redis)],
             },
             "controller": {"port": self.ports["controller"], "leader_ttl_s": 2},
+            "connections": {"max_pending_per_address": 4096},
             "log_level": "warning",
         }
         self.config = tmp / "cluster.yaml"

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from control.cli import main
 from control.common.errors import ConfigError
@@ -62,6 +64,10 @@ def test_strong_secrets_pass_off_loopback() -> None:
         ),
         ({"access": {"internal_token": "short-but-16-chars"}}, "access.internal_token"),
         (
+            {"client_auth": {"keys": {"app": "placeholder-" + "k" * 30}}},
+            "client_auth.keys.app",
+        ),
+        (
             {"admin": {"tokens": [{"name": "g", "token": "CHANGEME" + "q" * 30}]}},
             "admin.tokens[0].token",
         ),
@@ -111,3 +117,19 @@ def test_weakness_rules() -> None:
     for secret in BUILT_IN:
         assert weakness(secret) == "is a secret built into imctl (public)"
     assert weakness("x" * 40 + "Example") is not None
+
+
+def test_public_keys_are_not_secrets() -> None:
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    pem = key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()  # 178 bytes, none of them secret: not held to the secret rules
+    settings = parse_settings(exposed(client_auth={"keys": {"app": pem}}), "c.yaml", {})
+    assert "client_auth.keys.app" not in dict(settings.secrets())
+    settings = parse_settings(exposed(), "c.yaml", {})
+    assert "client_auth.keys.app" in dict(settings.secrets())
+
+
+def test_metrics_viewer_needs_admin_tokens() -> None:
+    found = problems({"admin": {"metrics": "viewer"}})
+    assert any("admin.metrics: viewer needs admin.tokens" in p for p in found), found
