@@ -22,6 +22,7 @@ from aiohttp import web
 
 from control.access.node import AccessNode
 from control.access.node import create_app as access_app
+from control.common.config import ConnectionSettings
 from control.common.errors import BackendUnavailable, ImctlError
 from control.common.guard import ConnectionGuard, GuardedSite, install_loop_handler
 from control.common.kv import KeyValueStore
@@ -33,7 +34,7 @@ from control.presence.service import create_app as controller_app
 from control.runtime import make_kv, make_presence
 from control.scheduler.service import STATE
 from control.scheduler.service import create_app as scheduler_app
-from control.settings import ConnectionSettings, Settings
+from control.settings import Settings
 
 log = logging.getLogger("imctl")
 EXIT_UNAVAILABLE = 1

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from control.common.config import ClusterSettings
 from control.common.kv import KeyValueStore
 from control.common.kv.embedded import EmbeddedKV
 from control.presence.cluster import PresenceCluster, build_cluster
-from control.settings import ClusterSettings, Settings
+from control.settings import Settings
 
 
 def make_kv(cluster: ClusterSettings) -> KeyValueStore:

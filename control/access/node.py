@@ -23,6 +23,7 @@ from prometheus_client import (
 )
 
 from control.access import protocol
+from control.access.config import AccessNodeSettings
 from control.access.core import CoreContext, MessageCore, load_core
 from control.access.push import Pusher
 from control.common.auth import bearer, same_secret
@@ -55,7 +56,7 @@ from control.common.registry import (
 from control.common.tasks import Supervisor, pause
 from control.presence.cluster import PresenceCluster
 from control.presence.model import Presence
-from control.settings import AccessNodeSettings, Settings
+from control.settings import Settings
 
 log = logging.getLogger(__name__)
 

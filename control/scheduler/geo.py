@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 from control.common.errors import ConfigError
 from control.common.geoip import GeoDatabase, GeoError, GeoInfo
+from control.scheduler.config import GeoIPSettings, RegionSettings
 from control.scheduler.engine import Engine
 from control.scheduler.proximity import RegionMap
-from control.settings import GeoIPSettings, RegionSettings
 
 log = logging.getLogger(__name__)
 

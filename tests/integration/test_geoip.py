@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from control.common.geoip import GeoDatabase, GeoError
+from control.scheduler.config import GeoIPSettings
 from control.scheduler.geo import GeoReloader, open_geo
 from control.scheduler.service import build_engine
-from control.settings import GeoIPSettings, parse_settings
+from control.settings import parse_settings
 from tests.geodb import city, write_geo_db
 
 

@@ -25,9 +25,10 @@ from control.common.client_auth import (
     parse_jwks,
     parse_key,
 )
+from control.common.config import BUILT_IN_CLIENT_KEY
 from control.common.errors import ConfigError
 from control.scheduler.request import UID_RE
-from control.settings import BUILT_IN_CLIENT_KEY, load_settings, parse_settings
+from control.settings import load_settings, parse_settings
 from tests.tokens import AUDIENCE, KID, SECRET, token
 
 ROOT = Path(__file__).resolve().parents[2]
