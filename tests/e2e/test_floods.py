@@ -43,7 +43,10 @@ class Node:
         self.port = free_port()
         config = {
             "regions": {"known": ["r"]},
-            "heartbeat": {"interval_s": 1, "misses": 3},
+            # 6 s without a ping before a session counts as gone: this test's own client
+            # loop runs 7,000 flood sockets beside the held sessions, and on a busy
+            # 2-core machine it can miss a 3 s window by itself.
+            "heartbeat": {"interval_s": 1, "misses": 6},
             "tickets": {"active_kid": "k", "keys": {"k": SECRET}},
             "access": {
                 "nodes": [{"id": "n0", "region": "r", "port": self.port, "capacity": 5000}],
@@ -146,7 +149,7 @@ class Sessions:
             await ws.send_json({"t": "ping"})
             msg = await ws.receive(timeout=10)
             if msg.type != aiohttp.WSMsgType.TEXT:
-                self.closed.append(msg.type)
+                self.closed.append((msg.type, ws.close_code, msg.extra))
                 return
             if json.loads(msg.data)["t"] == "pong":
                 self.pongs[i] += 1
