@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from control.cli import main
+from control.cli.admin_client import AdminClient, AdminError
 
 TOKEN = "t" * 24
 FAR = 4_000_000_000.0  # a last_seen / reported_at in the future shows as "0s ago"
@@ -333,3 +334,19 @@ def test_explain_sends_the_clients_fields(server: str, capsys: pytest.CaptureFix
         "uid": "alice", "device": "cli-1", "platform": "ios", "version": "5.1.0",
         "region": "north",
     }  # fmt: skip
+
+
+def test_the_admin_client_raises_one_error_type(server: str) -> None:
+    """Every failed call is an AdminError: its text is the line shown, its status the
+    server's (None when the server was not reached)."""
+    with pytest.raises(AdminError) as err:
+        AdminClient(server, None).nodes()
+    assert (err.value.status, err.value.url) == (401, f"{server}/v1/nodes")
+    assert str(err.value) == f"{server}/v1/nodes: HTTP 401: a viewer token is needed"
+    with pytest.raises(AdminError) as err:
+        AdminClient(server, TOKEN).undrain("nowhere")
+    assert err.value.status == 404 and str(err.value).endswith(": HTTP 404: no node")
+    assert AdminClient(server, TOKEN).count("region")["counts"] == {"north": 2, "": 1}
+    with pytest.raises(AdminError) as err:
+        AdminClient("http://127.0.0.1:1", TOKEN).count(None)
+    assert err.value.status is None and str(err.value).startswith("cannot reach ")
