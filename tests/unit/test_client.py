@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from control.client import backoff_delay
+from control.cli.client import backoff_delay
 
 policies = st.fixed_dictionaries(
     {

@@ -4,7 +4,6 @@ commands work as printed."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -13,7 +12,8 @@ from typing import Any
 import pytest
 
 from control import cli
-from control.client import Output
+from control.cli.admin_client import AdminClient
+from control.cli.client import Output
 from control.common.errors import ConfigError
 from control.launch import banner, imctl_command
 from control.settings import load_settings, parse_settings
@@ -114,11 +114,11 @@ def test_count_by_platform_names_the_unnamed(
 ) -> None:
     answer = {"total": 3, "by": "platform", "counts": {"": 2, "ios": 1}}
 
-    def admin(args: argparse.Namespace, path: str, *rest: Any) -> Any:
+    def admin(client: AdminClient, path: str, *rest: Any) -> Any:
         assert path == "/v1/presence/count?by=platform"
         return answer
 
-    monkeypatch.setattr(cli, "_admin", admin)
+    monkeypatch.setattr(AdminClient, "get", admin)
     assert cli.main(["presence", "count", "--by", "platform", "--server", "http://x:1"]) == 0
     rows = capsys.readouterr().out.splitlines()
     assert rows[0].split() == ["PLATFORM", "ONLINE"]

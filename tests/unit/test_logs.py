@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from control.cli import JsonLogFormatter
 from control.common.errors import ConfigError
+from control.common.logs import JsonLogFormatter
 from control.settings import parse_settings
 
 

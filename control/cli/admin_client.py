@@ -1,0 +1,133 @@
+"""The admin HTTP API as the CLI calls it: one class, the bearer token on every call, and
+every failure (unreachable, or an HTTP error with the server's message) as one
+``AdminError`` whose text is the line the user is told."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, NamedTuple
+from urllib.parse import quote, urlencode
+
+import aiohttp
+
+# A decoded JSON answer, of whatever shape the server sent: a verb reading a field that is
+# not there (KeyError, TypeError...) has met another kind of server.
+Answer = Any
+
+CALL_TIMEOUT_S = 10.0  # a whole request/answer; a tail of events has no total limit
+_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
+
+
+class AdminError(Exception):
+    """A call that failed; ``str()`` is the one line to print (after ``imctl: ``)."""
+
+    def __init__(self, url: str, line: str, status: int | None = None) -> None:
+        super().__init__(line)
+        self.url = url
+        self.status = status  # None: the server was not reached
+
+
+class EventStream(NamedTuple):
+    """An open tail of presence events: raw lines, a blank one now and then (keepalive)."""
+
+    url: str
+    lines: AsyncIterator[bytes]
+
+
+class AdminClient:
+    """Calls one scheduler's admin API at ``server`` (a base URL) with ``token``."""
+
+    def __init__(self, server: str, token: str | None, timeout_s: float = CALL_TIMEOUT_S) -> None:
+        self.server = server
+        self.token = token
+        self.timeout_s = timeout_s
+
+    def url(self, path: str) -> str:
+        return self.server + path
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    # -- the transport -------------------------------------------------------------------------
+
+    async def _request(self, method: str, url: str, body: Any) -> tuple[int, Answer]:
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.request(method, url, headers=self._headers(), json=body) as resp,
+        ):
+            try:
+                data = await resp.json(content_type=None)
+            except (ValueError, RecursionError):
+                data = {"error": "bad_response", "message": (await resp.text())[:200]}
+            return resp.status, data
+
+    def call(self, method: str, path: str, body: Any = None) -> Answer:
+        """One request, its JSON answer when 200; AdminError otherwise."""
+        url = self.url(path)
+        try:
+            status, data = asyncio.run(self._request(method, url, body))
+        except _ERRORS as exc:
+            raise AdminError(url, f"cannot reach {url}: {exc}") from None
+        if status != 200:
+            message = data.get("message", data) if isinstance(data, dict) else data
+            raise AdminError(url, f"{url}: HTTP {status}: {message}", status)
+        return data
+
+    def get(self, path: str) -> Answer:
+        return self.call("GET", path)
+
+    # -- the endpoints -------------------------------------------------------------------------
+
+    def nodes(self) -> Answer:
+        return self.get("/v1/nodes")
+
+    def drain(self, node: str, over_s: float) -> Answer:
+        return self.call("POST", f"/v1/nodes/{quote(node, safe='')}/drain", {"over_s": over_s})
+
+    def undrain(self, node: str) -> Answer:
+        return self.call("DELETE", f"/v1/nodes/{quote(node, safe='')}/drain")
+
+    def presence(self, uid: str) -> Answer:
+        return self.get(f"/v1/presence/{quote(uid, safe='')}")
+
+    def lookup(self, uids: Sequence[str]) -> Answer:
+        return self.call("POST", "/v1/presence/lookup", {"uids": list(uids)})
+
+    def count(self, by: str | None) -> Answer:
+        return self.get("/v1/presence/count" + (f"?by={by}" if by else ""))
+
+    def explain(self, params: Mapping[str, str]) -> Answer:
+        return self.get("/v1/explain?" + urlencode(params))
+
+    @asynccontextmanager
+    async def events(self, uid: str | None, count: int | None) -> AsyncIterator[EventStream]:
+        """A tail of presence events; AdminError when it cannot start or breaks off."""
+        url = self.url("/v1/presence/events")
+        query = {k: v for k, v in (("uid", uid), ("count", count)) if v is not None}
+        if query:
+            url += "?" + "&".join(f"{k}={v}" for k, v in query.items())
+        # No total timeout: a tail runs until the count is reached or Ctrl-C.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.get(url, headers=self._headers()) as resp,
+            ):
+                if resp.status != 200:
+                    line = f"{url}: HTTP {resp.status}: {_stream_message(await resp.text())}"
+                    raise AdminError(url, line, resp.status)
+                yield EventStream(url, resp.content.__aiter__())
+        except _ERRORS as exc:
+            raise AdminError(url, f"cannot reach {url}: {exc}") from None
+
+
+def _stream_message(text: str) -> object:
+    """A refused tail's message: the JSON answer's ``message``, else the raw text."""
+    try:
+        return json.loads(text).get("message")
+    except (ValueError, RecursionError, AttributeError):
+        return text[:200]

@@ -1,0 +1,24 @@
+"""The ``imctl`` entry point: parse the command line, run the verb, and turn a bad
+configuration into its list of problems (exit 2) instead of a traceback."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from control.cli.context import EXIT_USAGE
+from control.cli.parser import build_parser
+from control.common.errors import ConfigError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print("imctl: invalid configuration:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130

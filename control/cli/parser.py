@@ -1,0 +1,240 @@
+"""The one place the ``imctl`` command line is built: every verb, its arguments and the
+function that runs it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from control.cli.args import parse_duration, positive_count, server_url, token_ttl, user_id
+from control.cli.config_check import cmd_config_check
+from control.cli.connect import cmd_connect
+from control.cli.context import EXIT_USAGE
+from control.cli.explain import cmd_explain
+from control.cli.nodes import cmd_drain, cmd_nodes, cmd_undrain
+from control.cli.presence import cmd_presence_count, cmd_presence_events, cmd_presence_who
+from control.cli.processes import cmd_access, cmd_controller, cmd_scheduler, cmd_up
+from control.cli.tokens import cmd_token
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        self.print_usage(sys.stderr)
+        # The prog already starts with "imctl" (``imctl connect``): no second prefix.
+        print(f"{self.prog}: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--output",
+        "-o",
+        choices=["table", "json"],
+        default="table",
+        help="json: logs as one JSON object a line (as log_format: json)",
+    )
+
+
+def _admin_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--server",
+        type=server_url,
+        help="scheduler URL (default: $IMCTL_SERVER, else from --config)",
+    )
+    p.add_argument("--config", help="config file to find the scheduler address in")
+    p.add_argument("--token", help="admin bearer token (default: $IMCTL_TOKEN)")
+    p.add_argument("--output", "-o", choices=["table", "json"], default="table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="imctl",
+        description="imctl: the access layer of an IM system (scheduler, access nodes, "
+        "presence, gray release).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser(
+        "up",
+        help="run a complete local cluster on embedded backends",
+        description="Run the local cluster and print where clients should ask.",
+    )
+    p.add_argument("--config", help="config file (default: the packaged local.yaml)")
+    _run_args(p)
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser(
+        "scheduler",
+        help="run a scheduler",
+        description="Serve GET /v1/endpoint and the operator endpoints.",
+    )
+    p.add_argument("--config", required=True, help="config file")
+    _run_args(p)
+    p.set_defaults(func=cmd_scheduler)
+
+    p = sub.add_parser(
+        "nodes",
+        help="list access nodes with their load",
+        description="List the nodes a running scheduler sees, with load.",
+    )
+    _admin_args(p)
+    p.set_defaults(func=cmd_nodes)
+
+    p = sub.add_parser(
+        "access",
+        help="run an access node, or drain one",
+        description="Run an access node (--config, --node-id), or drain/undrain a running one "
+        "through the admin API.",
+    )
+    p.add_argument("--config", help="config file (to run a node)")
+    p.add_argument("--node-id", help="which of access.nodes to run")
+    _run_args(p)
+    p.set_defaults(func=cmd_access, access_command=None)
+    asub = p.add_subparsers(dest="access_command", metavar="ACTION", parser_class=_Parser)
+    d = asub.add_parser(
+        "drain",
+        help="stop new clients and move connected ones elsewhere",
+        description="Mark NODE draining: it takes no new clients and tells connected ones to "
+        "reconnect, spread over --over.",
+    )
+    d.add_argument("node", metavar="NODE")
+    d.add_argument(
+        "--over",
+        type=parse_duration,
+        default=60.0,
+        help="spread reconnects over this long (60s, 2m...; default 60s)",
+    )
+    _admin_args(d)
+    d.set_defaults(access_func=cmd_drain)
+    u = asub.add_parser(
+        "undrain",
+        help="let a drained node take clients again",
+        description="Cancel a drain request for NODE.",
+    )
+    u.add_argument("node", metavar="NODE")
+    _admin_args(u)
+    u.set_defaults(access_func=cmd_undrain)
+
+    p = sub.add_parser(
+        "controller",
+        help="run the presence controller",
+        description="Leader-elected expiry sweep and dead-node cleanup.",
+    )
+    p.add_argument("--config", required=True, help="config file")
+    _run_args(p)
+    p.set_defaults(func=cmd_controller)
+
+    p = sub.add_parser(
+        "presence", help="who is online", description="Look up users and count who is online."
+    )
+    psub = p.add_subparsers(dest="presence_command", metavar="ACTION", parser_class=_Parser)
+    psub.required = True
+    w = psub.add_parser(
+        "who",
+        help="where users are connected",
+        description="Every device of UID: node, connection, status, last seen. Several "
+        "UIDs (up to 10,000) are looked up in one batch, without last seen.",
+    )
+    w.add_argument("uid", metavar="UID", type=user_id, nargs="+")
+    _admin_args(w)
+    w.set_defaults(func=cmd_presence_who)
+    c = psub.add_parser(
+        "count",
+        help="exact online counts",
+        description="Online (user, device) entries, in all or by a dimension.",
+    )
+    c.add_argument("--by", choices=["region", "node", "platform"])
+    _admin_args(c)
+    c.set_defaults(func=cmd_presence_count)
+    e = psub.add_parser(
+        "events",
+        help="follow logins, logouts and status changes as they happen",
+        description="Print presence events as they happen (time, kind, uid, device, node, "
+        "connection, reason) until Ctrl-C or --count.",
+    )
+    e.add_argument("--uid", type=user_id, help="only this user's events")
+    e.add_argument("--count", type=positive_count, help="stop after this many events")
+    _admin_args(e)
+    e.set_defaults(func=cmd_presence_events)
+
+    p = sub.add_parser(
+        "explain",
+        help="why a client would get its track and region",
+        description="Ask the scheduler what it would decide for a client, and why: every "
+        "gray release's verdict (bucket against cutoff), where the region comes from, the "
+        "regions it would try. Nothing is assigned.",
+    )
+    p.add_argument("--uid", required=True, type=user_id)
+    p.add_argument("--platform", required=True)
+    p.add_argument("--version", required=True, help="app version, e.g. 5.1.0")
+    p.add_argument("--device", default="cli-1")
+    p.add_argument("--region", help="the client's region= parameter")
+    p.add_argument("--ip", help="place the client by this address instead")
+    _admin_args(p)
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser(
+        "connect",
+        help="connect as a client (ask the scheduler, open the WebSocket)",
+        description="A reference client: asks the scheduler for an endpoint, opens the "
+        "WebSocket, keeps the heartbeat, prints frames and sends each stdin line as a frame.",
+    )
+    p.add_argument("--uid", required=True, type=user_id)
+    p.add_argument("--device", default="cli-1")
+    p.add_argument("--platform", default="linux")
+    p.add_argument("--version", default="1.0.0")
+    p.add_argument("--region")
+    p.add_argument(
+        "--server",
+        type=server_url,
+        help="scheduler URL (default: $IMCTL_SERVER, else from --config)",
+    )
+    p.add_argument(
+        "--config",
+        help="config file to find the scheduler address and the development key in "
+        "(default key: the packaged local.yaml's, as imctl up and imctl token)",
+    )
+    p.add_argument(
+        "--token",
+        help="client credential sent as Authorization: Bearer (default: minted for --uid "
+        "from the config's development key)",
+    )
+    p.add_argument(
+        "--output",
+        "-o",
+        choices=["table", "json"],
+        default="table",
+        help="json: stdout holds only the node's frames, one JSON object a line",
+    )
+    p.set_defaults(func=cmd_connect)
+
+    p = sub.add_parser(
+        "token",
+        help="mint client tokens from the config's development key",
+        description="Print a client token (a JWT whose sub is the uid, HS256 with the "
+        "config's development key) for each --uid, one a line, in the order given. For "
+        'GET /v1/endpoint: curl -H "Authorization: Bearer $(imctl token --uid alice)" ...',
+    )
+    p.add_argument("--uid", required=True, type=user_id, action="append", help="repeatable")
+    p.add_argument(
+        "--ttl", type=token_ttl, default=3600.0, help="lifetime (3600, 10m, 2h; default 1h)"
+    )
+    p.add_argument("--config", help="config file (default: the packaged local.yaml, as imctl up)")
+    p.set_defaults(func=cmd_token)
+
+    p = sub.add_parser(
+        "config", help="work with config files", description="Check configuration files."
+    )
+    csub = p.add_subparsers(dest="config_command", metavar="ACTION", parser_class=_Parser)
+    csub.required = True
+    c = csub.add_parser(
+        "check",
+        help="validate a config file, listing every problem",
+        description="Validate FILE (with IMCTL_ overrides) and list every problem.",
+    )
+    c.add_argument("file", metavar="FILE")
+    c.add_argument("--output", "-o", choices=["table", "json"], default="table")
+    c.set_defaults(func=cmd_config_check)
+    return parser
