@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import os
 import shutil
 import signal
@@ -21,6 +22,8 @@ import urllib.request
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
 IMCTL = [sys.executable, "-m", "control.cli"]
@@ -74,6 +77,50 @@ def describe_task(task: asyncio.Task[Any]) -> str:
     coro = task.get_coro()
     code = getattr(coro, "__qualname__", None) or repr(coro)
     return f"{task.get_name()} ({code})"
+
+
+# -- clients ---------------------------------------------------------------------------------
+
+
+class Pinger:
+    """A WebSocket client of an access node that pings every ``every`` seconds, counts the
+    pongs and notes anything else it gets (a frame, or the close that ended it). ``strict``:
+    anything but a pong means it is no longer ``alive``."""
+
+    def __init__(
+        self, ws: aiohttp.ClientWebSocketResponse, every: float = 1.0, strict: bool = False
+    ) -> None:
+        self.ws = ws
+        self.every = every
+        self.strict = strict
+        self.pongs = 0
+        self.other: list[Any] = []
+        self.task = asyncio.create_task(self._run(), name="pinger")
+
+    async def _run(self) -> None:
+        while not self.ws.closed:
+            await self.ws.send_json({"t": "ping"})
+            msg = await self.ws.receive(timeout=5)
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                self.other.append((msg.type, self.ws.close_code))
+                return
+            frame = json.loads(msg.data)
+            if frame["t"] == "pong":
+                self.pongs += 1
+            else:
+                self.other.append(frame)
+            await asyncio.sleep(self.every)
+
+    @property
+    def alive(self) -> bool:
+        return not self.task.done() and not self.ws.closed and not (self.strict and self.other)
+
+    async def close(self) -> None:
+        self.task.cancel()
+        # An error it ended with already shows as not alive.
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.task
+        await self.ws.close()
 
 
 # -- ports -------------------------------------------------------------------------------------
@@ -143,9 +190,7 @@ def spawn_imctl(
     to ``log`` (appended) when given, else wherever ``popen`` says (stdout=PIPE...)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     if log is None:
-        return subprocess.Popen(
-            [*IMCTL, *args], cwd=ROOT, env=full_env, text=text, **popen
-        )
+        return subprocess.Popen([*IMCTL, *args], cwd=ROOT, env=full_env, text=text, **popen)
     with open(log, "ab") as out:
         return subprocess.Popen(
             [*IMCTL, *args], stdout=out, stderr=out, cwd=ROOT, env=full_env, **popen
@@ -338,6 +383,7 @@ __all__ = [
     "IMCTL",
     "ROOT",
     "EtcdServer",
+    "Pinger",
     "RedisServer",
     "ServerProcess",
     "describe_task",

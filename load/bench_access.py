@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from control.common.tickets import TicketKeys
-from tests.servers import RedisServer, free_port, wait_port
+from control.testing import RedisServer, free_port, wait_port
 
 SECRET = "bench-ticket-secret-0123456789"
 KEYS = TicketKeys({"k": SECRET.encode()}, "k")

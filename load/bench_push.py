@@ -30,7 +30,7 @@ import yaml
 from control.access.push import Pusher
 from control.common.tickets import TicketKeys
 from control.presence.cluster import build_cluster
-from tests.servers import RedisServer, free_port, wait_port
+from control.testing import RedisServer, free_port, wait_port
 
 SECRET = "bench-ticket-secret-0123456789"
 TOKEN = "bench-internal-token-0123"

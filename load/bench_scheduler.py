@@ -33,7 +33,7 @@ import yaml
 
 from control.scheduler.service import build_engine
 from control.settings import parse_settings
-from tests.servers import free_port, wait_port
+from control.testing import free_port, wait_port
 
 REGIONS = ["r1", "r2", "r3", "r4"]
 LUA = """

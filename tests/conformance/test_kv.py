@@ -117,7 +117,7 @@ async def test_embedded_history_compaction() -> None:
 
 async def test_etcd_moves_to_the_next_member(etcd_server, prefix: str) -> None:  # type: ignore[no-untyped-def]
     from control.common.kv.etcd import EtcdKV
-    from tests.servers import free_port
+    from control.testing import free_port
 
     dead = f"127.0.0.1:{free_port()}"  # nothing listens there
     kv = EtcdKV([dead, etcd_server.endpoint], timeout_s=2)

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from control.common.tickets import TicketKeys
-from tests.servers import free_port, wait_port
+from control.testing import free_port, until, wait_port
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -187,13 +187,6 @@ async def hold_open(
         return b"<reset>", time.monotonic() - started
     finally:
         writer.close()
-
-
-async def until(check: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.05)
 
 
 @pytest.mark.timeout(90)

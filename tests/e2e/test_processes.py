@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.servers import EtcdServer, free_port, wait_port
+from control.testing import EtcdServer, free_port, wait_port
 
 pytestmark = pytest.mark.e2e
 IMCTL = [sys.executable, "-m", "control.cli"]

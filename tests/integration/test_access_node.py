@@ -10,27 +10,14 @@ import json
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
 
 from control.access import protocol
 from control.access.push import Pusher
+from control.testing import until
 from tests.cluster import LocalCluster, cluster_settings
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def until(cond: Callable[[], object], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_connect_heartbeat_online_and_offline(http: aiohttp.ClientSession) -> None:
