@@ -66,6 +66,23 @@ def until_sync(
     return time.monotonic() - start
 
 
+def calls_done(obj: Any, method: str) -> list[tuple[Any, ...]]:
+    """Wrap the async method ``obj.<method>`` (on this instance only) so that the positional
+    arguments of every call it has finished are appended to the list returned: the event
+    a test waits for when the effect it needs is that call having run."""
+    real = getattr(obj, method)
+    done: list[tuple[Any, ...]] = []
+
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await real(*args, **kwargs)
+        finally:
+            done.append(args)
+
+    setattr(obj, method, wrapper)
+    return done
+
+
 def leftover_tasks(loop: asyncio.AbstractEventLoop) -> list[asyncio.Task[Any]]:
     """The tasks of ``loop`` still pending, other than the one asking."""
     current = asyncio.current_task(loop)
@@ -386,6 +403,7 @@ __all__ = [
     "Pinger",
     "RedisServer",
     "ServerProcess",
+    "calls_done",
     "describe_task",
     "free_port",
     "kill_process",

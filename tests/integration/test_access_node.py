@@ -16,7 +16,7 @@ import pytest
 
 from control.access import protocol
 from control.access.push import Pusher
-from control.testing import until
+from control.testing import calls_done, until
 from tests.cluster import LocalCluster, cluster_settings
 
 
@@ -210,13 +210,15 @@ async def test_huge_frame_closes_1009(http: aiohttp.ClientSession) -> None:
 
 async def test_same_device_on_same_node_kicks_older(http: aiohttp.ClientSession) -> None:
     async with LocalCluster(cluster_settings(nodes=1)) as c:
+        offlines = calls_done(c.presence, "offline")  # (uid, device, conn[, reason])
         first, w1 = await c.connect(http, "alice", "n0")
         second, w2 = await c.connect(http, "alice", "n0")
         kicked = await first.receive_json(timeout=5)
         assert kicked["t"] == "kicked"
         msg = await first.receive(timeout=5)
         assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == protocol.CLOSE_KICKED
-        await asyncio.sleep(0.2)  # the old connection's offline must not erase the new one
+        # the old connection's offline (it has run now) must not erase the new one
+        await until(lambda: any(a[2] == w1["conn"] for a in offlines), what="old conn's offline")
         (entry,) = await c.presence.who("alice")
         assert entry.conn == w2["conn"] != w1["conn"]
         other, _ = await c.connect(http, "alice", "n0", device="laptop")  # other device: both
