@@ -19,6 +19,7 @@ from control.testing import (
     free_port,
     kill_process,
     logged,
+    merge_sections,
     run_imctl,
     spawn_imctl,
     stop_processes,
@@ -36,17 +37,6 @@ NODES: list[dict[str, Any]] = [
     {"id": "n0", "region": "north", "zone": "a"},
     {"id": "n1", "region": "north", "zone": "b"},
 ]
-
-
-def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``over``'s sections merged in one level deep."""
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = {**out[key], **value}
-        else:
-            out[key] = value
-    return out
 
 
 class Cluster:
@@ -117,7 +107,7 @@ class Cluster:
             "log_level": "warning",
         }
         self.config = tmp / "cluster.yaml"
-        self.config.write_text(yaml.safe_dump(merged(config, sections)))
+        self.config.write_text(yaml.safe_dump(merge_sections(config, sections)))
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.url = f"http://127.0.0.1:{self.ports['scheduler']}"
 
