@@ -21,11 +21,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from control.common.tickets import TicketKeys
-from tests.servers import RedisServer, free_port, wait_port
+from control.testing import RedisServer, free_port, spawn_imctl, wait_port
 
 SECRET = "bench-ticket-secret-0123456789"
 KEYS = TicketKeys({"k": SECRET.encode()}, "k")
@@ -64,20 +65,13 @@ def start_server(
     kind: str, tmp: Path, presence: str, redis_url: str | None
 ) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
+    quiet: dict[str, Any] = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    proc: subprocess.Popen[bytes]
     if kind == "imctl":
-        cmd = [
-            sys.executable,
-            "-m",
-            "control.cli",
-            "access",
-            "--config",
-            str(node_config(tmp, port, presence, redis_url)),
-            "--node-id",
-            "n0",
-        ]
+        config = node_config(tmp, port, presence, redis_url)
+        proc = spawn_imctl(["access", "--config", str(config), "--node-id", "n0"], **quiet)
     else:
-        cmd = [sys.executable, "-m", "load.bare_ws_server", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen([sys.executable, "-m", "load.bare_ws_server", str(port)], **quiet)
     wait_port(port, 30)
     time.sleep(1.0)
     return proc, port

@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 
 from control.presence.cluster import build_cluster
 from control.presence.model import Presence
-from tests.servers import RedisServer
+from control.testing import RedisServer
 
 BATCH = 5_000
 

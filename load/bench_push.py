@@ -30,7 +30,7 @@ import yaml
 from control.access.push import Pusher
 from control.common.tickets import TicketKeys
 from control.presence.cluster import build_cluster
-from tests.servers import RedisServer, free_port, wait_port
+from control.testing import RedisServer, free_port, spawn_imctl, wait_port
 
 SECRET = "bench-ticket-secret-0123456789"
 TOKEN = "bench-internal-token-0123"
@@ -70,8 +70,8 @@ def start_cluster(
     path = tmp / "push.yaml"
     path.write_text(yaml.safe_dump(config))
     nodes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "control.cli", "access", "--config", str(path), "--node-id", n],
+        spawn_imctl(
+            ["access", "--config", str(path), "--node-id", n],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -33,7 +33,7 @@ import yaml
 
 from control.scheduler.service import build_engine
 from control.settings import parse_settings
-from tests.servers import free_port, wait_port
+from control.testing import free_port, spawn_imctl, wait_port
 
 REGIONS = ["r1", "r2", "r3", "r4"]
 LUA = """
@@ -209,11 +209,7 @@ def main() -> None:
     cfg = tmp / "bench.yaml"
     cfg.write_text(yaml.safe_dump(scheduler_config(sport)))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    sched = subprocess.Popen(
-        [sys.executable, "-m", "control.cli", "scheduler", "--config", str(cfg)],
-        env=env,
-        stderr=subprocess.DEVNULL,
-    )
+    sched = spawn_imctl(["scheduler", "--config", str(cfg)], stderr=subprocess.DEVNULL)
     bare = subprocess.Popen([sys.executable, "-m", "load.bare_server", str(bport)], env=env)
     aport = free_port()
     acfg = tmp / "answerless.yaml"
@@ -226,11 +222,7 @@ def main() -> None:
     xport = free_port()
     xcfg = tmp / "auth.yaml"
     xcfg.write_text(yaml.safe_dump(scheduler_config(xport, auth=True)))
-    authed = subprocess.Popen(
-        [sys.executable, "-m", "control.cli", "scheduler", "--config", str(xcfg)],
-        env=env,
-        stderr=subprocess.DEVNULL,
-    )
+    authed = spawn_imctl(["scheduler", "--config", str(xcfg)], stderr=subprocess.DEVNULL)
     repeat_script = token_script(tmp, "repeat", REPEATING_TOKENS, 10_000_000)
     servers = {
         "bare": (bport, bare),

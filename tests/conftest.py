@@ -1,34 +1,97 @@
+"""Pytest fixtures: thin wrappers over the public test kit (control/testing.py), and the
+check that no test leaves asyncio tasks behind."""
+
 from __future__ import annotations
 
+import asyncio
+import inspect
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from control.common.kv import KeyValueStore
 from control.common.kv.embedded import EmbeddedKV
 from control.common.kv.etcd import EtcdKV
 from control.presence.cluster import PresenceCluster, build_cluster
-from tests.servers import EtcdServer, RedisServer
+from control.testing import EtcdServer, RedisServer, describe_task, leftover_tasks
+
+# How long a test's own tasks get, after its fixtures are torn down, to finish a
+# cancellation already under way before they count as left behind.
+SETTLE_S = 1.0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "allow_leaked_tasks(reason): the test may leave asyncio tasks behind, for the reason"
+        " given (a product defect, named with its file); they are cancelled, not reported",
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    report = yield
+    if call.when == "call":
+        item.stash[_outcome] = report.passed  # type: ignore[attr-defined]
+    return report
+
+
+_outcome = pytest.StashKey[bool]()
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_tasks(request: pytest.FixtureRequest) -> None:
+    """Fails an async test that leaves tasks pending on its event loop (named in the failure).
+    Autouse, so it is set up first and its check runs after every other fixture's teardown."""
+    if inspect.iscoroutinefunction(getattr(request.node, "obj", None)):
+        request.getfixturevalue("_leak_check")
+
+
+@pytest.fixture
+async def _leak_check(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    yield
+    loop = asyncio.get_running_loop()
+    for _ in range(3):  # let cancellations already requested run
+        await asyncio.sleep(0)
+    left = leftover_tasks(loop)
+    if left:
+        await asyncio.wait(left, timeout=SETTLE_S)
+        left = [t for t in left if not t.done()]
+    if not left:
+        return
+    for task in left:
+        task.cancel()
+    await asyncio.wait(left, timeout=SETTLE_S)
+    allowed = request.node.get_closest_marker("allow_leaked_tasks")
+    if allowed is not None:
+        assert allowed.kwargs.get("reason"), "allow_leaked_tasks needs a reason"
+    elif request.node.stash.get(_outcome, False):  # a failed test says why already
+        names = ", ".join(sorted(describe_task(t) for t in left))
+        pytest.fail(f"the test left {len(left)} asyncio task(s) pending: {names}")
 
 
 @pytest.fixture(scope="session")
 def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
     """One real etcd for the session; tests keep apart by key prefix."""
-    server = EtcdServer(tmp_path_factory.mktemp("etcd") / "data")
-    server.start()
-    yield server
-    server.stop()
+    with EtcdServer(tmp_path_factory.mktemp("etcd") / "data") as server:
+        yield server
 
 
 @pytest.fixture
 def own_etcd(tmp_path: Path) -> Iterator[EtcdServer]:
-    """A real etcd of the test's own, for tests that kill and restart it."""
-    server = EtcdServer(tmp_path / "etcd-data")
-    server.start()
-    yield server
-    server.stop()
+    """A real etcd of the test's own, for tests that kill, freeze and restart it."""
+    with EtcdServer(tmp_path / "etcd-data") as server:
+        yield server
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session for the test, with no cap on its connections."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        yield session
 
 
 @pytest.fixture
@@ -54,11 +117,13 @@ async def kv(request: pytest.FixtureRequest) -> AsyncIterator[KeyValueStore]:
 def redis_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServer]]:
     """Two real Redis shards for the session; tests keep apart by key prefix."""
     servers = [RedisServer(tmp_path_factory.mktemp(f"redis{i}")) for i in range(2)]
-    for s in servers:
-        s.start()
-    yield servers
-    for s in servers:
-        s.stop()
+    try:
+        for s in servers:
+            s.start()
+        yield servers
+    finally:
+        for s in servers:
+            s.stop()
 
 
 @pytest.fixture(params=["embedded", "redis"])

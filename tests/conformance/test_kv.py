@@ -9,6 +9,7 @@ import pytest
 from control.common.errors import BackendUnavailable, FatalError, LeaseNotFound, RevisionCompacted
 from control.common.kv import KeyValueStore, WatchEvent
 from control.common.kv.embedded import EmbeddedKV
+from control.testing import until
 
 
 async def test_put_get_range(kv: KeyValueStore, prefix: str) -> None:
@@ -63,10 +64,11 @@ async def test_lease_keeps_and_drops_keys(kv: KeyValueStore, prefix: str) -> Non
 async def test_lease_expires_without_keepalive(kv: KeyValueStore, prefix: str) -> None:
     lease = await kv.grant_lease(1)
     await kv.put(f"{prefix}/ttl", b"x", lease=lease)
-    deadline = asyncio.get_running_loop().time() + 5
-    while await kv.get(f"{prefix}/ttl") is not None:
-        assert asyncio.get_running_loop().time() < deadline, "leased key outlived its TTL"
-        await asyncio.sleep(0.1)
+
+    async def gone() -> bool:
+        return await kv.get(f"{prefix}/ttl") is None
+
+    await until(gone, 5, "leased key outlived its TTL", every=0.1)
 
 
 async def test_watch_from_revision_replays_and_follows(kv: KeyValueStore, prefix: str) -> None:
@@ -82,7 +84,7 @@ async def test_watch_from_revision_replays_and_follows(kv: KeyValueStore, prefix
                 return
 
     task = asyncio.create_task(collect())
-    await asyncio.sleep(0.2)
+    await until(lambda: len(seen) == 3, 5, "the replay")  # then one followed live
     await kv.put(f"{prefix}/w/c", b"3")
     await asyncio.wait_for(task, 5)
     assert [(e.kind, e.key.rsplit("/", 1)[1]) for e in seen] == [
@@ -117,7 +119,7 @@ async def test_embedded_history_compaction() -> None:
 
 async def test_etcd_moves_to_the_next_member(etcd_server, prefix: str) -> None:  # type: ignore[no-untyped-def]
     from control.common.kv.etcd import EtcdKV
-    from tests.servers import free_port
+    from control.testing import free_port
 
     dead = f"127.0.0.1:{free_port()}"  # nothing listens there
     kv = EtcdKV([dead, etcd_server.endpoint], timeout_s=2)

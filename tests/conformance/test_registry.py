@@ -7,20 +7,13 @@ from collections.abc import Mapping
 
 from control.common.kv import KeyValueStore
 from control.common.registry import NodeRecord, Registry
+from control.testing import until
 
 
 def node(node_id: str, **kw: object) -> NodeRecord:
     base: dict[str, object] = {"endpoint": f"ws://127.0.0.1/{node_id}", "region": "r1"}
     base.update(kw)
     return NodeRecord(id=node_id, **base)  # type: ignore[arg-type]
-
-
-async def wait_for(predicate, within: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_register_list_and_publish(kv: KeyValueStore, prefix: str) -> None:
@@ -47,7 +40,7 @@ async def test_mirror_follows_changes_and_lease_expiry(kv: KeyValueStore, prefix
         await asyncio.wait_for(mirror.synced.wait(), 5)
         keep = await registry.register(node("keep"), ttl=5)
         await registry.register(node("dies"), ttl=1)  # never refreshed
-        await wait_for(lambda: {"keep", "dies"} <= set(mirror.items))
+        await until(lambda: {"keep", "dies"} <= set(mirror.items))
         loop = asyncio.get_running_loop()
         started = loop.time()
         while "dies" in mirror.items:

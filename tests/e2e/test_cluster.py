@@ -4,162 +4,17 @@ client and an operator would: HTTP to the scheduler, then WebSockets to the node
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 
-from control.common.tickets import TicketKeys
-from tests.servers import EtcdServer, RedisServer, free_port, wait_port
-from tests.tokens import CLIENT_AUTH, as_user
+from control.testing import EtcdServer, RedisServer, until
+from tests.e2e.system import LEASE_TTL, Cluster, counts_by_node, get, ready
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[2]
-SECRET = "e2e-ticket-secret-0123456789"
-TOKEN = "e2e-internal-token-0123"
-KEYS = TicketKeys({"k": SECRET.encode()}, "k")
-LEASE_TTL = 2
-WINDOW = 1.0  # registry.self_preservation.window_s
-
-
-class Cluster:
-    def __init__(self, tmp: Path, etcd: EtcdServer, redis: list[RedisServer]) -> None:
-        self.tmp = tmp
-        self.ports = {name: free_port() for name in ("scheduler", "controller", "n0", "n1")}
-        self.prefix = prefix = f"/e2e-{self.ports['scheduler']}"
-        config = {
-            "cluster": {
-                "name": "e2e",
-                "backend": "etcd",
-                "prefix": prefix,
-                "etcd": {"endpoints": [etcd.endpoint]},
-            },
-            "regions": {
-                "known": ["north", "south"],
-                "preference": {"north": ["north", "south"], "south": ["south", "north"]},
-            },
-            "registry": {
-                "lease_ttl_s": LEASE_TTL,
-                "verify_s": 5,
-                # a lone node's loss is final (its users evicted) one window after it vanished
-                "self_preservation": {"window_s": WINDOW},
-            },
-            "heartbeat": {"interval_s": 2, "misses": 3},
-            "tickets": {"active_kid": "k", "keys": {"k": SECRET}},
-            "client_auth": CLIENT_AUTH,
-            "scheduler": {
-                "port": self.ports["scheduler"],
-                "rebuild_s": 0,
-                "rate_limit": {"rate_per_s": 100000, "burst": 100000},
-            },
-            "access": {
-                "nodes": [
-                    {"id": "n0", "region": "north", "zone": "a", "port": self.ports["n0"]},
-                    {"id": "n1", "region": "north", "zone": "b", "port": self.ports["n1"]},
-                ],
-                "internal_token": TOKEN,
-                "report_interval_s": 0.5,
-                "drain_max_rate": 150,
-                "handshake_rate_per_s": 5000,
-                "handshake_burst": 5000,
-                # Its 1,000 clients are all 127.0.0.1: no per-address limits.
-                "handshake_rate_per_address_per_s": 5000,
-                "handshake_burst_per_address": 5000,
-                "reconnect_grace_s": 3,
-                "drain_s": 1,
-            },
-            "presence": {
-                "backend": "redis",
-                "key_prefix": f"e2e{self.ports['scheduler']}:",
-                "flush_s": 0.5,
-                "shards": [{"id": f"s{i}", "url": r.url} for i, r in enumerate(redis)],
-            },
-            "controller": {"port": self.ports["controller"], "leader_ttl_s": 2},
-            "connections": {"max_pending_per_address": 4096},
-            "log_level": "warning",
-        }
-        self.config = tmp / "cluster.yaml"
-        self.config.write_text(yaml.safe_dump(config))
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.url = f"http://127.0.0.1:{self.ports['scheduler']}"
-
-    def start(self, name: str) -> None:
-        """``scheduler``, a node id, or ``controller`` — and ``controller-<x>`` for more
-        controllers of the same cluster, each on a port of its own."""
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if name.startswith("controller"):
-            args = ["controller", "--config", str(self.config)]
-            port = self.ports.setdefault(name, free_port())
-            env["IMCTL_CONTROLLER__PORT"] = str(port)
-        elif name == "scheduler":
-            args = ["scheduler", "--config", str(self.config)]
-        else:
-            args = ["access", "--config", str(self.config), "--node-id", name]
-        with open(self.tmp / f"{name}.log", "ab") as log:
-            self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "control.cli", *args],
-                stdout=log,
-                stderr=log,
-                cwd=ROOT,
-                env=env,
-            )
-        wait_port(self.ports[name], 20)
-
-    def kill(self, name: str) -> None:
-        proc = self.procs.pop(name)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-    def ws(self, node: str, uid: str, device: str = "phone") -> str:
-        ticket = KEYS.sign(uid, device, node, int(time.time()) + 60)
-        return f"ws://127.0.0.1:{self.ports[node]}/ws?ticket={ticket}"
-
-    def imctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "control.cli", *args, "--server", self.url],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            cwd=ROOT,
-        )
-
-
-async def get(http: aiohttp.ClientSession, url: str, uid: str | None = None) -> Any:
-    """GET ``url``'s JSON, proving ``uid`` (for /v1/endpoint) when given."""
-    async with http.get(url, headers=as_user(uid) if uid else None) as resp:
-        return await resp.json()
-
-
-async def counts_by_node(http: aiohttp.ClientSession, c: Cluster) -> dict[str, int]:
-    return (await get(http, f"{c.url}/v1/presence/count?by=node"))["counts"]
-
-
-async def until(check: Any, within: float, what: str) -> float:
-    start = time.monotonic()
-    while not await check():
-        if time.monotonic() - start > within:
-            raise AssertionError(f"{what}: not within {within}s")
-        await asyncio.sleep(0.1)
-    return time.monotonic() - start
 
 
 @pytest.fixture(scope="module")
@@ -170,29 +25,10 @@ def cluster(
 ) -> Iterator[Cluster]:
     c = Cluster(tmp_path_factory.mktemp("e2e"), etcd_server, redis_servers)
     try:
-        for name in ("controller", "n0", "n1", "scheduler"):
-            c.start(name)
+        c.start("controller", "n0", "n1", "scheduler")
         yield c
     finally:
         c.stop_all()
-
-
-@pytest.fixture
-async def http() -> Any:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        yield session
-
-
-async def ready(http: aiohttp.ClientSession, c: Cluster, nodes: set[str]) -> None:
-    async def check() -> bool:
-        try:
-            listed = await get(http, f"{c.url}/v1/nodes")
-        except aiohttp.ClientError:
-            return False
-        up = {n["id"] for n in listed["nodes"] if n["state"] == "up"}
-        return nodes <= up
-
-    await until(check, 20, f"nodes {sorted(nodes)} up in the scheduler")
 
 
 async def test_ask_connect_online_heartbeat_disconnect(

@@ -12,42 +12,16 @@ import aiohttp
 import pytest
 
 from control.common.kv.etcd import EtcdKV
-from tests.e2e.test_cluster import LEASE_TTL, Cluster, counts_by_node, get, ready, until
-from tests.servers import EtcdServer, RedisServer
+from control.testing import EtcdServer, Pinger, RedisServer, until
+from tests.e2e.system import LEASE_TTL, Cluster, counts_by_node, get, metrics, ready
 
 pytestmark = pytest.mark.e2e
 
 
-class Client:
-    """A WebSocket client that keeps its heartbeat and notes whether it was dropped."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self.pongs = 0
-        self.task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        while not self.ws.closed:
-            await self.ws.send_json({"t": "ping"})
-            msg = await self.ws.receive(timeout=5)
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                return
-            self.pongs += msg.json()["t"] == "pong"
-            await asyncio.sleep(1)
-
-    @property
-    def alive(self) -> bool:
-        return not self.task.done() and not self.ws.closed
-
-    async def close(self) -> None:
-        self.task.cancel()
-        await self.ws.close()
-
-
-async def connect(http: aiohttp.ClientSession, url: str) -> Client:
+async def connect(http: aiohttp.ClientSession, url: str) -> Pinger:
     ws = await http.ws_connect(url)
     assert (await ws.receive_json(timeout=5))["t"] == "welcome"
-    return Client(ws)
+    return Pinger(ws)
 
 
 async def total(http: aiohttp.ClientSession, c: Cluster) -> int:
@@ -59,14 +33,10 @@ async def test_etcd_outage_then_a_deleted_record(
     tmp_path: Path, own_etcd: EtcdServer, redis_servers: list[RedisServer]
 ) -> None:
     c = Cluster(tmp_path, own_etcd, redis_servers)
-    clients: list[Client] = []
-
-    def logged(process: str, text: str) -> bool:
-        return text in (tmp_path / f"{process}.log").read_text()
+    clients: list[Pinger] = []
 
     try:
-        for name in ("controller", "n0", "n1", "scheduler"):
-            c.start(name)
+        c.start("controller", "n0", "n1", "scheduler")
         async with aiohttp.ClientSession() as http:
             await ready(http, c, {"n0", "n1"})
             for i in range(10):
@@ -97,8 +67,7 @@ async def test_etcd_outage_then_a_deleted_record(
             own_etcd.start()
 
             async def controller_leads() -> bool:
-                async with http.get(f"http://127.0.0.1:{c.ports['controller']}/metrics") as r:
-                    return "imctl_controller_leader 1.0" in await r.text()
+                return "imctl_controller_leader 1.0" in await metrics(http, c, "controller")
 
             await until(controller_leads, 20, "the controller leading again")
             await ready(http, c, {"n0", "n1"})
@@ -137,15 +106,15 @@ async def test_etcd_outage_then_a_deleted_record(
 
             async def healed() -> bool:
                 return (
-                    logged("n0", "own record was gone from the registry; wrote it again")
+                    c.logged("n0", "own record was gone from the registry; wrote it again")
                     and await n0_back()
                     and (await counts_by_node(http, c)).get("n0", 0) == on_n0
                 )
 
             await until(healed, 20, "n0 listed and its users online again")
             assert await total(http, c) == 10 + late
-            if logged("controller", "node n0 is gone"):
-                assert logged("n0", "live connections had no presence entry; logging them")
+            if c.logged("controller", "node n0 is gone"):
+                assert c.logged("n0", "live connections had no presence entry; logging them")
             assert all(cl.alive for cl in clients)
 
             async def kept_pinging() -> bool:

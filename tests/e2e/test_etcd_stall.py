@@ -15,7 +15,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -24,8 +24,8 @@ import pytest
 from control.common.kv.etcd import RECONNECT_MAX_S, EtcdKV
 from control.common.mirror import RETRY_MAX_S, PrefixMirror
 from control.common.registry import NodeRecord
+from control.testing import EtcdServer, Pinger, until
 from tests.cluster import LocalCluster, cluster_settings
-from tests.servers import EtcdServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.etcd]
 
@@ -35,49 +35,6 @@ FREEZE_S = 12.0
 # polling (every 0.05 s) and a loaded 2-core machine running other suites.
 RECOVERY_S = 2.0
 SLACK_S = 0.5
-
-
-class Client:
-    """A WebSocket client that pings every second and notes anything but a pong."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self.pongs = 0
-        self.other: list[Any] = []
-        self.task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        while not self.ws.closed:
-            await self.ws.send_json({"t": "ping"})
-            msg = await self.ws.receive(timeout=5)
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                self.other.append((msg.type, self.ws.close_code))
-                return
-            frame = json.loads(msg.data)
-            if frame["t"] == "pong":
-                self.pongs += 1
-            else:
-                self.other.append(frame)
-            await asyncio.sleep(1)
-
-    @property
-    def alive(self) -> bool:
-        return not self.task.done() and not self.ws.closed and not self.other
-
-    async def close(self) -> None:
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
-        await self.ws.close()
-
-
-async def until(check: Callable[[], Awaitable[bool]], within: float, what: str) -> float:
-    start = time.monotonic()
-    while not await check():
-        if time.monotonic() - start > within:
-            raise AssertionError(f"{what}: not within {within}s")
-        await asyncio.sleep(0.05)
-    return time.monotonic() - start
 
 
 def etcd_cluster(etcd: EtcdServer, lease_ttl_s: int = 10) -> LocalCluster:
@@ -115,12 +72,6 @@ def peer(node_id: str) -> bytes:
     return NodeRecord(id=node_id, endpoint=f"ws://{node_id}/ws", region="north").to_json()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 @pytest.mark.timeout(90)
 async def test_a_frozen_etcd_neither_drains_the_node_nor_floods_etcd(
     own_etcd: EtcdServer, http: aiohttp.ClientSession
@@ -130,7 +81,7 @@ async def test_a_frozen_etcd_neither_drains_the_node_nor_floods_etcd(
     c = etcd_cluster(own_etcd)
     probe = EtcdKV([own_etcd.endpoint])  # the test's own client, never frozen out
     await probe.connect()
-    clients: list[Client] = []
+    clients: list[Pinger] = []
     frozen = False
     try:
         # Content for both prefixes: a drain request for another node, and n0's record.
@@ -145,7 +96,7 @@ async def test_a_frozen_etcd_neither_drains_the_node_nor_floods_etcd(
             async with running(nodes), running(drain):
                 for i in range(20):
                     ws, _ = await c.connect(http, f"u{i}", "n0")
-                    clients.append(Client(ws))
+                    clients.append(Pinger(ws, strict=True))
                 assert node.state == "up"
                 _, before = await listing(probe, "/imctl/")
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import resource
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +19,7 @@ import pytest
 import yaml
 
 from control.common.tickets import TicketKeys
-from tests.servers import free_port, wait_port
+from control.testing import free_port, spawn_imctl, stop_process, until, wait_port
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,27 +55,13 @@ class Node:
         path = tmp / "node.yaml"
         path.write_text(yaml.safe_dump(config))
         self.log = tmp / "node.log"
-        self._log = self.log.open("wb")
 
         def limit() -> None:
             if nofile is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "control.cli",
-                "access",
-                "--config",
-                str(path),
-                "--node-id",
-                "n0",
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            preexec_fn=limit,
+        self.proc = spawn_imctl(
+            ["access", "--config", str(path), "--node-id", "n0"], log=self.log, preexec_fn=limit
         )
         wait_port(self.port, 30)
 
@@ -89,14 +73,7 @@ class Node:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
+        stop_process(self.proc, 15)
 
 
 @pytest.fixture
@@ -190,13 +167,6 @@ async def hold_open(
         return b"<reset>", time.monotonic() - started
     finally:
         writer.close()
-
-
-async def until(check: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.05)
 
 
 @pytest.mark.timeout(90)

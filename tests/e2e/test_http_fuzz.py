@@ -11,13 +11,11 @@ import json
 import random
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.servers import free_port, wait_port
+from control.testing import local_config, spawn_imctl, stop_process, wait_port
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,25 +123,13 @@ def check(method: bytes, raw: bytes, answer: bytes) -> str | None:
 
 
 def start_up(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "control.cli", "up", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
+    return spawn_imctl(["up", "--config", str(config)], log=log)
 
 
 @pytest.mark.timeout(180)
 async def test_seeded_random_http_gets_no_500_and_json_4xx(tmp_path: Path) -> None:
-    config = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
-    for node in config["access"]["nodes"]:
-        node["port"] = free_port()
-    config["scheduler"]["port"] = free_port()
-    config["controller"]["port"] = free_port()
-    config["connections"] = {"idle_timeout_s": 2}
     path = tmp_path / "local.yaml"
-    path.write_text(yaml.safe_dump(config))
+    config = local_config(path, connections={"idle_timeout_s": 2})
     log = tmp_path / "up.log"
     proc = start_up(path, log)
     try:
@@ -166,12 +152,7 @@ async def test_seeded_random_http_gets_no_500_and_json_4xx(tmp_path: Path) -> No
         assert problems == [], f"{len(problems)} bad answers, first: {problems[:5]}"
         assert proc.poll() is None, "imctl up died"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, 15)
     text = log.read_text(errors="replace")
     assert "Traceback" not in text, text[-3000:]
     assert len(text.encode()) < 20_000, text[-3000:]

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-import yaml
 
-from tests.e2e.test_cluster import LEASE_TTL, Cluster, counts_by_node, ready, until
-from tests.servers import EtcdServer, RedisServer, free_port
+from control.testing import EtcdServer, RedisServer, until
+from tests.e2e.system import LEASE_TTL, NODES, Cluster, counts_by_node, metrics, ready
 
 pytestmark = pytest.mark.e2e
 GRACE = 5.0
@@ -24,22 +23,16 @@ USERS = 4  # per node
 
 
 def three_node_cluster(tmp: Path, etcd: EtcdServer, redis: list[RedisServer]) -> Cluster:
-    c = Cluster(tmp, etcd, redis)
-    config = yaml.safe_load(c.config.read_text())
-    c.ports["n2"] = free_port()
-    config["access"]["nodes"].append(
-        {"id": "n2", "region": "south", "zone": "a", "port": c.ports["n2"]}
+    return Cluster(
+        tmp,
+        etcd,
+        redis,
+        nodes=[*NODES, {"id": "n2", "region": "south", "zone": "a"}],
+        registry={"self_preservation": {"threshold": 0.5, "window_s": WINDOW, "grace_s": GRACE}},
+        # A heartbeat timeout (60 s) far beyond the test: only the controller's eviction can
+        # take the dead nodes' users offline in time.
+        heartbeat={"interval_s": 20, "misses": 3},
     )
-    config["registry"]["self_preservation"] = {
-        "threshold": 0.5,
-        "window_s": WINDOW,
-        "grace_s": GRACE,
-    }
-    # A heartbeat timeout (60 s) far beyond the test: only the controller's eviction can
-    # take the dead nodes' users offline in time.
-    config["heartbeat"] = {"interval_s": 20, "misses": 3}
-    c.config.write_text(yaml.safe_dump(config))
-    return c
 
 
 @pytest.mark.timeout(120)
@@ -48,8 +41,7 @@ async def test_two_of_three_nodes_killed_at_once_are_held_then_evicted(
 ) -> None:
     c = three_node_cluster(tmp_path, own_etcd, redis_servers)
     try:
-        for name in ("controller", "n0", "n1", "n2", "scheduler"):
-            c.start(name)
+        c.start("controller", "n0", "n1", "n2", "scheduler")
         async with aiohttp.ClientSession() as http:
             await ready(http, c, {"n0", "n1", "n2"})
             sockets = []
@@ -84,13 +76,12 @@ async def test_two_of_three_nodes_killed_at_once_are_held_then_evicted(
             await until(dead_ones_offline, LEASE_TTL + GRACE + 10, "the dead nodes' users offline")
             elapsed = time.monotonic() - killed
             assert elapsed <= LEASE_TTL + GRACE + 2, f"offline {elapsed:.1f}s after kill -9"
-            async with http.get(f"http://127.0.0.1:{c.ports['controller']}/metrics") as resp:
-                metrics = await resp.text()
-            evicted = re.search(r"^imctl_presence_evicted_total (\S+)$", metrics, re.M)
-            expired = re.search(r"^imctl_presence_expired_total (\S+)$", metrics, re.M)
-            assert evicted and float(evicted.group(1)) == 2 * USERS, metrics
-            assert expired and float(expired.group(1)) == 0, metrics
-            log = (tmp_path / "controller.log").read_text()
+            text = await metrics(http, c, "controller")
+            evicted = re.search(r"^imctl_presence_evicted_total (\S+)$", text, re.M)
+            expired = re.search(r"^imctl_presence_expired_total (\S+)$", text, re.M)
+            assert evicted and float(evicted.group(1)) == 2 * USERS, text
+            assert expired and float(expired.group(1)) == 0, text
+            log = c.log("controller").read_text()
             assert "self-preservation: 2/3 nodes vanished at once" in log, log
             for ws in sockets:
                 await ws.close()

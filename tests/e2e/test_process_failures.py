@@ -13,8 +13,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.e2e.test_cluster import LEASE_TTL, WINDOW, Cluster, counts_by_node, ready, until
-from tests.servers import EtcdServer, RedisServer
+from control.testing import EtcdServer, RedisServer, until
+from tests.e2e.system import LEASE_TTL, WINDOW, Cluster, counts_by_node, metrics, ready
 from tests.tokens import as_user
 
 pytestmark = pytest.mark.e2e
@@ -23,8 +23,7 @@ LEADER_TTL = 2  # the cluster's controller.leader_ttl_s
 
 async def leading(http: aiohttp.ClientSession, c: Cluster, name: str) -> bool:
     try:
-        async with http.get(f"http://127.0.0.1:{c.ports[name]}/metrics") as resp:
-            return "imctl_controller_leader 1.0" in await resp.text()
+        return "imctl_controller_leader 1.0" in await metrics(http, c, name)
     except aiohttp.ClientError:
         return False
 
@@ -35,8 +34,7 @@ async def test_kill_9_the_leading_controller(
 ) -> None:
     c = Cluster(tmp_path, own_etcd, redis_servers)
     try:
-        for name in ("controller", "controller-b", "n0", "n1", "scheduler"):
-            c.start(name)
+        c.start("controller", "controller-b", "n0", "n1", "scheduler")
         async with aiohttp.ClientSession() as http:
             await ready(http, c, {"n0", "n1"})
 
@@ -77,10 +75,9 @@ async def test_kill_9_the_leading_controller(
             assert elapsed <= bound, f"offline {elapsed:.1f}s after kill -9"
             # Taken offline as a dead node's users by the new leader, not expired one by one
             # at the heartbeat timeout.
-            async with http.get(f"http://127.0.0.1:{c.ports[standby]}/metrics") as resp:
-                metrics = await resp.text()
-            evicted = re.search(r"^imctl_presence_evicted_total (\S+)$", metrics, re.M)
-            assert evicted and float(evicted.group(1)) >= 10, metrics
+            text = await metrics(http, c, standby)
+            evicted = re.search(r"^imctl_presence_evicted_total (\S+)$", text, re.M)
+            assert evicted and float(evicted.group(1)) >= 10, text
             for ws in sockets:
                 await ws.close()
     finally:
@@ -93,8 +90,7 @@ async def test_kill_9_the_scheduler(
 ) -> None:
     c = Cluster(tmp_path, own_etcd, redis_servers)
     try:
-        for name in ("controller", "n0", "n1", "scheduler"):
-            c.start(name)
+        c.start("controller", "n0", "n1", "scheduler")
         async with aiohttp.ClientSession() as http:
             await ready(http, c, {"n0", "n1"})
             ask = f"{c.url}/v1/endpoint?uid=amy&device=phone&platform=ios&version=1.0"

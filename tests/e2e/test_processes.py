@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.servers import EtcdServer, free_port, wait_port
+from control.testing import EtcdServer, free_port, local_config, spawn_imctl, until_sync, wait_port
 
 pytestmark = pytest.mark.e2e
 IMCTL = [sys.executable, "-m", "control.cli"]
@@ -50,21 +50,11 @@ def imctl_token(uid: str, config: Path) -> str:
 def wait_ready(base: str, within: float = 10) -> None:
     """Until a scheduler listening at ``base`` answers /readyz 200."""
     wait_port(int(base.rsplit(":", 1)[1]))
-    deadline = time.monotonic() + within
-    while get(f"{base}/readyz")[0] != 200:
-        assert time.monotonic() < deadline, "scheduler never became ready"
-        time.sleep(0.1)
+    until_sync(lambda: get(f"{base}/readyz")[0] == 200, within, "scheduler ready", every=0.1)
 
 
 def spawn(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        IMCTL + args,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {})},
-        cwd=ROOT,
-    )
+    return spawn_imctl(args, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
@@ -82,14 +72,8 @@ def stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
 def up(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str], Path]]:
     """``imctl up`` on the packaged local config, moved to free ports."""
 
-    config = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
-    for node in config["access"]["nodes"]:
-        node["port"] = free_port()
-    port = free_port()
-    config["scheduler"]["port"] = port
-    config["controller"]["port"] = free_port()
     path = tmp_path / "local.yaml"
-    path.write_text(yaml.safe_dump(config))
+    port = local_config(path)["scheduler"]["port"]
     proc = spawn(["up", "--config", str(path)])
     wait_port(port)
     yield f"http://127.0.0.1:{port}", proc, path
@@ -294,22 +278,22 @@ def test_up_on_etcd_and_redis(etcd_server: EtcdServer, redis_servers: list, tmp_
     and Redis."""
     import asyncio
 
-    config = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
     port = free_port()
-    config["cluster"].update(
-        {"backend": "etcd", "prefix": f"/up-{port}", "etcd": {"endpoints": [etcd_server.endpoint]}}
-    )
-    config["presence"] = {
-        "backend": "redis",
-        "key_prefix": f"up{port}:",
-        "shards": [{"id": f"s{i}", "url": r.url} for i, r in enumerate(redis_servers)],
-    }
-    for node in config["access"]["nodes"]:
-        node["port"] = free_port()
-    config["scheduler"]["port"] = port
-    config["controller"]["port"] = free_port()
     path = tmp_path / "cluster.yaml"
-    path.write_text(yaml.safe_dump(config))
+    local_config(
+        path,
+        cluster={
+            "backend": "etcd",
+            "prefix": f"/up-{port}",
+            "etcd": {"endpoints": [etcd_server.endpoint]},
+        },
+        presence={
+            "backend": "redis",
+            "key_prefix": f"up{port}:",
+            "shards": [{"id": f"s{i}", "url": r.url} for i, r in enumerate(redis_servers)],
+        },
+        scheduler={"port": port},
+    )
     proc = spawn(["up", "--config", str(path)])
     try:
         wait_port(port)

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from control.settings import load_settings
-from tests.servers import EtcdServer, RedisServer, free_port, wait_port
+from control.testing import EtcdServer, RedisServer, free_port, wait_port
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,27 +10,14 @@ import json
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
 
 from control.access import protocol
 from control.access.push import Pusher
+from control.testing import calls_done, until
 from tests.cluster import LocalCluster, cluster_settings
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def until(cond: Callable[[], object], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_connect_heartbeat_online_and_offline(http: aiohttp.ClientSession) -> None:
@@ -223,13 +210,15 @@ async def test_huge_frame_closes_1009(http: aiohttp.ClientSession) -> None:
 
 async def test_same_device_on_same_node_kicks_older(http: aiohttp.ClientSession) -> None:
     async with LocalCluster(cluster_settings(nodes=1)) as c:
+        offlines = calls_done(c.presence, "offline")  # (uid, device, conn[, reason])
         first, w1 = await c.connect(http, "alice", "n0")
         second, w2 = await c.connect(http, "alice", "n0")
         kicked = await first.receive_json(timeout=5)
         assert kicked["t"] == "kicked"
         msg = await first.receive(timeout=5)
         assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == protocol.CLOSE_KICKED
-        await asyncio.sleep(0.2)  # the old connection's offline must not erase the new one
+        # the old connection's offline (it has run now) must not erase the new one
+        await until(lambda: any(a[2] == w1["conn"] for a in offlines), what="old conn's offline")
         (entry,) = await c.presence.who("alice")
         assert entry.conn == w2["conn"] != w1["conn"]
         other, _ = await c.connect(http, "alice", "n0", device="laptop")  # other device: both

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from control.scheduler.service import create_app
 from control.scheduler.state import AUTH, METRICS, SETTINGS
 from control.settings import Settings, parse_settings
+from control.testing import until
 from tests.tokens import AUDIENCE, CLIENT_AUTH, KID, SECRET, as_user, token
 
 OK = {"uid": "alice", "device": "phone-1", "platform": "ios", "version": "5.1.0"}
@@ -56,13 +57,6 @@ def signed(key: Any, alg: str, kid: str, uid: str = "alice", **claims: Any) -> s
     now = int(time.time())
     payload = {"sub": uid, "aud": AUDIENCE, "iat": now, "exp": now + 300, **claims}
     return jwt.encode(payload, key, algorithm=alg, headers={"kid": kid})
-
-
-async def until(cond: Callable[[], Any], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not await cond():
-        assert time.monotonic() < deadline, f"{what}: not within {within}s"
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -244,7 +238,7 @@ async def test_jwks_keys_rotate_mid_test(aiohttp_client: Any, aiohttp_server: An
 
 
 async def test_jwks_not_reachable_yet_is_503(aiohttp_client: Any) -> None:
-    from tests.servers import free_port
+    from control.testing import free_port
 
     url = f"http://127.0.0.1:{free_port()}/jwks.json"
     cfg = {"mode": "jwt", "keys": {}, "jwks_url": url}
@@ -334,7 +328,7 @@ async def test_callback_down_fails_closed_with_a_clear_503(
 
 
 async def test_callback_not_listening_is_a_503(aiohttp_client: Any) -> None:
-    from tests.servers import free_port
+    from control.testing import free_port
 
     url = f"http://127.0.0.1:{free_port()}/auth"
     client = await aiohttp_client(

@@ -19,7 +19,7 @@ from control.common.registry import NodeRecord, PreservationPolicy, Registry
 from control.presence.cluster import PresenceCluster, build_cluster
 from control.presence.controller import Controller
 from control.presence.model import Presence
-from tests.servers import EtcdServer, RedisServer
+from control.testing import EtcdServer, RedisServer, until
 
 
 @pytest.fixture(params=["embedded", "real"])
@@ -329,14 +329,14 @@ async def test_leads_again_soon_after_etcd_returns_and_evicts_a_node_that_died_m
     )
     await ctl.start()
     try:
-        await until_true(lambda: ctl.election.leader, 5, "first leadership")
+        await until(lambda: ctl.election.leader, 5, "first leadership")
         own_etcd.kill()
         stop_doomed.set()  # the node dies while etcd is down
-        await until_true(lambda: not ctl.election.leader, 5, "stepping down")
+        await until(lambda: not ctl.election.leader, 5, "stepping down")
         await asyncio.sleep(4 - 2)
         await asyncio.to_thread(own_etcd.start)
         back = time.monotonic()
-        took = await until_true(lambda: ctl.election.leader, LEADER_TTL + 4, "leading again")
+        took = await until(lambda: ctl.election.leader, LEADER_TTL + 4, "leading again")
         print(f"led again {took:.2f}s after etcd returned")
         # retry_s (0.5 s) + the client's reconnect (the etcd client's own backoff, <= 2 s)
         assert took <= 3, f"led again {took:.1f}s after etcd returned"
@@ -359,11 +359,3 @@ async def test_leads_again_soon_after_etcd_returns_and_evicts_a_node_that_died_m
 
 
 LEADER_TTL = 5  # the default; long enough that waiting out the old key would show
-
-
-async def until_true(check: Any, within: float, what: str) -> float:
-    start = time.monotonic()
-    while not check():
-        assert time.monotonic() - start < within, f"{what}: not within {within}s"
-        await asyncio.sleep(0.05)
-    return time.monotonic() - start

@@ -4,10 +4,7 @@ metrics text to a viewer or an operator."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import aiohttp
-import pytest
 
 from tests.cluster import LocalCluster, cluster_settings
 
@@ -17,12 +14,6 @@ TOKENS = [
     {"name": "prometheus", "token": VIEWER, "role": "viewer"},
     {"name": "sre", "token": OPERATOR, "role": "operator"},
 ]
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def urls(c: LocalCluster) -> dict[str, str]:

@@ -15,8 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from control.testing import RedisServer
 from tests.cluster import LocalCluster, cluster_settings
-from tests.servers import RedisServer
 
 
 def _settings(backend: str, redis_servers: list[RedisServer] | None) -> Any:

@@ -16,8 +16,8 @@ from control.common.errors import BackendUnavailable
 from control.presence import redis_store
 from control.presence.cluster import build_cluster
 from control.presence.model import Presence
+from control.testing import RedisServer
 from tests.cluster import LocalCluster, cluster_settings
-from tests.servers import RedisServer
 
 
 async def test_shard_restart_is_healed_by_heartbeats(tmp_path: Path) -> None:

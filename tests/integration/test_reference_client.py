@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from control.testing import free_port
 from tests.cluster import LocalCluster, cluster_settings
-from tests.servers import free_port
 from tests.tokens import token
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,7 +18,7 @@ from control.gray.model import Release, Target
 from control.gray.store import GrayStore
 from control.scheduler.service import ENGINE, STATE, create_app
 from control.settings import Settings, parse_settings
-from tests.servers import EtcdServer
+from control.testing import EtcdServer, until
 from tests.tokens import CLIENT_AUTH, as_user
 
 pytestmark = pytest.mark.etcd
@@ -39,16 +39,6 @@ def config(endpoint: str, prefix: str, **registry: Any) -> Settings:
 
 def node(nid: str, **kw: Any) -> NodeRecord:
     return NodeRecord(id=nid, endpoint=f"ws://127.0.0.1/{nid}", region="r1", **kw)
-
-
-async def until(cond: Callable[[], bool], within: float, what: str) -> float:
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    while not cond():
-        if loop.time() - start > within:
-            raise AssertionError(f"{what}: not within {within}s")
-        await asyncio.sleep(0.05)
-    return loop.time() - start
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 import pytest
@@ -22,20 +22,13 @@ from control.common.kv import WatchEvent
 from control.common.kv.embedded import EmbeddedKV
 from control.common.kv.etcd import EtcdKV
 from control.common.mirror import PrefixMirror
+from control.testing import EtcdServer, until
 from tests.cluster import LocalCluster, cluster_settings
-from tests.servers import EtcdServer
 
 
 def drains_started(caplog: pytest.LogCaptureFixture) -> int:
     """Drains started, from the node's log (the same line before and after the fix)."""
     return sum(" connections over " in r.getMessage() for r in caplog.records)
-
-
-async def until(cond: Callable[[], object], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 class MisroutingKV(EmbeddedKV):
@@ -110,6 +103,11 @@ async def test_verify_adopts_a_listing_whose_content_differs(copy_ahead: int) ->
         await kv.close()
 
 
+@pytest.mark.allow_leaked_tasks(
+    reason="product: AccessNode.stop() leaves a running drain and its _close_later tasks"
+    " (control/access/node.py:448-497); the access split (drain walk owning its closers,"
+    " drain as a supervised errand) fixes it: drop this mark when it is merged"
+)
 async def test_own_record_republishes_delivered_to_the_drain_watch_never_drain(
     http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -163,12 +161,6 @@ async def test_an_unchanged_request_never_restarts_a_drain(
         await until(lambda: drains_started(caplog) == 2)
         await c.kv.delete("/imctl/drain/n0")
         await until(lambda: node.state == "up")
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def test_an_etcd_watch_on_compacted_history_raises_revision_compacted(

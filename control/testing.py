@@ -1,0 +1,451 @@
+"""The public test kit: real servers and imctl processes on free loopback ports with their own
+temp dirs, and one way to wait for an event. Used by tests/ (through thin pytest fixtures in
+tests/conftest.py) and by the load/ benchmarks alike; it imports nothing from pytest.
+
+Every wait here is bounded in time and polls at a fixed period, so a test that waits for
+something that never happens fails with a sentence naming what it waited for."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+IMCTL = [sys.executable, "-m", "control.cli"]
+POLL_S = 0.05  # the period of every wait below, unless a caller asks for another
+
+
+# -- waiting for an event ----------------------------------------------------------------------
+
+
+async def until(
+    cond: Callable[[], object | Awaitable[object]],
+    within: float = 5.0,
+    what: str = "condition",
+    every: float = POLL_S,
+) -> float:
+    """Await ``cond()`` (a plain or an async callable) until it is truthy; return how long it
+    took. AssertionError naming ``what`` if it is still falsy after ``within`` seconds."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while True:
+        value = cond()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return loop.time() - start
+        if loop.time() - start > within:
+            raise AssertionError(f"{what}: not within {within}s")
+        await asyncio.sleep(every)
+
+
+def until_sync(
+    cond: Callable[[], object], within: float = 5.0, what: str = "condition", every: float = POLL_S
+) -> float:
+    """The blocking twin of :func:`until`, for code outside an event loop."""
+    start = time.monotonic()
+    while not cond():
+        if time.monotonic() - start > within:
+            raise AssertionError(f"{what}: not within {within}s")
+        time.sleep(every)
+    return time.monotonic() - start
+
+
+def calls_done(obj: Any, method: str) -> list[tuple[Any, ...]]:
+    """Wrap the async method ``obj.<method>`` (on this instance only) so that the positional
+    arguments of every call it has finished are appended to the list returned: the event
+    a test waits for when the effect it needs is that call having run."""
+    real = getattr(obj, method)
+    done: list[tuple[Any, ...]] = []
+
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await real(*args, **kwargs)
+        finally:
+            done.append(args)
+
+    setattr(obj, method, wrapper)
+    return done
+
+
+def leftover_tasks(loop: asyncio.AbstractEventLoop) -> list[asyncio.Task[Any]]:
+    """The tasks of ``loop`` still pending, other than the one asking."""
+    current = asyncio.current_task(loop)
+    return [t for t in asyncio.all_tasks(loop) if t is not current and not t.done()]
+
+
+def describe_task(task: asyncio.Task[Any]) -> str:
+    """A task's name and the coroutine it runs, for a failure message."""
+    coro = task.get_coro()
+    code = getattr(coro, "__qualname__", None) or repr(coro)
+    return f"{task.get_name()} ({code})"
+
+
+# -- clients ---------------------------------------------------------------------------------
+
+
+class Pinger:
+    """A WebSocket client of an access node that pings every ``every`` seconds, counts the
+    pongs and notes anything else it gets (a frame, or the close that ended it). ``strict``:
+    anything but a pong means it is no longer ``alive``."""
+
+    def __init__(
+        self, ws: aiohttp.ClientWebSocketResponse, every: float = 1.0, strict: bool = False
+    ) -> None:
+        self.ws = ws
+        self.every = every
+        self.strict = strict
+        self.pongs = 0
+        self.other: list[Any] = []
+        self.task = asyncio.create_task(self._run(), name="pinger")
+
+    async def _run(self) -> None:
+        while not self.ws.closed:
+            await self.ws.send_json({"t": "ping"})
+            msg = await self.ws.receive(timeout=5)
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                self.other.append((msg.type, self.ws.close_code))
+                return
+            frame = json.loads(msg.data)
+            if frame["t"] == "pong":
+                self.pongs += 1
+            else:
+                self.other.append(frame)
+            await asyncio.sleep(self.every)
+
+    @property
+    def alive(self) -> bool:
+        return not self.task.done() and not self.ws.closed and not (self.strict and self.other)
+
+    async def close(self) -> None:
+        self.task.cancel()
+        # An error it ended with already shows as not alive.
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.task
+        await self.ws.close()
+
+
+# -- ports -------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+        return True
+    return False
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    """Until something listens on 127.0.0.1:``port``; TimeoutError after ``timeout``."""
+    try:
+        until_sync(lambda: port_open(port), timeout, f"nothing listened on 127.0.0.1:{port}")
+    except AssertionError as err:
+        raise TimeoutError(str(err)) from None
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout``."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def stop_processes(procs: Iterable[subprocess.Popen[Any]], timeout: float = 15.0) -> None:
+    """SIGTERM to all at once (so they stop in parallel), then wait for each."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        stop_process(proc, timeout)
+
+
+def kill_process(proc: subprocess.Popen[Any]) -> None:
+    """kill -9, and reap it."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+
+
+def spawn_imctl(
+    args: list[str],
+    *,
+    log: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    text: bool = False,
+    **popen: Any,
+) -> subprocess.Popen[Any]:
+    """``imctl <args>`` as a child process from the source tree, unbuffered. Its output goes
+    to ``log`` (appended) when given, else wherever ``popen`` says (stdout=PIPE...)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    if log is None:
+        return subprocess.Popen([*IMCTL, *args], cwd=ROOT, env=full_env, text=text, **popen)
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [*IMCTL, *args], stdout=out, stderr=out, cwd=ROOT, env=full_env, **popen
+        )
+
+
+def run_imctl(
+    args: list[str], timeout: float = 30.0, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``imctl <args>`` to completion, its output captured as text."""
+    return subprocess.run(
+        [*IMCTL, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, **env} if env is not None else None,
+    )
+
+
+def logged(log: Path, text: str) -> bool:
+    """Whether a process's log file says ``text`` (a missing log says nothing)."""
+    try:
+        return text in log.read_text(errors="replace")
+    except FileNotFoundError:
+        return False
+
+
+# -- configs -----------------------------------------------------------------------------------
+
+
+def merge_sections(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over``'s sections merged in, one level deep."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def local_config(path: Path, **sections: Any) -> dict[str, Any]:
+    """The packaged configs/local.yaml with every listener moved to a free port and
+    ``sections`` merged over it one level deep, written to ``path``; returns what it wrote."""
+    config: dict[str, Any] = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
+    for node in config["access"]["nodes"]:
+        node["port"] = free_port()
+    config["scheduler"]["port"] = free_port()
+    config["controller"]["port"] = free_port()
+    config = merge_sections(config, sections)
+    path.write_text(yaml.safe_dump(config))
+    return config
+
+
+# -- real servers ------------------------------------------------------------------------------
+
+
+class ServerProcess:
+    """A real server binary on loopback; ``kill`` is kill -9, ``stop`` is a clean stop,
+    ``freeze``/``thaw`` are SIGSTOP/SIGCONT."""
+
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            kill_process(self.proc)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.thaw()  # a stopped process cannot act on SIGTERM
+            stop_process(self.proc)
+        self.proc = None
+
+    def freeze(self) -> None:
+        assert self.proc is not None, "not running"
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
+    def __enter__(self) -> ServerProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _spawn(self, cmd: list[str], log: Path, env: Mapping[str, str] | None = None) -> None:
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=out, env=env)
+
+
+def _binary(name: str, package: str) -> str:
+    binary = shutil.which(name)
+    if binary is None:
+        raise RuntimeError(f"{name} not found: install Debian's {package} (scripts/test.sh does)")
+    return binary
+
+
+class EtcdServer(ServerProcess):
+    """One etcd member; ``restart()`` keeps its data dir and port."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.binary = _binary("etcd", "etcd-server")
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.peer_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data_dir.parent / f"etcd-{self.port}.log"
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        client = f"http://127.0.0.1:{self.port}"
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        cmd = [
+            self.binary,
+            "--name",
+            "t",
+            "--data-dir",
+            str(self.data_dir),
+            "--listen-client-urls",
+            client,
+            "--advertise-client-urls",
+            client,
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+            "--initial-cluster",
+            f"t={peer}",
+            "--heartbeat-interval",
+            "50",
+            "--election-timeout",
+            "500",
+            "--log-level",
+            "error",
+        ]
+        env = dict(os.environ, ETCD_UNSUPPORTED_ARCH=os.environ.get("ETCD_UNSUPPORTED_ARCH", ""))
+        self._spawn(cmd, self.log, env)
+        wait_port(self.port)
+        self.wait_healthy()
+
+    def healthy(self) -> bool:
+        url = f"http://127.0.0.1:{self.port}/health"
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as resp:
+            return b'"true"' in resp.read()
+        return False
+
+    def wait_healthy(self, timeout: float = 15.0) -> None:
+        try:
+            until_sync(self.healthy, timeout, "etcd healthy")
+        except AssertionError as err:
+            raise TimeoutError(f"etcd did not become healthy: {err}") from None
+
+
+class RedisServer(ServerProcess):
+    """One redis-server with no persistence; ``restart()`` keeps its port."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.binary = _binary("redis-server", "redis-server")
+        self.data_dir = data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data_dir / "redis.log"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        cmd = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.data_dir),
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+            "--maxclients",
+            "10000",
+        ]
+        self._spawn(cmd, self.log)
+        wait_port(self.port)
+
+
+def log_tail(log: Path, lines: int = 40) -> str:
+    """The last lines of a log, for a failure message."""
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return f"({log} missing)"
+
+
+__all__ = [
+    "IMCTL",
+    "ROOT",
+    "EtcdServer",
+    "Pinger",
+    "RedisServer",
+    "ServerProcess",
+    "calls_done",
+    "describe_task",
+    "free_port",
+    "kill_process",
+    "leftover_tasks",
+    "local_config",
+    "log_tail",
+    "logged",
+    "merge_sections",
+    "port_open",
+    "run_imctl",
+    "spawn_imctl",
+    "stop_process",
+    "stop_processes",
+    "until",
+    "until_sync",
+    "wait_port",
+]
