@@ -1,5 +1,9 @@
 """Running processes: one component each (scheduler, access node, controller), or the whole
-local cluster in one process on shared backends (``imctl up``)."""
+local cluster in one process on shared backends (``imctl up``).
+
+The one place that turns Settings into components: it picks the embedded or real backends,
+owns them (one cleanup context per process part, or the shared pair of ``imctl up``), and
+builds each component's own config (the scheduler and the admin API never see Settings)."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import shutil
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,18 +26,21 @@ from aiohttp import web
 
 from control.access.node import AccessNode
 from control.access.node import create_app as access_app
-from control.common.config import ConnectionSettings
+from control.admin.config import AdminConfig
+from control.admin.routes import mount as admin_routes
+from control.common.config import ClusterSettings, ConnectionSettings
 from control.common.errors import BackendUnavailable, ImctlError
 from control.common.guard import ConnectionGuard, GuardedSite, install_loop_handler
 from control.common.kv import KeyValueStore
+from control.common.kv.embedded import EmbeddedKV
 from control.common.ops import METRICS
 from control.common.tasks import Supervisor
-from control.presence.cluster import PresenceCluster
+from control.presence.cluster import PresenceCluster, build_cluster
 from control.presence.controller import Controller
 from control.presence.service import create_app as controller_app
-from control.runtime import make_kv, make_presence
-from control.scheduler.service import STATE
-from control.scheduler.service import create_app as scheduler_app
+from control.scheduler.config import SchedulerConfig
+from control.scheduler.service import create_app as scheduler_create_app
+from control.scheduler.state import STATE
 from control.settings import Settings
 
 log = logging.getLogger("imctl")
@@ -158,7 +165,117 @@ async def _run(process: Process, banner: str | None, drain_s: float) -> int:
     return 0
 
 
-def _scheduler_part(
+def make_kv(cluster: ClusterSettings) -> KeyValueStore:
+    """The key-value store ``cluster.backend`` names (not yet connected)."""
+    if cluster.backend == "etcd":
+        from control.common.kv.etcd import EtcdKV
+
+        return EtcdKV(cluster.etcd.endpoints, timeout_s=cluster.etcd.timeout_s)
+    return EmbeddedKV()
+
+
+def make_presence(settings: Settings) -> PresenceCluster:
+    """The presence cluster ``settings.presence`` describes."""
+    p = settings.presence
+    return build_cluster(
+        [(s.id, s.url, s.weight) for s in p.shards],
+        p.backend,
+        timeout_s=settings.heartbeat.timeout_s,
+        key_prefix=p.key_prefix,
+        vnodes=p.vnodes,
+    )
+
+
+@dataclass
+class Backends:
+    """A part's key-value store and presence cluster, and which of them the part opens and
+    closes itself (the others are shared, owned by whoever passed them in)."""
+
+    kv: KeyValueStore
+    presence: PresenceCluster
+    own_kv: bool
+    own_presence: bool
+
+    @classmethod
+    def of(
+        cls,
+        settings: Settings,
+        kv: KeyValueStore | None = None,
+        presence: PresenceCluster | None = None,
+    ) -> Backends:
+        """The given backends, and new ones (owned) for those not given."""
+        return cls(
+            make_kv(settings.cluster) if kv is None else kv,
+            make_presence(settings) if presence is None else presence,
+            own_kv=kv is None,
+            own_presence=presence is None,
+        )
+
+    def attach(self, app: web.Application, *, unreachable_ok: bool = False) -> None:
+        """Make ``app`` open the owned store before its component starts and close what it
+        owns after the component stops (its first cleanup context: first in, last out).
+        ``unreachable_ok``: a store not reachable yet is logged, not fatal (the component
+        retries on its own)."""
+        if not (self.own_kv or self.own_presence):
+            return
+
+        async def backends(app: web.Application) -> AsyncIterator[None]:
+            if self.own_kv:
+                try:
+                    await self.kv.connect()
+                except BackendUnavailable as exc:
+                    if not unreachable_ok:
+                        raise
+                    log.warning(
+                        "backend not reachable yet (%s); serving static nodes meanwhile", exc
+                    )
+            yield
+            if self.own_presence:
+                await self.presence.close()
+            if self.own_kv:
+                await self.kv.close()
+
+        app.cleanup_ctx.insert(0, backends)
+
+
+def scheduler_config(settings: Settings) -> SchedulerConfig:
+    return SchedulerConfig(
+        cluster=settings.cluster,
+        registry=settings.registry,
+        scheduler=settings.scheduler,
+        heartbeat=settings.heartbeat,
+        backoff=settings.backoff,
+        tickets=settings.tickets,
+        regions=settings.regions,
+        gray=settings.gray,
+        client_auth=settings.client_auth,
+        metrics_readers=settings.admin.metrics_readers(),
+    )
+
+
+def admin_config(settings: Settings) -> AdminConfig:
+    return AdminConfig(
+        cluster=settings.cluster.name,
+        prefix=settings.cluster.prefix,
+        known_regions=frozenset(settings.regions.known),
+        max_event_tails=settings.scheduler.max_event_tails,
+        grants=settings.admin.grants(),
+    )
+
+
+def scheduler_app(
+    settings: Settings, kv: KeyValueStore | None = None, presence: PresenceCluster | None = None
+) -> web.Application:
+    """The scheduler with the admin API mounted. ``kv`` and ``presence`` share backends
+    already open (in-process clusters); without them it opens and closes its own."""
+    b = Backends.of(settings, kv, presence)
+    mounts = [admin_routes(admin_config(settings))]
+    app = scheduler_create_app(scheduler_config(settings), b.kv, b.presence, mounts=mounts)
+    b.attach(app, unreachable_ok=True)  # it serves its static nodes while the store is away
+    return app
+
+
+def scheduler_part(
     settings: Settings, kv: KeyValueStore | None = None, presence: PresenceCluster | None = None
 ) -> Part:
     app = scheduler_app(settings, kv=kv, presence=presence)
@@ -179,47 +296,48 @@ def _scheduler_part(
     )
 
 
-def _access_part(
-    settings: Settings, node_id: str, kv: KeyValueStore, presence: PresenceCluster, own: bool
+def access_part(
+    settings: Settings,
+    node_id: str,
+    kv: KeyValueStore | None = None,
+    presence: PresenceCluster | None = None,
 ) -> Part:
+    """One access node; without ``kv`` and ``presence`` it opens and closes its own."""
+    b = Backends.of(settings, kv, presence)
+    kv, presence = b.kv, b.presence
     cfg = settings.access.node(node_id)
     node = AccessNode(settings, cfg, kv, presence)
-    return Part(
-        f"access {node_id}",
-        access_app(node, own_backends=own),
-        cfg.host,
-        cfg.port,
-        supervisor=node.supervisor,
-        node=node,
-    )
+    app = access_app(node)
+    b.attach(app)
+    return Part(f"access {node_id}", app, cfg.host, cfg.port, supervisor=node.supervisor, node=node)
 
 
 def _controller(settings: Settings, kv: KeyValueStore, presence: PresenceCluster) -> Controller:
-    hb = settings.heartbeat
     return Controller(
         kv,
         presence,
         prefix=settings.cluster.prefix,
         identity=f"{socket.gethostname()}:{os.getpid()}:{settings.controller.port}",
         leader_ttl_s=settings.controller.leader_ttl_s,
-        # Derived from the heartbeat: an entry is swept at most half an interval late.
-        sweep_s=min(hb.interval_s / 2, 5.0),
-        reconcile_s=float(settings.registry.lease_ttl_s),
+        sweep_s=settings.heartbeat.sweep_s,
+        reconcile_s=settings.registry.reconcile_s,
         policy=settings.registry.self_preservation.policy(),
         sweep_batch=settings.controller.sweep_batch,
     )
 
 
-def _controller_part(
-    settings: Settings, kv: KeyValueStore, presence: PresenceCluster, own: bool
+def controller_part(
+    settings: Settings, kv: KeyValueStore | None = None, presence: PresenceCluster | None = None
 ) -> Part:
-    controller = _controller(settings, kv, presence)
+    """The presence controller; without ``kv`` and ``presence`` it opens and closes its own."""
+    b = Backends.of(settings, kv, presence)
+    controller = _controller(settings, b.kv, b.presence)
+    app = controller_app(controller, metrics_readers=settings.admin.metrics_readers())
+    b.attach(app)
     c = settings.controller
     return Part(
         "controller",
-        controller_app(
-            controller, own_backends=own, metrics_readers=settings.admin.metrics_readers()
-        ),
+        app,
         c.host,
         c.port,
         supervisor=controller.supervisor,
@@ -228,22 +346,20 @@ def _controller_part(
 
 
 async def run_scheduler(settings: Settings) -> int:
-    part = _scheduler_part(settings)
+    part = scheduler_part(settings)
     log.info("scheduler on http://%s:%d", part.host, part.port)
     return await _run(Process([part], connections=settings.connections), None, 0)
 
 
 async def run_access(settings: Settings, node_id: str) -> int:
-    part = _access_part(
-        settings, node_id, make_kv(settings.cluster), make_presence(settings), own=True
-    )
+    part = access_part(settings, node_id)
     return await _run(
         Process([part], connections=settings.connections), None, settings.access.drain_s
     )
 
 
 async def run_controller(settings: Settings) -> int:
-    part = _controller_part(settings, make_kv(settings.cluster), make_presence(settings), own=True)
+    part = controller_part(settings)
     return await _run(Process([part], connections=settings.connections), None, 0)
 
 
@@ -260,11 +376,9 @@ async def run_local(
         print(f"imctl: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     try:
-        parts = [
-            _access_part(settings, n.id, kv, presence, own=False) for n in settings.access.nodes
-        ]
-        parts.append(_controller_part(settings, kv, presence, own=False))
-        scheduler = _scheduler_part(settings, kv=kv, presence=presence)
+        parts = [access_part(settings, n.id, kv, presence) for n in settings.access.nodes]
+        parts.append(controller_part(settings, kv, presence))
+        scheduler = scheduler_part(settings, kv=kv, presence=presence)
         scheduler.grace_s = 0.0  # one local process: no load balancer to wait for
         parts.append(scheduler)
         shown = (

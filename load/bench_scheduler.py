@@ -31,6 +31,7 @@ from pathlib import Path
 
 import yaml
 
+from control.launch import scheduler_config as config_of
 from control.scheduler.service import build_engine
 from control.settings import parse_settings
 from control.testing import free_port, spawn_imctl, wait_port
@@ -179,7 +180,7 @@ def rebuild_ms(port: int, repeats: int = 20) -> float:
     """One snapshot rebuild of the same 1,000 nodes and 10 releases, in process: with nodes
     reporting load every few seconds a scheduler rebuilds many times a second, and a
     rebuild holds the event loop (so it adds to every waiting request's latency)."""
-    engine = build_engine(parse_settings(scheduler_config(port)))
+    engine = build_engine(config_of(parse_settings(scheduler_config(port))))
     times = []
     for _ in range(repeats):
         t = time.perf_counter()

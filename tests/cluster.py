@@ -11,9 +11,8 @@ import aiohttp
 from control.access.node import AccessNode
 from control.common.kv import KeyValueStore
 from control.common.kv.embedded import EmbeddedKV
-from control.launch import Process, _access_part, _controller_part, _scheduler_part
+from control.launch import Process, access_part, controller_part, make_presence, scheduler_part
 from control.presence.cluster import PresenceCluster
-from control.runtime import make_presence
 from control.settings import Settings, parse_settings
 from tests.servers import free_port
 from tests.tokens import CLIENT_AUTH
@@ -72,13 +71,13 @@ class LocalCluster:
     async def __aenter__(self) -> LocalCluster:
         await self.kv.connect()
         parts = [
-            _access_part(self.settings, n.id, self.kv, self.presence, own=False)
+            access_part(self.settings, n.id, self.kv, self.presence)
             for n in self.settings.access.nodes
         ]
         if self.with_controller:
-            parts.append(_controller_part(self.settings, self.kv, self.presence, own=False))
+            parts.append(controller_part(self.settings, self.kv, self.presence))
         if self.with_scheduler:
-            parts.append(_scheduler_part(self.settings, kv=self.kv, presence=self.presence))
+            parts.append(scheduler_part(self.settings, kv=self.kv, presence=self.presence))
         self.process.parts = parts
         error = await self.process.start()
         assert error is None, error

@@ -111,6 +111,18 @@ class RegistrySettings:
     static_nodes: tuple[StaticNode, ...] = setting((), "nodes listed in config")
     self_preservation: SelfPreservationSettings = setting(SelfPreservationSettings(), "")
 
+    @property
+    def pending_window_s(self) -> float:
+        """How long the scheduler counts its own assignments to a node: nodes report at
+        least every TTL/3, so a count older than a TTL is surely in a report."""
+        return float(self.lease_ttl_s)
+
+    @property
+    def reconcile_s(self) -> float:
+        """How often the controller checks presence against the registry: once a lease
+        TTL, the time a dead node's record takes to vanish."""
+        return float(self.lease_ttl_s)
+
     def check(self, path: str) -> list[str]:
         seen: set[str] = set()
         problems = []
@@ -131,6 +143,12 @@ class HeartbeatSettings:
     @property
     def timeout_s(self) -> float:
         return self.interval_s * self.misses
+
+    @property
+    def sweep_s(self) -> float:
+        """The controller's expiry sweep period: an entry is swept at most half an
+        interval late (and at least every 5 s)."""
+        return min(self.interval_s / 2, 5.0)
 
 
 @dataclass(frozen=True)

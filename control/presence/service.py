@@ -12,18 +12,12 @@ CONTROLLER = web.AppKey("controller", Controller)
 
 
 def create_app(
-    controller: Controller, own_backends: bool = False, metrics_readers: TokenTable | None = None
+    controller: Controller, metrics_readers: TokenTable | None = None
 ) -> web.Application:
+    """The controller's app on backends its caller opens and closes (control/launch.py)."""
     app = web.Application()
     app[CONTROLLER] = controller
-
-    app.cleanup_ctx.append(
-        lifecycle(
-            controller,
-            opens=[controller.kv.connect] if own_backends else [],
-            closes=[controller.presence.close, controller.kv.close] if own_backends else [],
-        )
-    )
+    app.cleanup_ctx.append(lifecycle(controller))
     add_ops_routes(
         app,
         controller.supervisor,

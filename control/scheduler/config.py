@@ -7,12 +7,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from control.common.auth import TokenTable
 from control.common.config import (
     REGION_PATTERN,
+    BackoffSettings,
+    ClientAuthSettings,
+    ClusterSettings,
+    HeartbeatSettings,
     Network,
+    RegistrySettings,
+    TicketSettings,
 )
 from control.common.geoip import CONTINENT, GeoDatabase, GeoError
 from control.common.schema import setting
+from control.gray.config import GraySettings
 
 # A place a geo database names: country (ISO 3166-1), country-subdivision (ISO 3166-2),
 # or a continent code.
@@ -110,3 +118,21 @@ class RegionSettings:
             if len(set(ranked)) != len(ranked):
                 problems.append(f"{path}.preference.{region}: a region is listed twice")
         return problems
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Everything the scheduler process reads, built from the aggregate settings by
+    control/launch.py: the scheduler depends on its sections, never on the aggregate."""
+
+    cluster: ClusterSettings
+    registry: RegistrySettings
+    scheduler: SchedulerSettings
+    heartbeat: HeartbeatSettings
+    backoff: BackoffSettings
+    tickets: TicketSettings
+    regions: RegionSettings
+    gray: GraySettings
+    client_auth: ClientAuthSettings
+    # Who may read /metrics (None: anyone), built once from admin.metrics and admin.tokens.
+    metrics_readers: TokenTable | None = None

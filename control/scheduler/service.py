@@ -1,14 +1,13 @@
 """The scheduler's aiohttp edge: ``GET /v1/endpoint`` and the app that serves it with the
-admin API (admin.py) and the operator endpoints."""
+operator endpoints; control/launch.py mounts the admin API (control/admin/) into it."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from aiohttp import web
 
@@ -23,34 +22,30 @@ from control.common.client_auth import (
     JwtVerifier,
     check_claims,
 )
-from control.common.errors import BackendUnavailable, BadRequest
+from control.common.errors import BadRequest
 from control.common.geoip import GeoDatabase
 from control.common.kv import KeyValueStore
 from control.common.ops import add_json_fallbacks, add_ops_routes, internal_error, json_error
 from control.common.ratelimit import TokenBuckets, client_key
-from control.common.registry import NodeRecord, Registry
-from control.gray.model import Release, UserContext
-from control.gray.store import GrayStore
+from control.gray.model import UserContext
 from control.presence.cluster import PresenceCluster
-from control.runtime import make_kv, make_presence
-from control.scheduler.admin import add_admin_routes
+from control.scheduler.config import SchedulerConfig
 from control.scheduler.engine import Engine
+from control.scheduler.feed import FEED, SnapshotFeed
 from control.scheduler.geo import GeoReloader, build_region_map, open_geo
 from control.scheduler.proximity import client_ip
 from control.scheduler.request import UID_RE, parse_endpoint_query
 from control.scheduler.state import (
     AUTH,
+    CONFIG,
     ENGINE,
-    GRANTS,
     KV,
     METRICS,
     PRESENCE,
-    SETTINGS,
     STATE,
     SchedulerMetrics,
     SchedulerState,
 )
-from control.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +56,9 @@ _json_str = json.encoder.encode_basestring
 OTHER_USER = AuthFailure(403, "other_user", "the credential is for another uid")
 
 
-def build_client_auth(settings: Settings) -> ClientAuth:
-    """The client authentication ``settings.client_auth`` asks for."""
-    c = settings.client_auth
+def build_client_auth(config: SchedulerConfig) -> ClientAuth:
+    """The client authentication ``config.client_auth`` asks for."""
+    c = config.client_auth
     cache = IdentityCache(c.cache_size)
     if c.mode == "trust":
         return ClientAuth("trust", cache)
@@ -107,22 +102,22 @@ class EndpointHandler:
 
     def __init__(
         self,
-        settings: Settings,
+        config: SchedulerConfig,
         engine: Engine,
         metrics: SchedulerMetrics,
         auth: ClientAuth | None = None,
     ) -> None:
-        self.settings = settings
+        self.config = config
         self.engine = engine
         self.metrics = metrics
-        self.auth = build_client_auth(settings) if auth is None else auth
-        self.keys = settings.tickets.ticket_keys()
-        self.trusted = settings.scheduler.trusted_proxies
-        self.known_regions = frozenset(settings.regions.known)
-        rl = settings.scheduler.rate_limit
+        self.auth = build_client_auth(config) if auth is None else auth
+        self.keys = config.tickets.ticket_keys()
+        self.trusted = config.scheduler.trusted_proxies
+        self.known_regions = frozenset(config.regions.known)
+        rl = config.scheduler.rate_limit
         self.buckets = TokenBuckets(rl.rate_per_s, rl.burst, rl.max_clients)
-        hb = settings.heartbeat
-        bo = settings.backoff
+        hb = config.heartbeat
+        bo = config.backoff
         self.heartbeat = {"interval_s": hb.interval_s, "timeout_s": hb.timeout_s}
         self.backoff = {
             "base_s": bo.base_s,
@@ -134,7 +129,7 @@ class EndpointHandler:
             f'"heartbeat":{json.dumps(self.heartbeat, separators=(",", ":"))},'
             f'"backoff":{json.dumps(self.backoff, separators=(",", ":"))}'
         )
-        self.ttl = settings.tickets.ttl_s
+        self.ttl = config.tickets.ttl_s
 
     async def handle(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -198,7 +193,7 @@ class EndpointHandler:
         decision = self.engine.assign(user)
         if decision is None:
             self._count("none", "none", "no_capacity")
-            retry = self.settings.scheduler.retry_after_s
+            retry = self.config.scheduler.retry_after_s
             return json_error(
                 503, "no_capacity", "no access node can take this client now", retry_after=retry
             )
@@ -222,120 +217,70 @@ class EndpointHandler:
         self.metrics.decisions.inc(strategy, placement, result)
 
 
-def build_engine(settings: Settings, geo: GeoDatabase | None = None) -> Engine:
-    """The engine for ``settings``; ``geo`` is the open geo database (opened here when
+def build_engine(config: SchedulerConfig, geo: GeoDatabase | None = None) -> Engine:
+    """The engine for ``config``; ``geo`` is the open geo database (opened here when
     configured and not given)."""
     if geo is None:
-        geo = open_geo(settings.regions.geoip)
+        geo = open_geo(config.regions.geoip)
     return Engine(
-        build_region_map(settings.regions, geo),
-        static_nodes=[n.record() for n in settings.registry.static_nodes],
-        releases=settings.gray.releases,
-        policy=settings.registry.self_preservation.policy(),
-        fallback_count=settings.scheduler.fallbacks,
-        # Nodes report at least every TTL/3; a count older than a TTL is surely included.
-        pending_window_s=float(settings.registry.lease_ttl_s),
+        build_region_map(config.regions, geo),
+        static_nodes=[n.record() for n in config.registry.static_nodes],
+        releases=config.gray.releases,
+        policy=config.registry.self_preservation.policy(),
+        fallback_count=config.scheduler.fallbacks,
+        pending_window_s=config.registry.pending_window_s,
     )
 
 
 def create_app(
-    settings: Settings,
-    kv: KeyValueStore | None = None,
-    presence: PresenceCluster | None = None,
+    config: SchedulerConfig,
+    kv: KeyValueStore,
+    presence: PresenceCluster,
+    mounts: Sequence[Callable[[web.Application], None]] = (),
 ) -> web.Application:
-    """The scheduler application. ``kv`` and ``presence`` share already-open backends
-    (in-process clusters); otherwise they are opened from the settings."""
+    """The scheduler application on backends its caller opens and closes (launch.py).
+    ``mounts`` add routes of the layers above (the admin API) before the JSON fallbacks."""
     app = web.Application()
     metrics = SchedulerMetrics()
-    geo = open_geo(settings.regions.geoip)
-    engine = build_engine(settings, geo)
+    geo = open_geo(config.regions.geoip)
+    engine = build_engine(config, geo)
     reloader = None
     if geo is not None:
         metrics.geoip_built.set(geo.info.build_epoch)
         reloader = GeoReloader(
-            settings.regions, engine, geo, lambda info: metrics.geoip_built.set(info.build_epoch)
+            config.regions, engine, geo, lambda info: metrics.geoip_built.set(info.build_epoch)
         )
     state = SchedulerState()
-    auth = build_client_auth(settings)
+    auth = build_client_auth(config)
     if auth.trusting:
         log.warning(
             "client_auth.mode is trust: GET /v1/endpoint takes uid= as given, with no "
             "credential (tests and benchmarks only; allowed on loopback listeners only)"
         )
+    feed = SnapshotFeed(
+        engine,
+        kv,
+        config.cluster.prefix,
+        metrics,
+        rebuild_s=config.scheduler.rebuild_s,
+        verify_s=config.registry.verify_s,
+    )
     app[AUTH] = auth
-    app[SETTINGS] = settings
-    app[GRANTS] = settings.admin.grants()
+    app[CONFIG] = config
     app[ENGINE] = engine
+    app[FEED] = feed
     app[METRICS] = metrics
     app[STATE] = state
+    app[KV] = kv
+    app[PRESENCE] = presence
     engine.rebuild()
     metrics.observe_snapshot(engine.snapshot.nodes, engine.snapshot.held)
 
-    def rebuild_now() -> None:
-        state._rebuild_handle = None
-        try:
-            message = engine.rebuild()
-        except Exception:
-            # Keep answering from the last good snapshot; the next change tries again.
-            log.exception("snapshot rebuild failed; serving the previous snapshot")
-            metrics.rebuild_failures.inc()
-            return
-        metrics.observe_snapshot(engine.snapshot.nodes, engine.snapshot.held)
-        log.debug("%s", message)
-        if state._hold_handle is not None:
-            state._hold_handle.cancel()
-            state._hold_handle = None
-        remaining = engine.hold_remaining()
-        if remaining is not None:
-            # A quiet registry sends no change to end the hold: look again when grace ends.
-            loop = asyncio.get_running_loop()
-            state._hold_handle = loop.call_later(remaining + 0.05, rebuild_now)
-
-    def changed() -> None:
-        delay = settings.scheduler.rebuild_s
-        if delay <= 0:
-            rebuild_now()
-        elif state._rebuild_handle is None:
-            state._rebuild_handle = asyncio.get_running_loop().call_later(delay, rebuild_now)
-
-    def on_nodes(nodes: Mapping[str, NodeRecord]) -> None:
-        engine.set_nodes(nodes)
-        changed()
-
-    def on_releases(releases: Mapping[str, Release]) -> None:
-        engine.set_releases(releases)
-        changed()
-
-    own = kv is None
-    store = make_kv(settings.cluster) if kv is None else kv
-    own_presence = presence is None
-    app[KV] = store
-    app[PRESENCE] = make_presence(settings) if presence is None else presence
-
-    async def backend_ctx(app: web.Application) -> AsyncIterator[None]:
-        state.backend = store.name
-        if own:
-            try:
-                await store.connect()
-            except BackendUnavailable as exc:
-                log.warning("backend not reachable yet (%s); serving static nodes meanwhile", exc)
-        prefix = settings.cluster.prefix
-        verify = settings.registry.verify_s
-        nodes = Registry(store, prefix).mirror(on_nodes, verify_s=verify)
-        gray = GrayStore(store, prefix).mirror(on_releases, verify_s=verify)
-        state.mirrors = {"nodes": nodes, "gray": gray}
-        state.supervisor.spawn("node-mirror", nodes.run)
-        state.supervisor.spawn("gray-mirror", gray.run)
-
-        async def ready_when_synced(stop: asyncio.Event) -> None:
-            await nodes.synced.wait()
-            await gray.synced.wait()
-            rebuild_now()
-            state.synced.set()
-            metrics.ready.set(1)
-            await stop.wait()
-
-        state.supervisor.spawn("readiness", ready_when_synced)
+    async def tasks_ctx(app: web.Application) -> AsyncIterator[None]:
+        state.backend = kv.name
+        state.supervisor.spawn("node-mirror", feed.nodes.run)
+        state.supervisor.spawn("gray-mirror", feed.gray.run)
+        state.supervisor.spawn("snapshot-feed", feed.run)
         if reloader is not None:
             state.supervisor.spawn("geoip-reload", reloader.run)
         if auth.jwks is not None:
@@ -345,31 +290,25 @@ def create_app(
         await auth.close()
         if reloader is not None:
             reloader.close()
-        for handle in (state._rebuild_handle, state._hold_handle):
-            if handle is not None:
-                handle.cancel()
-        if own:
-            await store.close()
-        if own_presence:
-            await app[PRESENCE].close()
 
     async def end_streams(app: web.Application) -> None:
         state.stopping.set()  # before aiohttp waits for handlers: tails would hold it up
 
     app.on_shutdown.append(end_streams)
-    app.cleanup_ctx.append(backend_ctx)
-    endpoint = EndpointHandler(settings, engine, metrics, auth).handle
+    app.cleanup_ctx.append(tasks_ctx)
+    endpoint = EndpointHandler(config, engine, metrics, auth).handle
     app.router.add_get("/v1/endpoint", endpoint, allow_head=False)  # HEAD must not decide
-    add_admin_routes(app)
+    for mount in mounts:
+        mount(app)
     add_ops_routes(
         app,
         state.supervisor,
         metrics.registry,
         lambda: (
-            state.synced.is_set() and not state.leaving,
+            feed.synced.is_set() and not state.leaving,
             {"backend": state.backend, "stopping": state.leaving},
         ),
-        settings.admin.metrics_readers(),
+        config.metrics_readers,
     )
     add_json_fallbacks(app)
     return app

@@ -1,32 +1,27 @@
-"""The scheduler app's shared state: app keys, process state, metrics, and the role check
-its admin handlers use."""
+"""The scheduler app's shared state: app keys, process state and metrics (the admin API,
+mounted into the same app, reads them too)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 
-from control.common.auth import Role, TokenTable
 from control.common.client_auth import ClientAuth
 from control.common.kv import KeyValueStore
 from control.common.metrics import LoopCounter, LoopHistogram
-from control.common.mirror import PrefixMirror
-from control.common.ops import Handler, guarded, json_error
 from control.common.registry import NodeRecord
 from control.common.tasks import Supervisor
 from control.presence.cluster import PresenceCluster
+from control.scheduler.config import SchedulerConfig
 from control.scheduler.engine import Engine
-from control.settings import Settings
 
 disable_created_metrics()  # the _created series only add noise to dashboards
 
 ENGINE = web.AppKey("engine", Engine)
-SETTINGS = web.AppKey("settings", Settings)
-GRANTS = web.AppKey("grants", TokenTable)  # built once from admin.tokens
+CONFIG = web.AppKey("config", SchedulerConfig)
 
 
 class SchedulerMetrics:
@@ -98,37 +93,18 @@ class SchedulerMetrics:
 
 
 class SchedulerState:
-    """Process-level state: the supervisor and whether the registry view is synced."""
+    """Process-level state: the supervisor, the backend's name, shutdown flags."""
 
     def __init__(self) -> None:
         self.supervisor = Supervisor("scheduler")
-        self.synced = asyncio.Event()
         self.backend = "none"
-        self.mirrors: dict[str, PrefixMirror[Any]] = {}
         self.stopping = asyncio.Event()  # set at shutdown: open event tails end
         self.tails = 0  # open GET /v1/presence/events
         self.leaving = False  # SIGTERM seen: /readyz says 503 through the shutdown grace
-        self._rebuild_handle: asyncio.TimerHandle | None = None
-        self._hold_handle: asyncio.TimerHandle | None = None
 
 
 METRICS = web.AppKey("metrics", SchedulerMetrics)
 STATE = web.AppKey("state", SchedulerState)
-
-
-def require(role: Role) -> Callable[..., Any]:
-    def wrap(handler: Handler) -> Any:
-        @guarded
-        async def checked(request: web.Request) -> web.StreamResponse:
-            table: TokenTable = request.app[GRANTS]
-            refused = table.refusal(request.headers.get("Authorization"), role)
-            if refused is not None:
-                return json_error(*refused)
-            return await handler(request)
-
-        return checked
-
-    return wrap
 
 
 PRESENCE = web.AppKey("presence", PresenceCluster)

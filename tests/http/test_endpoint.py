@@ -15,7 +15,8 @@ from aiohttp.test_utils import TestClient
 from control.common.geoip import GeoDatabase
 from control.common.kv.embedded import EmbeddedKV
 from control.common.registry import NodeRecord, Registry
-from control.scheduler.service import ENGINE, SETTINGS, create_app
+from control.launch import scheduler_app as create_app
+from control.scheduler.state import CONFIG, ENGINE
 from control.settings import Settings, parse_settings
 from tests.geodb import write_geo_db
 from tests.tokens import CLIENT_AUTH, as_user
@@ -148,7 +149,7 @@ async def test_query_is_form_decoded(client: TestClient) -> None:
     assert resp.status == 200
     body = await resp.json()
     assert body["region"] == "north"
-    keys = client.app[SETTINGS].tickets.ticket_keys()
+    keys = client.app[CONFIG].tickets.ticket_keys()
     assert keys.verify(body["ticket"], body["node"], 0).uid == "alice@home"
     resp = await client.get("/v1/endpoint?uid=a&device=d+1&platform=ios&version=1")
     assert resp.status == 400 and (await resp.json())["field"] == "device"

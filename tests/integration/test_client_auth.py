@@ -17,8 +17,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from control.scheduler.service import create_app
-from control.scheduler.state import AUTH, METRICS, SETTINGS
+from control.launch import scheduler_app as create_app
+from control.scheduler.state import AUTH, CONFIG, METRICS
 from control.settings import Settings, parse_settings
 from control.testing import until
 from tests.tokens import AUDIENCE, CLIENT_AUTH, KID, SECRET, as_user, token
@@ -85,7 +85,7 @@ async def test_a_token_for_another_user_gets_403_and_no_ticket(client: TestClien
 async def test_the_ticket_is_bound_to_the_authenticated_uid(client: TestClient) -> None:
     status, body, _ = await ask(client, {"Authorization": f"bEaReR {token('alice')}"})
     assert status == 200
-    keys = client.app[SETTINGS].tickets.ticket_keys()
+    keys = client.app[CONFIG].tickets.ticket_keys()
     assert keys.verify(body["ticket"], body["node"], time.time()).uid == "alice"
     for fb in body["fallbacks"]:
         assert keys.verify(fb["ticket"], fb["node"], time.time()).uid == "alice"

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from control.common.geoip import GeoDatabase, GeoError
+from control.launch import scheduler_config
 from control.scheduler.config import GeoIPSettings
 from control.scheduler.geo import GeoReloader, open_geo
 from control.scheduler.service import build_engine
@@ -55,7 +56,7 @@ def test_engine_places_by_geo_and_picks_up_a_replaced_file(tmp_path: Path) -> No
     settings = parse_settings(settings_for(path))
     geo = open_geo(settings.regions.geoip)
     assert geo is not None
-    engine = build_engine(settings, geo)
+    engine = build_engine(scheduler_config(settings), geo)
     swapped = []
     reloader = GeoReloader(settings.regions, engine, geo, swapped.append)
     assert engine.region_map.region_of("192.0.2.7") == "south"
@@ -79,5 +80,5 @@ def test_engine_places_by_geo_and_picks_up_a_replaced_file(tmp_path: Path) -> No
 
 def test_build_engine_opens_the_configured_database(tmp_path: Path) -> None:
     settings = parse_settings(settings_for(write_geo_db(tmp_path / "city.mmdb")))
-    assert build_engine(settings).region_map.region_of("192.0.2.200") == "north"
+    assert build_engine(scheduler_config(settings)).region_map.region_of("192.0.2.200") == "north"
     assert open_geo(GeoIPSettings()) is None

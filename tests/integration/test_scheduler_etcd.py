@@ -16,7 +16,9 @@ from control.common.kv.etcd import EtcdKV
 from control.common.registry import NodeRecord, Registry
 from control.gray.model import Release, Target
 from control.gray.store import GrayStore
-from control.scheduler.service import ENGINE, STATE, create_app
+from control.launch import scheduler_app as create_app
+from control.scheduler.feed import FEED
+from control.scheduler.state import ENGINE
 from control.settings import Settings, parse_settings
 from control.testing import EtcdServer, until
 from tests.tokens import CLIENT_AUTH, as_user
@@ -59,7 +61,7 @@ async def synced_scheduler(
     """The scheduler app behind a test client, once its first registry view is in."""
     app = create_app(settings)
     client: TestClient = await aiohttp_client(app, headers=as_user(OK["uid"]))
-    await asyncio.wait_for(app[STATE].synced.wait(), 10)
+    await asyncio.wait_for(app[FEED].synced.wait(), 10)
     return app, client
 
 
@@ -91,7 +93,7 @@ async def test_lease_expiry_leaves_snapshot_within_ttl_plus_1s(
 async def test_watch_survives_etcd_restart(aiohttp_client: Any, own_etcd: EtcdServer) -> None:
     app, _ = await synced_scheduler(aiohttp_client, config(own_etcd.endpoint, "/imctl"))
     engine = app[ENGINE]
-    mirror = app[STATE].mirrors["nodes"]
+    mirror = app[FEED].mirrors["nodes"]
     writer = EtcdKV(own_etcd.endpoint)
     await writer.connect()
     try:
@@ -127,7 +129,7 @@ async def test_self_preservation_holds_then_accepts(
         for i in range(3):
             await registry.register(node(f"doomed-{i}"), ttl=2)  # never refreshed
         await until(lambda: len(engine.snapshot.nodes) == 4, 3, "all four seen")
-        await until(lambda: len(app[STATE].mirrors["nodes"].items) == 1, 6, "leases expired")
+        await until(lambda: len(app[FEED].mirrors["nodes"].items) == 1, 6, "leases expired")
         assert len(engine.snapshot.nodes) == 4 and engine.snapshot.held
         assert "self-preservation" in engine.message
         await until(lambda: len(engine.snapshot.nodes) == 1, 8, "loss accepted after grace")

@@ -1,0 +1,75 @@
+"""``/v1/nodes``: the serving snapshot's nodes with their load, and drain requests."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from control.admin.auth import ADMIN, require, who
+from control.common.errors import NotJson, parse_json
+from control.common.ops import json_error
+from control.common.registry import DRAIN_DEFAULT_S, DRAIN_MAX_S, drain_prefix, drain_window
+from control.scheduler.pipeline import load
+from control.scheduler.state import ENGINE, KV
+
+log = logging.getLogger(__name__)
+
+
+@require("viewer")
+async def nodes_handler(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    snap = engine.snapshot
+    rows = []
+    for node in sorted(snap.nodes.values(), key=lambda n: (n.region, n.zone, n.id)):
+        row: dict[str, Any] = {f: getattr(node, f) for f in node.__dataclass_fields__}
+        pending = engine.pending.get(node.id)
+        row["pending"] = pending
+        row["load"] = round(load(node, engine.pending), 4) if node.weight > 0 else None
+        row["static"] = node.id in engine.static and node.reported_at == 0
+        rows.append(row)
+    return web.json_response(
+        {
+            "cluster": request.app[ADMIN].cluster,
+            "snapshot": snap.revision,
+            "held": snap.held,
+            "message": engine.message,
+            "releases": [r.name for r in snap.releases],
+            "nodes": rows,
+        }
+    )
+
+
+def _drain_key(request: web.Request, node_id: str) -> str:
+    return drain_prefix(request.app[ADMIN].prefix) + node_id
+
+
+@require("operator")
+async def drain_node(request: web.Request) -> web.Response:
+    node_id = request.match_info["node"]
+    engine = request.app[ENGINE]
+    if node_id not in engine.snapshot.nodes:
+        return json_error(404, "not_found", f"no node {node_id!r} in the registry")
+    try:
+        body = parse_json(await request.read()) if request.can_read_body else {}
+    except NotJson as exc:
+        return json_error(400, "bad_request", f"body is not JSON: {exc}", field="body")
+    over = drain_window(body.get("over_s", DRAIN_DEFAULT_S)) if isinstance(body, dict) else None
+    if over is None:
+        return json_error(
+            400, "bad_request", f"over_s: seconds between 0 and {DRAIN_MAX_S}", field="over_s"
+        )
+    record = {"over_s": over, "at": time.time(), "by": who(request)}
+    await request.app[KV].put(_drain_key(request, node_id), json.dumps(record).encode())
+    log.warning("drain of %s over %ss requested by %s", node_id, over, record["by"])
+    return web.json_response({"node": node_id, "draining": True, **record})
+
+
+@require("operator")
+async def undrain_node(request: web.Request) -> web.Response:
+    node_id = request.match_info["node"]
+    removed = await request.app[KV].delete(_drain_key(request, node_id))
+    return web.json_response({"node": node_id, "draining": False, "was_draining": removed})
