@@ -20,8 +20,9 @@ from typing import Any
 
 from aiohttp import web
 
+from control.access.app import create_app as access_app
+from control.access.config import NodeConfig
 from control.access.node import AccessNode
-from control.access.node import create_app as access_app
 from control.common.config import ConnectionSettings
 from control.common.errors import BackendUnavailable, ImctlError
 from control.common.guard import ConnectionGuard, GuardedSite, install_loop_handler
@@ -183,7 +184,18 @@ def _access_part(
     settings: Settings, node_id: str, kv: KeyValueStore, presence: PresenceCluster, own: bool
 ) -> Part:
     cfg = settings.access.node(node_id)
-    node = AccessNode(settings, cfg, kv, presence)
+    node_config = NodeConfig(
+        node=cfg,
+        access=settings.access,
+        heartbeat=settings.heartbeat,
+        ticket_keys=settings.tickets.ticket_keys(),
+        prefix=settings.cluster.prefix,
+        registry=settings.registry,
+        flush_s=settings.presence.flush_s,
+        connections=settings.connections,
+        metrics_readers=settings.admin.metrics_readers(),
+    )
+    node = AccessNode(node_config, kv, presence)
     return Part(
         f"access {node_id}",
         access_app(node, own_backends=own),

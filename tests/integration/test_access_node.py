@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from control.access import protocol
-from control.access.push import Pusher
+from control.access.internal import Pusher
 from tests.cluster import LocalCluster, cluster_settings
 
 
