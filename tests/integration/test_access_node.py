@@ -69,6 +69,21 @@ async def test_idle_connection_is_closed(http: aiohttp.ClientSession) -> None:
         assert await c.presence.who("quiet") == []
 
 
+async def test_the_idle_cutoff_reads_the_nodes_clock(http: aiohttp.ClientSession) -> None:
+    """The node reads time through its injected clock: moved past the heartbeat timeout,
+    the next sweep closes a connection that is, by the wall clock, fresh."""
+    async with LocalCluster(cluster_settings(nodes=1)) as c:
+        ws, _ = await c.connect(http, "dozy", "n0")
+        node = c.node("n0")
+        assert await node.sweep_idle_once() == 0
+        now = node.clock()
+        node.clock = lambda: now + node.config.idle_timeout_s + 1
+        assert await node.sweep_idle_once() == 1
+        msg = await ws.receive(timeout=5)
+        assert msg.type == aiohttp.WSMsgType.CLOSE and ws.close_code == protocol.CLOSE_IDLE
+        await until(lambda: not node.sessions)
+
+
 @pytest.mark.parametrize("case", ["forged", "expired", "other_node", "missing", "garbage"])
 async def test_bad_tickets_get_401_before_upgrade(http: aiohttp.ClientSession, case: str) -> None:
     async with LocalCluster(cluster_settings()) as c:
