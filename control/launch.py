@@ -24,8 +24,9 @@ from typing import Any
 
 from aiohttp import web
 
+from control.access.app import create_app as access_app
+from control.access.config import NodeConfig
 from control.access.node import AccessNode
-from control.access.node import create_app as access_app
 from control.admin.config import AdminConfig
 from control.admin.routes import mount as admin_routes
 from control.common.config import ClusterSettings, ConnectionSettings
@@ -306,7 +307,18 @@ def access_part(
     b = Backends.of(settings, kv, presence)
     kv, presence = b.kv, b.presence
     cfg = settings.access.node(node_id)
-    node = AccessNode(settings, cfg, kv, presence)
+    node_config = NodeConfig(
+        node=cfg,
+        access=settings.access,
+        heartbeat=settings.heartbeat,
+        ticket_keys=settings.tickets.ticket_keys(),
+        prefix=settings.cluster.prefix,
+        registry=settings.registry,
+        flush_s=settings.presence.flush_s,
+        connections=settings.connections,
+        metrics_readers=settings.admin.metrics_readers(),
+    )
+    node = AccessNode(node_config, kv, presence)
     app = access_app(node)
     b.attach(app)
     return Part(f"access {node_id}", app, cfg.host, cfg.port, supervisor=node.supervisor, node=node)

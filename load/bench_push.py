@@ -27,7 +27,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from control.access.push import Pusher
+from control.access.internal import Pusher
 from control.common.tickets import TicketKeys
 from control.presence.cluster import build_cluster
 from control.testing import RedisServer, free_port, spawn_imctl, wait_port

@@ -1,4 +1,4 @@
-"""The access nodes' configuration section."""
+"""The access nodes' configuration section, and the frozen ``NodeConfig`` one node runs on."""
 
 from __future__ import annotations
 
@@ -8,13 +8,18 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from control.common.auth import TokenTable
 from control.common.config import (
     ID_PATTERN,
     REGION_PATTERN,
+    ConnectionSettings,
+    HeartbeatSettings,
+    RegistrySettings,
     is_loopback,
 )
 from control.common.errors import ConfigError
 from control.common.schema import setting
+from control.common.tickets import TicketKeys
 
 
 @dataclass(frozen=True)
@@ -106,3 +111,52 @@ class AccessSettings:
                 return n
         known = ", ".join(n.id for n in self.nodes) or "none"
         raise ConfigError([f"access.nodes: no node {node_id!r} (known: {known})"])
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything one access node needs, built from the whole Settings by launch: the node
+    never sees the other sections. Its derived timings live here, one property each."""
+
+    node: AccessNodeSettings
+    access: AccessSettings
+    heartbeat: HeartbeatSettings
+    ticket_keys: TicketKeys
+    #: key prefix of the cluster in the key-value store (cluster.prefix)
+    prefix: str = "/imctl"
+    registry: RegistrySettings = RegistrySettings()
+    #: presence.flush_s: heartbeats are flushed to presence this often
+    flush_s: float = 1.0
+    connections: ConnectionSettings = ConnectionSettings()
+    #: who may read /metrics (admin.metrics_readers()); None for anyone
+    metrics_readers: TokenTable | None = None
+
+    @property
+    def id(self) -> str:
+        return self.node.id
+
+    @property
+    def idle_timeout_s(self) -> float:
+        """A connection silent this long is closed as idle."""
+        return self.heartbeat.timeout_s
+
+    @property
+    def idle_check_s(self) -> float:
+        """How often idle connections are looked for: at most half an interval late."""
+        return self.heartbeat.sweep_s
+
+    @property
+    def close_timeout_s(self) -> float:
+        """How long a send or close may wait for the peer to read before the connection is
+        dropped; a live client reads within a heartbeat interval."""
+        return min(self.heartbeat.interval_s, 5.0)
+
+    @property
+    def report_interval_s(self) -> float:
+        """Load reports are written this often."""
+        return self.access.report_interval_s
+
+    @property
+    def push_keepalive_s(self) -> float:
+        """Pooled internal-API connections idle out before the peers' idle deadline."""
+        return self.connections.client_keepalive_s

@@ -146,8 +146,9 @@ class HeartbeatSettings:
 
     @property
     def sweep_s(self) -> float:
-        """The controller's expiry sweep period: an entry is swept at most half an
-        interval late (and at least every 5 s)."""
+        """How often whatever looks for missed heartbeats looks (the controller's expiry
+        sweep, an access node's idle check): at most half an interval late, and at least
+        every 5 s."""
         return min(self.interval_s / 2, 5.0)
 
 

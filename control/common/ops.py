@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -31,22 +31,14 @@ class Component(Protocol):
     async def stop(self) -> None: ...
 
 
-def lifecycle(
-    component: Component,
-    opens: Sequence[Callable[[], Awaitable[None]]] = (),
-    closes: Sequence[Callable[[], Awaitable[None]]] = (),
-) -> Callable[[web.Application], AsyncIterator[None]]:
-    """An app's cleanup context for one component: open its backends, start it; on the way
-    out stop it first (it may still write), then close the backends in the given order."""
+def lifecycle(component: Component) -> Callable[[web.Application], AsyncIterator[None]]:
+    """An app's cleanup context for one component: start it, stop it on the way out. Its
+    backends are opened before and closed after by their owner (launch's Backends)."""
 
     async def run(app: web.Application) -> AsyncIterator[None]:
-        for open_ in opens:
-            await open_()
         await component.start()
         yield
         await component.stop()
-        for close in closes:
-            await close()
 
     return run
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 
 Loop = Callable[[asyncio.Event], Awaitable[None]]
+T = TypeVar("T")
 
 
 class Supervisor:
@@ -23,6 +25,7 @@ class Supervisor:
         self.failed = asyncio.Event()
         self.failure: str | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._errands: set[asyncio.Task[Any]] = set()
 
     def spawn(self, name: str, loop: Loop) -> asyncio.Task[None]:
         if name in self._tasks:
@@ -30,6 +33,24 @@ class Supervisor:
         task = asyncio.create_task(self._guard(name, loop), name=f"{self.name}:{name}")
         self._tasks[name] = task
         return task
+
+    def errand(self, name: str, work: Coroutine[Any, Any, T]) -> asyncio.Task[T | None]:
+        """A one-shot task (a drain, a remote kick) under this supervisor: named, a failure
+        logged but not fatal (the loops are what keep the process alive), cancelled by
+        ``close`` when still running."""
+        task = asyncio.create_task(self._errand(name, work), name=f"{self.name}:{name}")
+        self._errands.add(task)
+        task.add_done_callback(self._errands.discard)
+        return task
+
+    async def _errand(self, name: str, work: Coroutine[Any, Any, T]) -> T | None:
+        try:
+            return await work
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: %s failed", self.name, name)
+            return None
 
     async def _guard(self, name: str, loop: Loop) -> None:
         try:
@@ -70,6 +91,11 @@ class Supervisor:
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
         self._tasks.clear()
+        errands = list(self._errands)
+        for task in errands:
+            task.cancel()
+        if errands:
+            await asyncio.wait(errands, timeout=1.0)
 
 
 async def pause(stop: asyncio.Event, seconds: float) -> None:

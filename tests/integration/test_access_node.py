@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from control.access import protocol
-from control.access.push import Pusher
+from control.access.internal import Pusher
 from control.testing import calls_done, until
 from tests.cluster import LocalCluster, cluster_settings
 
@@ -54,6 +54,21 @@ async def test_idle_connection_is_closed(http: aiohttp.ClientSession) -> None:
         assert 2.5 <= time.monotonic() - started <= 6
         await until(lambda: not c.node("n0").sessions)
         assert await c.presence.who("quiet") == []
+
+
+async def test_the_idle_cutoff_reads_the_nodes_clock(http: aiohttp.ClientSession) -> None:
+    """The node reads time through its injected clock: moved past the heartbeat timeout,
+    the next sweep closes a connection that is, by the wall clock, fresh."""
+    async with LocalCluster(cluster_settings(nodes=1)) as c:
+        ws, _ = await c.connect(http, "dozy", "n0")
+        node = c.node("n0")
+        assert await node.sweep_idle_once() == 0
+        now = node.clock()
+        node.clock = lambda: now + node.config.idle_timeout_s + 1
+        assert await node.sweep_idle_once() == 1
+        msg = await ws.receive(timeout=5)
+        assert msg.type == aiohttp.WSMsgType.CLOSE and ws.close_code == protocol.CLOSE_IDLE
+        await until(lambda: not node.sessions)
 
 
 @pytest.mark.parametrize("case", ["forged", "expired", "other_node", "missing", "garbage"])

@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from control.access.node import _query
+from control.access.app import query_params as _query
 from control.common.errors import BadRequest, ConfigError
 from control.common.schema import describe
 from control.scheduler.request import parse_endpoint_query

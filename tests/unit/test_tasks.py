@@ -78,3 +78,24 @@ async def test_names_are_unique_and_pause_ends_early_on_stop() -> None:
     await pause(sup.stop, 30)
     assert loop.time() - started < 2
     await sup.close(timeout=1)
+
+
+async def test_an_errand_failure_is_logged_not_fatal_and_close_cancels_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One-shot tasks (a drain, a remote kick) run under the supervisor's name: a failed
+    one is logged but does not stop the process; close() cancels those still running."""
+    sup = Supervisor("t")
+    sup.spawn("quiet", forever)
+
+    async def boom() -> None:
+        raise RuntimeError("boom")
+
+    failed = sup.errand("kick", boom())
+    assert failed.get_name() == "t:kick"
+    assert await asyncio.wait_for(failed, 2) is None
+    assert "t: kick failed" in caplog.text
+    assert not sup.failed.is_set() and sup.alive() == {"quiet": True}
+    slow = sup.errand("drain", asyncio.sleep(60))
+    await sup.close(timeout=1)
+    assert slow.cancelled()

@@ -1,0 +1,71 @@
+"""The access node's Prometheus metrics, in a registry of its own (one per node, so
+several nodes in one process never share a series)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from control.common.metrics import LoopCounter
+
+
+class AccessMetrics:
+    def __init__(self, node_id: str) -> None:
+        self.registry = CollectorRegistry()
+        labels = {"node": node_id}
+        self.connections = Gauge(
+            "imctl_access_connections", "Open client connections", ["node"], registry=self.registry
+        ).labels(**labels)
+        # Per handshake, frame and close: lock-free loop metrics (control/common/metrics.py).
+        self.handshakes = LoopCounter(
+            "imctl_access_handshakes_total",
+            "WebSocket handshakes by result",
+            ["node", "result"],
+            self.registry,
+        )
+        self.frames = LoopCounter(
+            "imctl_access_frames_total", "Client frames by type", ["node", "type"], self.registry
+        )
+        self.frame_errors = LoopCounter(
+            "imctl_access_frame_errors_total",
+            "Rejected client frames by code",
+            ["node", "code"],
+            self.registry,
+        )
+        self.closes = LoopCounter(
+            "imctl_access_closes_total",
+            "Connections closed by reason",
+            ["node", "reason"],
+            self.registry,
+        )
+        self.flush = Histogram(
+            "imctl_access_heartbeat_flush_seconds",
+            "Time to flush one heartbeat batch",
+            ["node"],
+            registry=self.registry,
+        ).labels(**labels)
+        self.push_write = Histogram(
+            "imctl_access_push_write_seconds",
+            "Time to write one internal push's frame to all its recipients' sockets",
+            ["node"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        ).labels(**labels)
+        self.draining = Gauge(
+            "imctl_access_draining", "1 while the node drains", ["node"], registry=self.registry
+        ).labels(**labels)
+        self.pushes = Counter(
+            "imctl_access_push_frames_total",
+            "Frames delivered through the internal push API",
+            ["node"],
+            registry=self.registry,
+        ).labels(**labels)
+        self.node_id = node_id
+
+    def frame(self, kind: str) -> None:
+        self.frames.inc(self.node_id, kind)
+
+    def handshake(self, result: str) -> None:
+        self.handshakes.inc(self.node_id, result)
+
+    def closed(self, reason: str) -> None:
+        self.closes.inc(self.node_id, reason)
