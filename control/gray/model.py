@@ -12,7 +12,7 @@ import hashlib
 import operator
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
@@ -91,6 +91,10 @@ class VersionRange:
             problems.append(f"{path}: {exc}")
             return None
 
+    def to_config(self) -> str:
+        """The inverse of :meth:`from_config` (what a stored release holds)."""
+        return self.spec
+
     @cached_property
     def _compiled(self) -> tuple[tuple[Callable[[Any, Any], bool], tuple[int, ...]], ...]:
         return tuple((_OPS[op], bound.parts) for op, bound in self.clauses)
@@ -141,6 +145,10 @@ class Target:
         if bool(self.pool) == bool(self.version):
             return [f"{path}: set exactly one of pool or version"]
         return []
+
+    def to_config(self) -> dict[str, str]:
+        """The field that is set (only one may be), as a stored release holds it."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name)}
 
     def selects(self, pool: str, version: str) -> bool:
         return pool == self.pool if self.pool else version == self.version
