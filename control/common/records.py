@@ -105,11 +105,11 @@ class RecordStore(Generic[R]):
         try:
             record = self.type.parse(raw, key)
         except PARSE_ERRORS as exc:
-            self._warn(key, raw, f"ignoring unreadable {self.type.what} at %s: %s", exc)
+            self._warn(key, raw, f"ignoring the value at %s: not a {self.type.what}: %s", exc)
             return None
         if self.type.name_of is not None and self.key(self.type.name_of(record)) != key:
-            why = f"it names {self.type.name_of(record)!r}"
-            self._warn(key, raw, f"ignoring {self.type.what} at %s: %s", why)
+            why = f"a {self.type.what} that names {self.type.name_of(record)!r}"
+            self._warn(key, raw, "ignoring the value at %s: %s", why)
             return None
         self._unreadable.pop(key, None)  # a bad value written again later warns again
         return record

@@ -61,8 +61,8 @@ async def test_unreadable_values_are_skipped_and_warned_once(
             assert sorted(found) == ["good"]
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 2, warned  # one per bad value, not one per listing
-    assert any("unreadable release at " + store.key("broken") in w for w in warned)
-    assert any("it names 'x'" in w for w in warned)
+    assert any(f"value at {store.key('broken')}: not a release" in w for w in warned)
+    assert any(f"value at {store.key('elsewhere')}: a release that names 'x'" in w for w in warned)
     stored = await store.get("broken")
     assert stored is not None and stored.record is None and stored.revision > 0
 
