@@ -395,8 +395,9 @@ class RuleSet:
             return None
         uid_hash = hash64(uid)
         for rule in candidates:
-            # Not listed anywhere, and the profile passed: the verdict is the exclusion
-            # and the percent.
-            if rule.verdict(user, rule.bucket(uid_hash), admitted=True) == "in_percent":
+            # Listed nowhere and the profile admitted: what is left of the verdict is the
+            # exclusion and the percent. (The bucket inline: this runs per request.)
+            bucket = mix(uid_hash, rule.salt_hash) % BUCKETS
+            if rule.verdict(user, bucket, admitted=True) == "in_percent":
                 return rule.release
         return None
