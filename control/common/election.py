@@ -15,17 +15,38 @@ client's reconnect time, or, when the old lease lapsed, within ``ttl`` more.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from control.common.errors import BackendUnavailable, LeaseNotFound
 from control.common.kv import KeyValueStore
+from control.common.records import RecordStore, RecordType
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Leader:
+    """The election key's value: who leads (plain text, as ``etcdctl get`` shows it)."""
+
+    identity: str
+
+    def to_bytes(self) -> bytes:
+        return self.identity.encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, where: str = "") -> Leader:
+        return cls(raw.decode(errors="replace"))
+
+
+LEADERS: RecordType[Leader] = RecordType("leader key", Leader.from_bytes, Leader.to_bytes)
 
 
 class Election:
     def __init__(self, kv: KeyValueStore, key: str, identity: str, ttl: int) -> None:
         self.kv = kv
-        self.key = key
+        self.key = key  # e.g. Keys(prefix).leader
+        directory, _, self._name = key.rpartition("/")
+        self.store = RecordStore(kv, directory + "/", LEADERS)
         self.identity = identity
         self.ttl = ttl
         self.lease: int | None = None
@@ -53,19 +74,18 @@ class Election:
                     return "leader"
                 # Stepped down when the store was unreachable, yet the lease lived through
                 # it: the key, if still on that lease, is ours.
-                entry = await self.kv.get(self.key)
+                entry = await self.store.get(self._name)
                 if entry is not None and entry.lease == self.lease:
                     self.leader = True
                     log.warning("%s leads again (its lease outlived the outage)", self.identity)
                     return "leader again"
                 await self._drop_lease()
-        entry = await self.kv.get(self.key)
+        entry = await self.store.get(self._name)
         if entry is not None:
-            return f"follower of {entry.value.decode(errors='replace')}"
+            leader = entry.record.identity if entry.record is not None else "?"
+            return f"follower of {leader}"
         self.lease = await self.kv.grant_lease(self.ttl)
-        ok, _ = await self.kv.compare_and_swap(
-            self.key, self.identity.encode(), 0, lease=self.lease
-        )
+        ok, _ = await self.store.cas(Leader(self.identity), 0, lease=self.lease, name=self._name)
         if not ok:
             await self._drop_lease()
             return "follower (lost the race)"

@@ -12,12 +12,14 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from control.common.errors import BackendUnavailable, ImctlError, LeaseNotFound
+from control.common.keys import Keys
 from control.common.kv import KeyValueStore
 from control.common.mirror import PrefixMirror
+from control.common.records import RecordStore, RecordType, dump_json
 from control.common.tasks import pause
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ class NodeRecord:
     internal: str = ""  # base URL of the node's internal API (push, kick), "" if none
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True).encode()
+        return dump_json(self)
 
     @classmethod
     def from_json(cls, raw: bytes) -> NodeRecord:
@@ -89,7 +91,7 @@ DRAIN_MAX_S = 86_400
 
 
 def drain_prefix(prefix: str) -> str:
-    return prefix.rstrip("/") + "/drain/"
+    return Keys(prefix).drains
 
 
 def drain_window(over_s: Any) -> float | None:
@@ -112,7 +114,7 @@ class DrainRequest:
     by: str
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True).encode()
+        return dump_json(self)
 
     @classmethod
     def from_json(cls, raw: bytes) -> DrainRequest:
@@ -139,50 +141,66 @@ class DrainRequest:
         return cls(over, float(at), data["by"])
 
 
+def _node_id(record: NodeRecord) -> str:
+    return record.id
+
+
+def _parse_node(raw: bytes, where: str) -> NodeRecord:
+    return NodeRecord.from_json(raw)
+
+
+def _parse_drain(raw: bytes, where: str) -> DrainRequest:
+    return DrainRequest.from_json(raw)
+
+
+# A node record is stored under its own id; a drain request under the node's id.
+NODE_RECORDS: RecordType[NodeRecord] = RecordType("node record", _parse_node, name_of=_node_id)
+DRAIN_REQUESTS: RecordType[DrainRequest] = RecordType("drain request", _parse_drain)
+
+
+def drain_requests(kv: KeyValueStore, prefix: str) -> RecordStore[DrainRequest]:
+    """Drain requests by node id: the admin API writes them, each node mirrors its own
+    (``drain_requests(kv, prefix).mirror(on_change, only=node_id)``)."""
+    return RecordStore(kv, Keys(prefix).drains, DRAIN_REQUESTS)
+
+
+async def request_drain(
+    kv: KeyValueStore, prefix: str, node_id: str, over_s: float, by: str
+) -> DrainRequest:
+    """Write a drain request for ``node_id`` (the admin API's half)."""
+    request = DrainRequest(over_s, time.time(), by)
+    await drain_requests(kv, prefix).put(request, name=node_id)
+    return request
+
+
 class Registry:
     """Node records over any :class:`KeyValueStore`."""
 
     def __init__(self, kv: KeyValueStore, prefix: str = "/imctl") -> None:
         self.kv = kv
-        self.prefix = prefix.rstrip("/") + "/nodes/"
+        self.records = RecordStore(kv, Keys(prefix).nodes, NODE_RECORDS)
+        self.prefix = self.records.prefix
 
     def key(self, node_id: str) -> str:
-        return self.prefix + node_id
+        return self.records.key(node_id)
 
     async def register(self, record: NodeRecord, ttl: int) -> Registration:
         """Grant a lease and publish ``record`` on it."""
         lease = await self.kv.grant_lease(ttl)
         stamped = replace(record, reported_at=time.time())
-        await self.kv.put(self.key(record.id), stamped.to_json(), lease=lease)
+        await self.records.put(stamped, lease=lease)
         return Registration(self, lease, ttl, stamped)
 
     async def list(self) -> tuple[dict[str, NodeRecord], int]:
-        entries, revision = await self.kv.range(self.prefix)
-        nodes: dict[str, NodeRecord] = {}
-        for entry in entries:
-            record = self._parse(entry.key, entry.value)
-            if record is not None:
-                nodes[record.id] = record
-        return nodes, revision
+        """Every readable node record by id (an unreadable one is logged and skipped, so
+        one bad value never hides the other nodes)."""
+        return await self.records.list()
 
     def mirror(
         self, on_change: Callable[[Mapping[str, NodeRecord]], None], verify_s: float = 10.0
     ) -> PrefixMirror[NodeRecord]:
         """A live in-memory copy of every node record, keyed by node id."""
-        return PrefixMirror(self.kv, self.prefix, self._parse, on_change, verify_s=verify_s)
-
-    def _parse(self, key: str, raw: bytes) -> NodeRecord | None:
-        """The record at ``key``; None (logged) when unreadable, so one bad value never
-        hides the other nodes."""
-        try:
-            record = NodeRecord.from_json(raw)
-        except (ValueError, TypeError) as exc:
-            log.warning("ignoring unreadable node record at %s: %s", key, exc)
-            return None
-        if self.key(record.id) != key:
-            log.warning("ignoring node record at %s: its id is %r", key, record.id)
-            return None
-        return record
+        return self.records.mirror(on_change, verify_s=verify_s)
 
 
 class Registration:
@@ -204,9 +222,7 @@ class Registration:
             return False
         stamped = replace(record, reported_at=time.time())
         try:
-            await self.registry.kv.put(
-                self.registry.key(record.id), stamped.to_json(), lease=self.lease
-            )
+            await self.registry.records.put(stamped, lease=self.lease)
         except LeaseNotFound:
             await self._reregister(stamped)
         self.record = stamped
@@ -223,7 +239,7 @@ class Registration:
 
     async def _reregister(self, record: NodeRecord) -> None:
         self.lease = await self.registry.kv.grant_lease(self.ttl)
-        await self.registry.kv.put(self.registry.key(record.id), record.to_json(), lease=self.lease)
+        await self.registry.records.put(record, lease=self.lease)
         log.warning("node %s registered again with lease %d", record.id, self.lease)
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -12,7 +12,7 @@ import hashlib
 import operator
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
@@ -91,6 +91,10 @@ class VersionRange:
             problems.append(f"{path}: {exc}")
             return None
 
+    def to_config(self) -> str:
+        """The inverse of :meth:`from_config` (what a stored release holds)."""
+        return self.spec
+
     @cached_property
     def _compiled(self) -> tuple[tuple[Callable[[Any, Any], bool], tuple[int, ...]], ...]:
         return tuple((_OPS[op], bound.parts) for op, bound in self.clauses)
@@ -141,6 +145,10 @@ class Target:
         if bool(self.pool) == bool(self.version):
             return [f"{path}: set exactly one of pool or version"]
         return []
+
+    def to_config(self) -> dict[str, str]:
+        """The field that is set (only one may be), as a stored release holds it."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name)}
 
     def selects(self, pool: str, version: str) -> bool:
         return pool == self.pool if self.pool else version == self.version
@@ -234,6 +242,7 @@ class Release:
         inc = self.include
         return Rule(
             release=self,
+            routes=self.routes,
             cutoff=self.cutoff,
             salt_hash=self.salt_hash,
             exclude=self.exclude.uid_set,
@@ -247,51 +256,6 @@ class Release:
         return self.rule.matches(user, hash64(user.uid))
 
 
-@dataclass(frozen=True, slots=True)
-class Rule:
-    """A release's rules flattened for the hot path; the one place matching is decided."""
-
-    release: Release
-    cutoff: int
-    salt_hash: int
-    exclude: frozenset[str]
-    include: frozenset[str]
-    regions: frozenset[str] | None
-    platforms: frozenset[str] | None
-    versions: tuple[VersionRange, ...] | None
-
-    def matches(self, user: UserContext, uid_hash: int) -> bool:
-        uid = user.uid
-        if uid in self.exclude:
-            return False
-        if uid in self.include:
-            return True
-        return self.admits(user) and self.takes(uid_hash)
-
-    def admits(self, user: UserContext) -> bool:
-        """The filters: region, platform and app version (a user's "profile")."""
-        if self.regions is not None and user.region not in self.regions:
-            return False
-        if self.platforms is not None and user.platform not in self.platforms:
-            return False
-        if self.versions is not None:
-            return any(r.contains(user.app_version) for r in self.versions)
-        return True
-
-    def takes(self, uid_hash: int) -> bool:
-        """Inside the percent."""
-        return mix(uid_hash, self.salt_hash) % BUCKETS < self.cutoff
-
-
-def first_match(releases: tuple[Release, ...], user: UserContext) -> Release | None:
-    """The first routing release whose rules take this user; None means the stable track."""
-    uid_hash = hash64(user.uid)
-    for release in releases:
-        if release.routes and release.rule.matches(user, uid_hash):
-            return release
-    return None
-
-
 Outcome = Literal[
     "not_routing",  # the release's state routes nobody (draft, promoted, rolled back)
     "excluded",  # the uid is on the exclude list
@@ -302,6 +266,74 @@ Outcome = Literal[
     "in_percent",
     "outside_percent",
 ]
+# The outcomes that put a user in the release.
+TAKING: frozenset[Outcome] = frozenset({"listed", "in_percent"})
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A release's rules flattened for the hot path. :meth:`verdict` is the one walk over
+    them; matching, :class:`RuleSet` and :func:`explain` are all read off it."""
+
+    release: Release
+    routes: bool
+    cutoff: int
+    salt_hash: int
+    exclude: frozenset[str]
+    include: frozenset[str]
+    regions: frozenset[str] | None
+    platforms: frozenset[str] | None
+    versions: tuple[VersionRange, ...] | None
+
+    def verdict(self, user: UserContext, bucket: int, admitted: bool = False) -> Outcome:
+        """What this release makes of ``user``, whose sticky bucket for it is ``bucket``.
+
+        The order is the contract: state, exclusion, the whitelist, the filters (region,
+        platform, app version), then the percent. ``admitted``: the caller already knows
+        the filters pass (:class:`RuleSet` works that out once per profile).
+        """
+        if not self.routes:
+            return "not_routing"
+        uid = user.uid
+        if uid in self.exclude:
+            return "excluded"
+        if uid in self.include:
+            return "listed"
+        if not admitted:
+            kept_out = self.filtered(user)
+            if kept_out is not None:
+                return kept_out
+        return "in_percent" if bucket < self.cutoff else "outside_percent"
+
+    def filtered(self, user: UserContext) -> Outcome | None:
+        """The filter step of :meth:`verdict`: which filter keeps the user's profile
+        (region, platform, app version) out; None when every one lets it in."""
+        if self.regions is not None and user.region not in self.regions:
+            return "other_region"
+        if self.platforms is not None and user.platform not in self.platforms:
+            return "other_platform"
+        if self.versions is not None and not any(
+            r.contains(user.app_version) for r in self.versions
+        ):
+            return "other_version"
+        return None
+
+    def bucket(self, uid_hash: int) -> int:
+        """The user's sticky bucket for this release, from ``hash64(uid)``."""
+        return mix(uid_hash, self.salt_hash) % BUCKETS
+
+    def matches(self, user: UserContext, uid_hash: int) -> bool:
+        """The release takes ``user`` (a non-routing release takes nobody)."""
+        return self.verdict(user, self.bucket(uid_hash)) in TAKING
+
+
+def first_match(releases: tuple[Release, ...], user: UserContext) -> Release | None:
+    """The first routing release whose rules take this user; None means the stable track."""
+    uid_hash = hash64(user.uid)
+    for release in releases:
+        if release.rule.matches(user, uid_hash):
+            return release
+    return None
 
 
 class Verdict(NamedTuple):
@@ -323,26 +355,10 @@ def explain(releases: tuple[Release, ...], user: UserContext) -> list[Verdict]:
     chosen = False
     for release in releases:
         rule = release.rule
-        outcome: Outcome
-        if not release.routes:
-            outcome = "not_routing"
-        elif user.uid in rule.exclude:
-            outcome = "excluded"
-        elif user.uid in rule.include:
-            outcome = "listed"
-        elif rule.regions is not None and user.region not in rule.regions:
-            outcome = "other_region"
-        elif rule.platforms is not None and user.platform not in rule.platforms:
-            outcome = "other_platform"
-        elif rule.versions is not None and not any(
-            r.contains(user.app_version) for r in rule.versions
-        ):
-            outcome = "other_version"
-        else:
-            outcome = "in_percent" if rule.takes(uid_hash) else "outside_percent"
-        takes = outcome in ("listed", "in_percent") and not chosen
+        bucket = rule.bucket(uid_hash)
+        outcome = rule.verdict(user, bucket)
+        takes = outcome in TAKING and not chosen
         chosen = chosen or takes
-        bucket = mix(uid_hash, rule.salt_hash) % BUCKETS
         verdicts.append(Verdict(release.name, release.state, outcome, bucket, rule.cutoff, takes))
     return verdicts
 
@@ -373,12 +389,15 @@ class RuleSet:
         if candidates is None:
             if len(self._by_profile) >= self.PROFILES_MAX:
                 self._by_profile.clear()
-            candidates = tuple(r for r in self.rules if r.cutoff and r.admits(user))
+            candidates = tuple(r for r in self.rules if r.cutoff and r.filtered(user) is None)
             self._by_profile[profile] = candidates
         if not candidates:
             return None
         uid_hash = hash64(uid)
         for rule in candidates:
-            if uid not in rule.exclude and rule.takes(uid_hash):
+            # Listed nowhere and the profile admitted: what is left of the verdict is the
+            # exclusion and the percent. (The bucket inline: this runs per request.)
+            bucket = mix(uid_hash, rule.salt_hash) % BUCKETS
+            if rule.verdict(user, bucket, admitted=True) == "in_percent":
                 return rule.release
         return None

@@ -14,8 +14,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
 from control.common.errors import BackendUnavailable
+from control.presence.keys import RedisKeys
 from control.presence.model import (
     EVENT_KINDS,
+    SEP,
     Locations,
     Presence,
     PresenceEvent,
@@ -29,6 +31,11 @@ LOGIN_BATCH = 500
 SCRIPTS = ("online", "touch", "offline", "set_status", "sweep", "evict_node")
 MGET_CHUNK = 5_000  # keys per MGET: bounds one command's time on the shard
 TOUCH_CHUNK = 5_000  # heartbeats per script call, for the same reason
+# A script names the node index keys it was missing and runs again with them: each round
+# adds at least one key, and only a concurrent change can make another round needed.
+KEY_ROUNDS = 4
+HOME_NODES_MAX = 64  # nodes this process logs users in on (one per access node)
+SWEPT_NODES_MAX = 4096  # nodes the sweep met: every node of a large cluster
 
 
 def _load(name: str) -> str:
@@ -50,6 +57,7 @@ class RedisShard(ShardStore):
         super().__init__(shard_id, timeout_s)
         self.url = url
         self.prefix = key_prefix
+        self.keys = RedisKeys(key_prefix)
         self.maxlen = maxlen
         # A bounded pool that queues: a login storm waits for a connection instead of
         # opening thousands of them (or failing with "Too many connections").
@@ -66,15 +74,32 @@ class RedisShard(ShardStore):
         self._scripts = {name: self.redis.register_script(_load(name)) for name in SCRIPTS}
         self._logins: list[tuple[Presence, int, float, asyncio.Future[Presence | None]]] = []
         self._login_flush: asyncio.Future[None] | None = None
-        self.k_exp = f"{key_prefix}exp"
-        self.k_cnt = f"{key_prefix}cnt"
-        self.k_ev = f"{key_prefix}ev"
+        self.k_exp = self.keys.expiry
+        self.k_cnt = self.keys.counters
+        self.k_ev = self.keys.events
+        # Node index keys offered to the scripts that drop entries before they ask: the
+        # nodes this process logs users in on (an access node's own) and the ones the
+        # sweep met, so a script rarely has to name a missing key.
+        self._home: dict[str, None] = {}
+        self._swept: dict[str, None] = {}
 
     def _unavailable(self, exc: Exception) -> BackendUnavailable:
         return BackendUnavailable(f"redis shard {self.id} ({self.url}): {exc}")
 
     def user_key(self, uid: str) -> str:
-        return f"{self.prefix}u:{uid}"
+        return self.keys.user(uid)
+
+    def _node_args(self, nodes: Sequence[str]) -> tuple[list[str], list[str]]:
+        """The node index keys and the node names, in the same order, for a script."""
+        return [self.keys.node(n) for n in nodes], list(nodes)
+
+    @staticmethod
+    def _remember(known: dict[str, None], nodes: Sequence[str], limit: int) -> None:
+        for node in nodes:
+            if node not in known:
+                if len(known) >= limit:
+                    known.clear()
+                known[node] = None
 
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         try:
@@ -117,11 +142,8 @@ class RedisShard(ShardStore):
         batch, self._logins, self._login_flush = self._logins, [], None
         for start in range(0, len(batch), LOGIN_BATCH):
             chunk = batch[start : start + LOGIN_BATCH]
-            args: list[Any] = [self.prefix, self.maxlen, f"{chunk[-1][2]:.3f}"]
-            for p, deadline_ms, _now, _f in chunk:
-                args += (p.uid, p.device, p.pack(), p.member, deadline_ms)
             try:
-                olds = await self._run("online", (self.k_exp, self.k_cnt, self.k_ev), args)
+                olds = await self._online_chunk(chunk)
             except BaseException as exc:
                 for *_rest, future in chunk:
                     if not future.done():
@@ -132,6 +154,38 @@ class RedisShard(ShardStore):
             for (*_rest, future), old in zip(chunk, olds, strict=True):
                 if not future.done():
                     future.set_result(Presence.unpack(old) if old else None)
+
+    async def _online_chunk(
+        self, chunk: Sequence[tuple[Presence, int, float, asyncio.Future[Presence | None]]]
+    ) -> list[str]:
+        """One script call for a chunk of logins (again for the logins whose replaced
+        entry sat on a node whose index key the call did not have)."""
+        now = f"{chunk[-1][2]:.3f}"
+        nodes = dict.fromkeys(p.node for p, *_rest in chunk)
+        self._remember(self._home, list(nodes), HOME_NODES_MAX)
+        olds: list[str | None] = [None] * len(chunk)
+        todo = list(range(len(chunk)))
+        for _round in range(KEY_ROUNDS):
+            node_keys, names = self._node_args(list(nodes))
+            args: list[Any] = [self.maxlen, now, len(names), *names]
+            user_keys = []
+            for i in todo:
+                p, deadline_ms, _now, _f = chunk[i]
+                args += (p.uid, p.device, p.pack(), p.member, deadline_ms)
+                user_keys.append(self.user_key(p.uid))
+            keys = (self.k_exp, self.k_cnt, self.k_ev, *node_keys, *user_keys)
+            replies = await self._run("online", keys, args)
+            again = []
+            for i, reply in zip(todo, replies, strict=True):
+                if isinstance(reply, list):  # its old entry is on a node not passed
+                    nodes.update(dict.fromkeys(reply))
+                    again.append(i)
+                else:
+                    olds[i] = reply
+            if not again:
+                return [old or "" for old in olds]
+            todo = again
+        raise BackendUnavailable(f"redis shard {self.id}: logins kept moving between nodes")
 
     async def touch(self, members: Sequence[str], deadline_ms: int) -> list[str]:
         if not members:
@@ -146,12 +200,18 @@ class RedisShard(ShardStore):
         return list(chain.from_iterable(replies))
 
     async def offline(self, uid: str, device: str, conn: str, reason: str, now: float) -> bool:
-        done = await self._run(
-            "offline",
-            (self.user_key(uid), self.k_exp, self.k_cnt, self.k_ev),
-            (uid, device, conn, reason, f"{now:.3f}", self.prefix, self.maxlen),
-        )
-        return bool(done)
+        nodes = list(self._home)
+        for _round in range(KEY_ROUNDS):
+            node_keys, names = self._node_args(nodes)
+            done = await self._run(
+                "offline",
+                (self.user_key(uid), self.k_exp, self.k_cnt, self.k_ev, *node_keys),
+                (uid, device, conn, reason, f"{now:.3f}", self.maxlen, *names),
+            )
+            if not isinstance(done, list):
+                return bool(done)
+            nodes += done  # the entry's node, whose index key was not passed
+        raise BackendUnavailable(f"redis shard {self.id}: {uid}'s entry kept moving")
 
     async def set_status(
         self, uid: str, device: str, conn: str, status: Status, now: float
@@ -170,7 +230,7 @@ class RedisShard(ShardStore):
         more than Redis's whole lookup) and pipelined on one connection."""
         if not uids:
             return Locations()
-        key = self.user_key("").__add__
+        key = self.keys.users.__add__
         packed = b"".join(
             hiredis.pack_command(  # its stub types the argument tuple as one element
                 ("MGET", *map(key, uids[i : i + MGET_CHUNK]))  # type: ignore[arg-type]
@@ -234,19 +294,44 @@ class RedisShard(ShardStore):
         return counters
 
     async def sweep(self, now_ms: int, limit: int, now: float) -> list[Presence]:
-        flat = await self._run(
-            "sweep",
-            (self.k_exp, self.k_cnt, self.k_ev),
-            (now_ms, limit, self.prefix, f"{now:.3f}", self.maxlen),
-        )
-        return [Presence.unpack(record) for record in flat]
+        try:
+            listed = await self.redis.zrangebyscore(self.k_exp, "-inf", now_ms, start=0, num=limit)
+        except RedisError as exc:
+            raise self._unavailable(exc) from exc
+        due = [str(m) for m in listed]
+        if not due:
+            return []
+        user_keys = [self.user_key(m.partition(SEP)[0]) for m in due]
+        removed: list[Presence] = []
+        for _round in range(KEY_ROUNDS):
+            node_keys, names = self._node_args(list(self._swept))
+            out, need = await self._run(
+                "sweep",
+                (self.k_exp, self.k_cnt, self.k_ev, *node_keys, *user_keys),
+                (now_ms, f"{now:.3f}", self.maxlen, len(names), *names, *due),
+            )
+            removed += (Presence.unpack(record) for record in out)
+            if not need:
+                break
+            # Remembered: the next sweeps pass them at once.
+            self._remember(self._swept, need, SWEPT_NODES_MAX)
+        return removed
 
     async def evict_node(self, node: str, limit: int, now: float) -> int:
+        node_key = self.keys.node(node)
+        try:
+            found: Any = await self.redis.srandmember(node_key, limit)
+        except RedisError as exc:
+            raise self._unavailable(exc) from exc
+        members = [str(m) for m in found or ()]
+        if not members:
+            return 0
+        user_keys = [self.user_key(m.partition(SEP)[0]) for m in members]
         return int(
             await self._run(
                 "evict_node",
-                (f"{self.prefix}n:{node}", self.k_exp, self.k_cnt, self.k_ev),
-                (node, limit, self.prefix, f"{now:.3f}", self.maxlen),
+                (node_key, self.k_exp, self.k_cnt, self.k_ev, *user_keys),
+                (node, f"{now:.3f}", self.maxlen, *members),
             )
         )
 

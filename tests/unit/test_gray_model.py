@@ -17,6 +17,7 @@ from control.gray.model import (
     bucket,
     explain,
     first_match,
+    hash64,
     threshold,
 )
 
@@ -170,6 +171,30 @@ def test_explain_agrees_with_the_decision(releases: list[Release], u: UserContex
         assert v.bucket == bucket(r.effective_salt, u.uid) and v.cutoff == threshold(r.percent)
         if v.outcome in ("in_percent", "outside_percent"):
             assert (v.outcome == "in_percent") == (v.bucket < v.cutoff)
+
+
+@given(
+    releases=release_sets,
+    u=st.builds(
+        user,
+        st.sampled_from(["u1", "u2", "u3", "u4", "someone-else"]) | uids,
+        st.sampled_from(["ios", "android", "web"]),
+        st.sampled_from(["4.9", "5.0", "6.1"]),
+        st.sampled_from(["r1", "r2", None]),
+    ),
+)
+def test_one_verdict_walk_decides_everything(releases: list[Release], u: UserContext) -> None:
+    """``Rule.verdict`` is the walk: matching, explain and the compiled rule set read it."""
+    uid_hash = hash64(u.uid)
+    outcomes = [r.rule.verdict(u, bucket(r.effective_salt, u.uid)) for r in releases]
+    assert [v.outcome for v in explain(tuple(releases), u)] == outcomes
+    for r, outcome in zip(releases, outcomes, strict=True):
+        assert r.rule.matches(u, uid_hash) == (outcome in ("listed", "in_percent"))
+        # The filter step is the profile part of the walk, and nothing else.
+        if r.rule.filtered(u) is None and outcome not in ("not_routing", "excluded", "listed"):
+            assert outcome in ("in_percent", "outside_percent")
+    taking = [r for r, o in zip(releases, outcomes, strict=True) if o in ("listed", "in_percent")]
+    assert RuleSet(tuple(releases)).first(u) is (taking[0] if taking else None)
 
 
 def test_explain_names_each_reason() -> None:

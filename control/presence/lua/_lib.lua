@@ -76,28 +76,32 @@ local function event(ev, maxlen, kind, uid, device, node, conn, reason, now)
     "n", node, "c", conn, "r", reason, "t", now)
 end
 
--- An entry (fields f) leaves both indexes and the counters, and an offline event says
--- why. The caller takes it out of the user's list and saves the list.
-local function drop(prefix, exp, cnt, ev, maxlen, f, reason, now)
+-- The node index keys the caller passed, by node name: KEYS[first], ... for the n names
+-- ARGV[names], ... Every key a script touches comes in KEYS (Redis Cluster needs that);
+-- an entry on a node whose key was not passed is left alone and its node named in the
+-- reply, so the caller runs the script again with that key.
+local function node_keys(first, names, n)
+  local map = {}
+  for i = 0, n - 1 do map[ARGV[names + i]] = KEYS[first + i] end
+  return map
+end
+
+-- An entry (fields f) leaves both indexes (its node's index is nkey) and the counters,
+-- and an offline event says why. The caller takes it out of the user's list and saves it.
+local function drop(nkey, exp, cnt, ev, maxlen, f, reason, now)
   local m = f[1] .. SEP .. f[2] .. SEP .. f[4]
   redis.call("ZREM", exp, m)
-  redis.call("SREM", prefix .. "n:" .. f[3], m)
+  redis.call("SREM", nkey, m)
   count(cnt, f, -1)
   event(ev, maxlen, "offline", f[1], f[2], f[3], f[4], reason, now)
 end
 
--- Take the entry of member m (uid␟device␟conn) offline if it is still that connection's
--- (and, given node, still on that node). Returns the removed record or nil.
-local function expire(prefix, exp, cnt, ev, maxlen, m, node, reason, now)
-  local uid, device, conn = string.match(m, "^(.-)" .. SEP .. "(.-)" .. SEP .. "(.*)$")
-  local ukey = prefix .. "u:" .. uid
+-- The entry of member m (uid␟device␟conn) in the user key ukey, if it is still that
+-- connection's: the user's list and the entry's index in it; nil otherwise.
+local function member_entry(ukey, m)
+  local _, device, conn = string.match(m, "^(.-)" .. SEP .. "(.-)" .. SEP .. "(.*)$")
   local list = entries(ukey)
   local i = find(list, device)
-  if not i then return nil end
-  local f = list[i]
-  if f[4] ~= conn or (node and f[3] ~= node) then return nil end
-  drop(prefix, exp, cnt, ev, maxlen, f, reason, now)
-  table.remove(list, i)
-  save(ukey, list)
-  return pack(f)
+  if not i or list[i][4] ~= conn then return nil end
+  return list, i
 end

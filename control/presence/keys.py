@@ -1,0 +1,50 @@
+"""Every Redis key layout of a presence shard, in one place (``presence.key_prefix``,
+default ``imctl:``)::
+
+    <prefix>u:<uid>    string: the user's records back to back (see lua/_lib.lua)
+    <prefix>n:<node>   set: members (uid␟device␟conn) of the entries on one access node
+    <prefix>exp        sorted set: member -> deadline in ms (the expiry index)
+    <prefix>cnt        hash: counters (all, r:<region>, n:<node>, p:<platform>)
+    <prefix>ev         stream: online / offline / status events
+
+The scripts take the keys they touch in ``KEYS`` where the caller can name them (see
+``RedisShard``), so hash tags can group them for Redis Cluster later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "imctl:"
+USER = "u:"
+NODE = "n:"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisKeys:
+    """The key layout of one presence shard, from its prefix."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def user(self, uid: str) -> str:
+        return self.prefix + USER + uid
+
+    def node(self, node: str) -> str:
+        return self.prefix + NODE + node
+
+    @property
+    def users(self) -> str:
+        """The common start of every user key (``user(uid) == users + uid``)."""
+        return self.prefix + USER
+
+    @property
+    def expiry(self) -> str:
+        return self.prefix + "exp"
+
+    @property
+    def counters(self) -> str:
+        return self.prefix + "cnt"
+
+    @property
+    def events(self) -> str:
+        return self.prefix + "ev"
