@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from control.common.registry import DrainRequest, drain_prefix
+from control.common.registry import DrainRequest
 
 log = logging.getLogger(__name__)
 
@@ -93,39 +93,21 @@ async def follow(
 
 
 class DrainOrders:
-    """This node's drain request under ``<prefix>/drain/``: parsed (a malformed value is
-    ignored, with one warning per value) and compared as a record, so seeing the same
-    request again (a re-listing, a rewrite of the same value) never restarts a drain."""
+    """This node's drain request (mirrored from ``<prefix>/drain/<node>`` by the record
+    store, which ignores a malformed value with one warning) compared as a record, so
+    seeing the same request again (a re-listing, a rewrite of the same value) never
+    restarts a drain."""
 
     def __init__(
         self,
         node_id: str,
-        prefix: str,
         on_drain: Callable[[DrainRequest], object],
         on_undrain: Callable[[], object],
     ) -> None:
         self.node_id = node_id
-        self.prefix = drain_prefix(prefix)
-        self.key = self.prefix + node_id
         self.on_drain = on_drain
         self.on_undrain = on_undrain
         self.requested: DrainRequest | None = None
-        self._unreadable: bytes | None = None  # the value last warned about
-
-    def parse(self, key: str, raw: bytes) -> DrainRequest | None:
-        """This node's drain request; None for other nodes' keys, and for anything that is
-        not a well-formed request."""
-        if key != self.key:
-            return None
-        try:
-            request = DrainRequest.from_json(raw)
-        except ValueError as exc:
-            if raw != self._unreadable:
-                self._unreadable = raw
-                log.warning("%s: ignoring the value at %s: %s", self.node_id, key, exc)
-            return None
-        self._unreadable = None  # a bad value written again later warns again
-        return request
 
     def seen(self, requests: Mapping[str, DrainRequest]) -> None:
         """Drain when a new request for this node appears, take clients again when it

@@ -26,7 +26,13 @@ from control.access.session import Roster, Session, SessionLimits
 from control.common.errors import BackendUnavailable, ImctlError
 from control.common.kv import KeyValueStore
 from control.common.mirror import PrefixMirror
-from control.common.registry import DrainRequest, NodeRecord, Registration, Registry
+from control.common.registry import (
+    DrainRequest,
+    NodeRecord,
+    Registration,
+    Registry,
+    drain_requests,
+)
 from control.common.tasks import Supervisor, pause
 from control.presence.cluster import PresenceCluster
 from control.presence.model import Presence
@@ -91,7 +97,6 @@ class AccessNode:
         self.ready = asyncio.Event()
         self.orders = DrainOrders(
             self.id,
-            config.prefix,
             lambda request: self.start_drain(request.over_s, "drain"),
             self.undrain,
         )
@@ -339,12 +344,8 @@ class AccessNode:
         registration = await self.membership.register()
         peers = self.membership.mirror
         assert peers is not None  # built by register()
-        drains = PrefixMirror(
-            self.kv,
-            self.orders.prefix,
-            self.orders.parse,
-            self.orders.seen,
-            verify_s=self.config.registry.verify_s,
+        drains = drain_requests(self.kv, self.config.prefix).mirror(
+            self.orders.seen, verify_s=self.config.registry.verify_s, only=self.id
         )
         self.drain_mirror = drains
         sup = self.supervisor

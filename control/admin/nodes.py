@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from typing import Any
 
 from aiohttp import web
@@ -12,7 +10,14 @@ from aiohttp import web
 from control.admin.auth import ADMIN, require, who
 from control.common.errors import NotJson, parse_json
 from control.common.ops import json_error
-from control.common.registry import DRAIN_DEFAULT_S, DRAIN_MAX_S, drain_prefix, drain_window
+from control.common.records import to_data
+from control.common.registry import (
+    DRAIN_DEFAULT_S,
+    DRAIN_MAX_S,
+    drain_requests,
+    drain_window,
+    request_drain,
+)
 from control.scheduler.pipeline import load
 from control.scheduler.state import ENGINE, KV
 
@@ -43,10 +48,6 @@ async def nodes_handler(request: web.Request) -> web.Response:
     )
 
 
-def _drain_key(request: web.Request, node_id: str) -> str:
-    return drain_prefix(request.app[ADMIN].prefix) + node_id
-
-
 @require("operator")
 async def drain_node(request: web.Request) -> web.Response:
     node_id = request.match_info["node"]
@@ -62,14 +63,15 @@ async def drain_node(request: web.Request) -> web.Response:
         return json_error(
             400, "bad_request", f"over_s: seconds between 0 and {DRAIN_MAX_S}", field="over_s"
         )
-    record = {"over_s": over, "at": time.time(), "by": who(request)}
-    await request.app[KV].put(_drain_key(request, node_id), json.dumps(record).encode())
-    log.warning("drain of %s over %ss requested by %s", node_id, over, record["by"])
-    return web.json_response({"node": node_id, "draining": True, **record})
+    req = await request_drain(
+        request.app[KV], request.app[ADMIN].prefix, node_id, over, who(request)
+    )
+    log.warning("drain of %s over %ss requested by %s", node_id, over, req.by)
+    return web.json_response({"node": node_id, "draining": True, **to_data(req)})
 
 
 @require("operator")
 async def undrain_node(request: web.Request) -> web.Response:
     node_id = request.match_info["node"]
-    removed = await request.app[KV].delete(_drain_key(request, node_id))
+    removed = await drain_requests(request.app[KV], request.app[ADMIN].prefix).delete(node_id)
     return web.json_response({"node": node_id, "draining": False, "was_draining": removed})

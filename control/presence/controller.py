@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from control.common.election import Election
 from control.common.errors import BackendUnavailable
+from control.common.keys import Keys
 from control.common.kv import KeyValueStore
 from control.common.registry import (
     NodeRecord,
@@ -72,9 +73,7 @@ class Controller:
         self.kv = kv
         self.presence = presence
         self.registry = Registry(kv, prefix)
-        self.election = Election(
-            kv, f"{prefix.rstrip('/')}/controller/leader", identity, leader_ttl_s
-        )
+        self.election = Election(kv, Keys(prefix).leader, identity, leader_ttl_s)
         self.sweep_s = sweep_s
         self.reconcile_s = reconcile_s
         self.sweep_batch = sweep_batch

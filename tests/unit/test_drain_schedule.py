@@ -17,7 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from control.access.drain import DrainOrders, drain_schedule, follow
-from control.common.registry import DrainRequest
+from control.common.kv.embedded import EmbeddedKV
+from control.common.registry import DrainRequest, drain_requests
 
 T = TypeVar("T")
 
@@ -161,12 +162,12 @@ async def test_cancelling_the_walk_cancels_its_closes() -> None:
 def test_drain_orders_parse_ours_and_ignore_repeats() -> None:
     drains: list[float] = []
     undrains: list[None] = []
-    orders = DrainOrders(
-        "n0", "/imctl", lambda r: drains.append(r.over_s), lambda: undrains.append(None)
-    )
+    orders = DrainOrders("n0", lambda r: drains.append(r.over_s), lambda: undrains.append(None))
+    # The node's mirror of its own drain key parses (the record store does the parsing).
+    parse = drain_requests(EmbeddedKV(), "/imctl").mirror(orders.seen, only="n0").parse
     raw = b'{"over_s": 3, "at": 1.0, "by": "me"}'
-    assert orders.parse("/imctl/drain/n1", raw) is None  # another node's
-    request = orders.parse("/imctl/drain/n0", raw)
+    assert parse("/imctl/drain/n1", raw) is None  # another node's
+    request = parse("/imctl/drain/n0", raw)
     assert isinstance(request, DrainRequest) and request.over_s == 3
     orders.seen({"n0": request})
     orders.seen({"n0": request})  # seen again: no second drain
