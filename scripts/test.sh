@@ -28,5 +28,7 @@ $py -m ruff check control tests load
 $py -m ruff format --check control tests load
 echo "== mypy"
 $py -m mypy
+echo "== import contracts (.importlinter)"
+.venv/bin/lint-imports
 echo "== pytest"
 $py -m pytest -q -p no:cacheprovider "$@"

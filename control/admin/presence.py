@@ -14,8 +14,8 @@ from aiohttp import web
 from control.admin.auth import ADMIN, require
 from control.common.errors import NotJson, parse_json
 from control.common.ops import json_error
+from control.common.wire import EVENTS_COUNT_MAX, UID_RE, event_count
 from control.presence.model import PresenceEvent
-from control.scheduler.request import EVENTS_COUNT_MAX, UID_RE, event_count
 from control.scheduler.state import METRICS, PRESENCE, STATE
 
 log = logging.getLogger(__name__)

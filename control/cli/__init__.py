@@ -9,8 +9,8 @@ then one module per verb group: ``processes`` (up, scheduler, access, controller
 ``connect`` (over the reference client in ``client``) and ``config_check``.
 
 The CLI reaches the servers only through ``control.launch`` (to run them) and the admin
-API (to operate them); ``args`` alone borrows the scheduler's uid pattern and event count
-rule from ``control.scheduler.request`` (pure), until those move below it.
+API (to operate them); the uid and event-count rules it checks before sending come from
+``control.common.wire``, as the servers' do (.importlinter holds it to this).
 """
 
 from control.cli.entry import main

@@ -7,6 +7,8 @@ import argparse
 import re
 from urllib.parse import urlsplit
 
+from control.common.wire import EVENTS_COUNT_MAX, UID_RE, event_count
+
 TOKEN_TTL_MAX_S = 366 * 86400
 
 
@@ -25,10 +27,6 @@ def server_url(text: str) -> str:
 
 
 def user_id(text: str) -> str:
-    # The scheduler's own rule for a uid (a pure pattern; see the layering note in the
-    # package docstring).
-    from control.scheduler.request import UID_RE
-
     if not UID_RE.fullmatch(text):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a uid (1-128 of letters, digits and _.:@+=-)"
@@ -37,8 +35,6 @@ def user_id(text: str) -> str:
 
 
 def positive_count(text: str) -> int:
-    from control.scheduler.request import EVENTS_COUNT_MAX, event_count
-
     count = event_count(text)
     if count is None:
         raise argparse.ArgumentTypeError(

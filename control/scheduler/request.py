@@ -8,11 +8,9 @@ from typing import NamedTuple
 from urllib.parse import unquote_plus
 
 from control.common.errors import BadRequest
+from control.common.wire import MAX_UID, UID_RE
 from control.gray.model import Version
 
-MAX_UID = 128
-EVENTS_COUNT_MAX = 1_000_000  # events one tail may ask for before it ends
-UID_RE = re.compile(r"[A-Za-z0-9_.:@+=-]{1,128}")
 DEVICE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 PLATFORM_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
@@ -91,12 +89,3 @@ def parse_endpoint_query(raw_query: str, regions: Collection[str]) -> EndpointQu
         shown = region if len(region) <= 32 else region[:32] + "..."
         raise BadRequest("region", f"unknown region {shown!r}; known: {', '.join(sorted(regions))}")
     return EndpointQuery(uid, device, platform, version, region)
-
-
-def event_count(text: str) -> int | None:
-    """A tail's ``count``: a whole number from 1 to EVENTS_COUNT_MAX, else None. isascii:
-    str.isdigit() also takes digits int() refuses, such as "²"."""
-    if not (text.isascii() and text.isdigit() and len(text) <= 7):
-        return None
-    count = int(text)
-    return count if 1 <= count <= EVENTS_COUNT_MAX else None

@@ -27,6 +27,7 @@ from control.common.geoip import GeoDatabase
 from control.common.kv import KeyValueStore
 from control.common.ops import add_json_fallbacks, add_ops_routes, internal_error, json_error
 from control.common.ratelimit import TokenBuckets, client_key
+from control.common.wire import UID_RE
 from control.gray.model import UserContext
 from control.presence.cluster import PresenceCluster
 from control.scheduler.config import SchedulerConfig
@@ -34,7 +35,7 @@ from control.scheduler.engine import Engine
 from control.scheduler.feed import FEED, SnapshotFeed
 from control.scheduler.geo import GeoReloader, build_region_map, open_geo
 from control.scheduler.proximity import client_ip
-from control.scheduler.request import UID_RE, parse_endpoint_query
+from control.scheduler.request import parse_endpoint_query
 from control.scheduler.state import (
     AUTH,
     CONFIG,

@@ -27,7 +27,7 @@ from control.common.client_auth import (
 )
 from control.common.config import BUILT_IN_CLIENT_KEY
 from control.common.errors import ConfigError
-from control.scheduler.request import UID_RE
+from control.common.wire import UID_RE
 from control.settings import load_settings, parse_settings
 from tests.tokens import AUDIENCE, KID, SECRET, token
 
