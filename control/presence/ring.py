@@ -10,23 +10,47 @@ from typing import Literal
 
 from uhashring import HashRing
 
+from control.common.schema import setting
+
+SHARD_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
+MAX_WEIGHT = 100
+
 
 @dataclass(frozen=True, slots=True)
 class ShardSpec:
-    id: str
-    url: str
-    weight: int = 1
+    id: str = setting(doc="shard id (stable: the ring hashes on it)", pattern=SHARD_ID_PATTERN)
+    url: str = setting("", "redis://host:port/db, or embedded:<id> for an in-process shard")
+    weight: int = setting(1, "share of users", ge=1, le=MAX_WEIGHT)
 
 
 @dataclass(frozen=True)
 class RingSpec:
-    """The **contract** record at ``<prefix>/presence/ring`` (resizing is a later issue)."""
+    """The **contract** record at ``<prefix>/presence/ring``: the shards users live on now
+    and, while ``migrating``, the ones they lived on before (``previous``)."""
 
-    version: int
-    shards: tuple[ShardSpec, ...]
-    previous: tuple[ShardSpec, ...] = ()
-    state: Literal["stable", "migrating"] = "stable"
-    vnodes: int = 160
+    version: int = setting(doc="raised by every change; shards refuse older writers", ge=1)
+    shards: tuple[ShardSpec, ...] = setting(doc="the shards users live on", min_len=1)
+    previous: tuple[ShardSpec, ...] = setting((), "while migrating: the shards before")
+    state: Literal["stable", "migrating"] = setting("stable", "migrating until a clean pass")
+    vnodes: int = setting(160, "virtual nodes per shard on the ring", ge=1, le=10_000)
+
+    @property
+    def migrating(self) -> bool:
+        return self.state == "migrating"
+
+    def problems(self) -> list[str]:
+        """What the schema cannot see: repeated shard ids or urls."""
+        out = []
+        for name, shards in (("shards", self.shards), ("previous", self.previous)):
+            ids = [s.id for s in shards]
+            if len(set(ids)) != len(ids):
+                out.append(f"{name}: shard ids repeat")
+            urls = [s.url for s in shards if s.url]
+            if len(set(urls)) != len(urls):
+                out.append(f"{name}: shard urls repeat")
+        if self.state == "stable" and self.previous:
+            out.append("previous: only while migrating")
+        return out
 
 
 class Ring:
