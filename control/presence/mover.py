@@ -100,6 +100,7 @@ class Mover:
 
     def step_down(self) -> None:
         """No longer the leader: whoever leads next resumes from the stored progress."""
+        self.moving = False
         self._reset()
 
     async def run_once(self) -> str:
