@@ -7,12 +7,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from control.common.election import Election
-from control.common.errors import BackendUnavailable
+from control.common.errors import BackendUnavailable, RetryableError
 from control.common.keys import Keys
 from control.common.kv import KeyValueStore
 from control.common.registry import (
@@ -23,8 +26,62 @@ from control.common.registry import (
 )
 from control.common.tasks import Supervisor, pause
 from control.presence.cluster import PresenceCluster
+from control.presence.model import Counts
+from control.presence.mover import Mover
+from control.presence.ring import RingSpec
 
 log = logging.getLogger(__name__)
+BREAKER_STATES = ("closed", "open", "half_open")
+
+
+class ShardStats(Protocol):
+    """One shard's plain counters in the cluster's ``stats`` (ring-core's ClusterStats)."""
+
+    ops: int
+    errors: int
+    breaker: str
+    dropped_heartbeats: int
+
+
+class RingCollector(Collector):
+    """The ring and per-shard figures, read from the cluster when scraped: the cluster
+    keeps plain counters (no prometheus in the hot path), this turns them into metrics."""
+
+    def __init__(self, presence: Any) -> None:
+        self.presence = presence  # a PresenceCluster; ring-aware ones have spec and stats
+
+    def collect(self) -> Iterator[Metric]:
+        spec = getattr(self.presence, "spec", None)
+        if isinstance(spec, RingSpec):
+            yield GaugeMetricFamily(
+                "imctl_presence_ring_version", "Ring version routed on", value=spec.version
+            )
+            yield GaugeMetricFamily(
+                "imctl_presence_ring_migrating", "1 while a resize runs", value=int(spec.migrating)
+            )
+        stats = getattr(self.presence, "stats", None)
+        shards: Mapping[str, ShardStats] = getattr(stats, "shards", None) or {}
+        ops = CounterMetricFamily("imctl_presence_shard_ops", "Calls per shard", labels=["shard"])
+        errors = CounterMetricFamily(
+            "imctl_presence_shard_errors", "Failed calls per shard", labels=["shard"]
+        )
+        dropped = CounterMetricFamily(
+            "imctl_presence_heartbeats_dropped",
+            "Heartbeats dropped while their shard's breaker was open",
+            labels=["shard"],
+        )
+        breaker = GaugeMetricFamily(
+            "imctl_presence_shard_breaker",
+            "1 for the state each shard's circuit breaker is in",
+            labels=["shard", "state"],
+        )
+        for sid, st in sorted(shards.items()):
+            ops.add_metric([sid], st.ops)
+            errors.add_metric([sid], st.errors)
+            dropped.add_metric([sid], st.dropped_heartbeats)
+            for state in BREAKER_STATES:
+                breaker.add_metric([sid, state], int(st.breaker == state))
+        yield from (ops, errors, dropped, breaker)
 
 
 class ControllerMetrics:
@@ -48,6 +105,23 @@ class ControllerMetrics:
             ["dimension", "value"],
             registry=self.registry,
         )
+        self.shard_online = Gauge(
+            "imctl_presence_shard_online",
+            "Online entries per shard (a user being moved may count on two)",
+            ["shard"],
+            registry=self.registry,
+        )
+        self.ring_moved = Counter(
+            "imctl_presence_ring_moved", "Users moved by this mover", registry=self.registry
+        )
+        self.ring_remaining = Gauge(
+            "imctl_presence_ring_remaining",
+            "Users still to move (estimate)",
+            registry=self.registry,
+        )
+        self.ring_rate = Gauge(
+            "imctl_presence_ring_rate", "Users moved per second, recently", registry=self.registry
+        )
 
 
 class Controller:
@@ -69,6 +143,8 @@ class Controller:
         policy: PreservationPolicy,
         sweep_batch: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        mover: Mover | None = None,
+        mover_idle_s: float = 1.0,
     ) -> None:
         self.kv = kv
         self.presence = presence
@@ -80,6 +156,11 @@ class Controller:
         self.view = PreservingView(policy, clock)
         self.synced = False
         self.metrics = ControllerMetrics()
+        self.metrics.registry.register(RingCollector(presence))
+        # The leader's resize worker (None: the cluster cannot resize); idle between checks.
+        self.mover = mover
+        self.mover_idle_s = mover_idle_s
+        self._mover_counted = 0  # mover.moved_total already in the metric
         self.supervisor = Supervisor("controller")
         self._dead: asyncio.Queue[str] = asyncio.Queue()
         self._rejudge = asyncio.Event()  # the view changed: its deadline may have moved
@@ -163,6 +244,7 @@ class Controller:
         controller started): evict them. Also refreshes the online-count gauges."""
         counts = await self.presence.counts()
         self.metrics.online.set(counts.total)
+        await self._count_shards()
         self.metrics.online_by.clear()
         for dim in ("region", "node", "platform"):
             for value, n in counts.by(dim).items():
@@ -173,6 +255,48 @@ class Controller:
         for node_id in orphans:
             await self.evict_once(node_id)
         return orphans
+
+    async def _count_shards(self) -> None:
+        """Per-shard online gauges; a shard that cannot answer keeps its last figure."""
+        shards = self.presence.shards
+        found = await asyncio.gather(
+            *(s.counters() for s in shards.values()), return_exceptions=True
+        )
+        for sid, counters in zip(shards, found, strict=True):
+            if isinstance(counters, BaseException):
+                if not isinstance(counters, RetryableError):
+                    raise counters
+                continue
+            self.metrics.shard_online.labels(sid).set(Counts.from_counters(counters).total)
+
+    # -- the ring mover --------------------------------------------------------------------------
+    async def move_once(self) -> str:
+        """One mover step while leader (a follower forgets its place: the leader resumes
+        from the stored progress)."""
+        mover = self.mover
+        if mover is None:
+            return "no mover"
+        if not self.election.leader:
+            mover.step_down()
+            return "not the leader: not moving"
+        said = await mover.run_once()
+        self.metrics.ring_moved.inc(mover.moved_total - self._mover_counted)
+        self._mover_counted = mover.moved_total
+        progress = mover.progress
+        moving = progress is not None and progress.state != "stable"
+        self.metrics.ring_remaining.set(progress.remaining if moving and progress else 0)
+        self.metrics.ring_rate.set(progress.rate_per_s if moving and progress else 0)
+        return said
+
+    async def _move_forever(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                said = await self.move_once()
+            except RetryableError as exc:  # a shard or the store away: the next step retries
+                log.warning("ring mover: %s", exc)
+                said = ""
+            if self.mover is None or not self.mover.moving or not said:
+                await pause(stop, self.mover_idle_s)
 
     async def run_once(self) -> str:
         """One step of everything: election, judging, sweep, reconcile. Returns what it did."""
@@ -190,10 +314,11 @@ class Controller:
             evicted += await self.evict_once(self._dead.get_nowait())
         expired = await self.sweep_once()
         orphans = await self.reconcile_once()
-        return (
+        said = (
             f"{role}; evicted {evicted}; expired {expired}; "
             f"orphaned nodes evicted: {orphans or 'none'}"
         )
+        return said if self.mover is None else f"{said}; ring: {await self.move_once()}"
 
     async def _elect_forever(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -236,6 +361,8 @@ class Controller:
         sup.spawn("evict", self._evict_forever)
         sup.spawn("sweep", self._sweep_forever)
         sup.spawn("reconcile", self._reconcile_forever)
+        if self.mover is not None:
+            sup.spawn("ring-mover", self._move_forever)
 
     async def stop(self) -> None:
         await self.supervisor.close(timeout=3.0)

@@ -18,12 +18,34 @@ from control.common.records import RecordType
 from control.common.registry import DRAIN_REQUESTS, NODE_RECORDS, DrainRequest, NodeRecord
 from control.gray.model import NAME_PATTERN, Exclude, Include, Release, Target, VersionRange
 from control.gray.store import RELEASES
+from control.presence.ring import MAX_WEIGHT, SHARD_ID_PATTERN, RingSpec, ShardSpec
+from control.presence.ringstore import (
+    MOVER_CONTROLS,
+    MOVER_PROGRESS,
+    RING_SPECS,
+    MoverControl,
+    MoverProgress,
+)
 
 TEXT = st.text(max_size=12)
 NAMES = st.text(alphabet="abcdefghij0123456789-_.", min_size=1, max_size=8)
 COUNTS = st.integers(min_value=0, max_value=10**9)
 NUMBERS = st.floats(min_value=0, max_value=1e12, allow_nan=False, allow_infinity=False)
 PERCENTS = st.integers(min_value=0, max_value=10_000).map(lambda b: b / 100)
+SHARDS = st.lists(
+    st.builds(
+        ShardSpec,
+        id=st.from_regex(SHARD_ID_PATTERN, fullmatch=True),
+        url=st.one_of(
+            st.just(""),
+            NAMES.map(lambda n: f"embedded:{n}"),
+            NAMES.map(lambda n: f"redis://{n}:6379/0"),
+        ),
+        weight=st.integers(min_value=1, max_value=MAX_WEIGHT),
+    ),
+    max_size=4,
+    unique_by=(lambda s: s.id, lambda s: s.url or s.id),
+).map(tuple)
 RANGES = st.sampled_from([">=5.2,<6", "<5", "==6.1", "!=1.0.0.1", "7"]).map(VersionRange.parse)
 
 # Each record type with a strategy for EVERY field (test_strategies_vary_every_field holds
@@ -70,18 +92,45 @@ FIELDS: dict[type, dict[str, st.SearchStrategy[Any]]] = {
         "analysis": st.dictionaries(NAMES, st.integers() | TEXT, max_size=3),
         "state": st.sampled_from(["draft", "running", "paused", "promoted", "rolled_back"]),
     },
+    RingSpec: {
+        "version": st.integers(min_value=1, max_value=10**9),
+        "shards": SHARDS.filter(bool),
+        "previous": SHARDS,
+        "state": st.sampled_from(["stable", "migrating"]),
+        "vnodes": st.integers(min_value=1, max_value=10_000),
+    },
+    MoverControl: {
+        "paused": st.booleans(),
+        "throttle_per_s": st.floats(min_value=0.001, max_value=10_000_000, allow_nan=False),
+    },
+    MoverProgress: {
+        "version": st.integers(min_value=1, max_value=10**9),
+        "moved": COUNTS,
+        "expected": COUNTS,
+        "rate_per_s": NUMBERS,
+        "passes": COUNTS,
+        "cursors": st.dictionaries(NAMES, TEXT, max_size=3),
+        "state": st.sampled_from(["moving", "paused", "stable"]),
+        "updated_at": NUMBERS,
+        "by": TEXT,
+    },
 }
 TYPES: list[tuple[type, RecordType[Any]]] = [
     (NodeRecord, NODE_RECORDS),
     (DrainRequest, DRAIN_REQUESTS),
     (Leader, LEADERS),
     (Release, RELEASES),
+    (RingSpec, RING_SPECS),
+    (MoverControl, MOVER_CONTROLS),
+    (MoverProgress, MOVER_PROGRESS),
 ]
 JSON_TYPES = [(cls, rtype) for cls, rtype in TYPES if cls is not Leader]  # Leader: plain text
 
 
 def records(cls: type) -> st.SearchStrategy[Any]:
-    return st.builds(cls, **FIELDS[cls])
+    """Valid records only: those a type checks as a whole (``problems()``, a ring's
+    ``previous`` only while migrating) are drawn until they pass."""
+    return st.builds(cls, **FIELDS[cls]).filter(lambda r: not getattr(r, "problems", list)())
 
 
 @pytest.mark.parametrize(("cls", "rtype"), TYPES, ids=lambda v: getattr(v, "__name__", ""))

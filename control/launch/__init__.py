@@ -13,14 +13,11 @@ import gc
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
@@ -36,6 +33,10 @@ from control.common.kv import KeyValueStore
 from control.common.kv.embedded import EmbeddedKV
 from control.common.ops import METRICS
 from control.common.tasks import Supervisor
+from control.launch.banner import banner as banner
+from control.launch.banner import banner_data as banner_data
+from control.launch.banner import imctl_command as imctl_command
+from control.launch.ring import RingWiring, ring_mover
 from control.presence.cluster import PresenceCluster, build_cluster
 from control.presence.controller import Controller
 from control.presence.service import create_app as controller_app
@@ -46,6 +47,7 @@ from control.settings import Settings
 
 log = logging.getLogger("imctl")
 EXIT_UNAVAILABLE = 1
+RING_FOLLOWER = web.AppKey("ring_follower", Supervisor)
 
 
 @dataclass
@@ -65,6 +67,11 @@ class Part:
     # Stop following the registry: in one process with the access nodes (imctl up), their
     # leaving is this process's own shutdown, not a mass loss to hold a view through.
     unwatch: Callable[[], Awaitable[None]] | None = None
+    # The ring follower of the presence cluster this part owns (or of imctl up's shared one).
+    ring: Supervisor | None = None
+
+    def supervisors(self) -> list[Supervisor]:
+        return [s for s in (self.supervisor, self.ring) if s is not None]
 
 
 @dataclass
@@ -100,11 +107,7 @@ class Process:
         return None
 
     def failures(self) -> list[str]:
-        return [
-            f"{p.name}: {p.supervisor.failure}"
-            for p in self.parts
-            if p.supervisor is not None and p.supervisor.failure
-        ]
+        return [f"{p.name}: {s.failure}" for p in self.parts for s in p.supervisors() if s.failure]
 
     async def wait(self) -> None:
         """Until SIGINT/SIGTERM or until a part's background task dies."""
@@ -113,9 +116,7 @@ class Process:
             loop.add_signal_handler(sig, self.stop.set)
         waiters = [asyncio.ensure_future(self.stop.wait())]
         waiters += [
-            asyncio.ensure_future(p.supervisor.failed.wait())
-            for p in self.parts
-            if p.supervisor is not None
+            asyncio.ensure_future(s.failed.wait()) for p in self.parts for s in p.supervisors()
         ]
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         for w in waiters:
@@ -196,6 +197,7 @@ class Backends:
     presence: PresenceCluster
     own_kv: bool
     own_presence: bool
+    ring: RingWiring | None = None  # seeds and follows the ring of the cluster it owns
 
     @classmethod
     def of(
@@ -205,12 +207,15 @@ class Backends:
         presence: PresenceCluster | None = None,
     ) -> Backends:
         """The given backends, and new ones (owned) for those not given."""
-        return cls(
+        b = cls(
             make_kv(settings.cluster) if kv is None else kv,
             make_presence(settings) if presence is None else presence,
             own_kv=kv is None,
             own_presence=presence is None,
         )
+        if b.own_presence:
+            b.ring = RingWiring(settings, b.kv, b.presence)
+        return b
 
     def attach(self, app: web.Application, *, unreachable_ok: bool = False) -> None:
         """Make ``app`` open the owned store before its component starts and close what it
@@ -230,7 +235,11 @@ class Backends:
                     log.warning(
                         "backend not reachable yet (%s); serving static nodes meanwhile", exc
                     )
+            if self.ring is not None:
+                await self.ring.start(unreachable_ok=unreachable_ok)
             yield
+            if self.ring is not None:
+                await self.ring.close()
             if self.own_presence:
                 await self.presence.close()
             if self.own_kv:
@@ -273,7 +282,14 @@ def scheduler_app(
     mounts = [admin_routes(admin_config(settings))]
     app = scheduler_create_app(scheduler_config(settings), b.kv, b.presence, mounts=mounts)
     b.attach(app, unreachable_ok=True)  # it serves its static nodes while the store is away
+    if b.ring is not None:
+        app[RING_FOLLOWER] = b.ring.supervisor
     return app
+
+
+def ring_of(app: web.Application) -> Supervisor | None:
+    """The ring follower's supervisor of an app that owns its presence cluster."""
+    return app.get(RING_FOLLOWER)
 
 
 def scheduler_part(
@@ -294,6 +310,7 @@ def scheduler_part(
         leave=leave,
         grace_s=settings.scheduler.shutdown_grace_s,
         unwatch=functools.partial(state.supervisor.close, timeout=3.0),
+        ring=ring_of(app),
     )
 
 
@@ -321,20 +338,30 @@ def access_part(
     node = AccessNode(node_config, kv, presence)
     app = access_app(node)
     b.attach(app)
-    return Part(f"access {node_id}", app, cfg.host, cfg.port, supervisor=node.supervisor, node=node)
+    return Part(
+        f"access {node_id}",
+        app,
+        cfg.host,
+        cfg.port,
+        supervisor=node.supervisor,
+        node=node,
+        ring=b.ring.supervisor if b.ring else None,
+    )
 
 
 def _controller(settings: Settings, kv: KeyValueStore, presence: PresenceCluster) -> Controller:
+    identity = f"{socket.gethostname()}:{os.getpid()}:{settings.controller.port}"
     return Controller(
         kv,
         presence,
         prefix=settings.cluster.prefix,
-        identity=f"{socket.gethostname()}:{os.getpid()}:{settings.controller.port}",
+        identity=identity,
         leader_ttl_s=settings.controller.leader_ttl_s,
         sweep_s=settings.heartbeat.sweep_s,
         reconcile_s=settings.registry.reconcile_s,
         policy=settings.registry.self_preservation.policy(),
         sweep_batch=settings.controller.sweep_batch,
+        mover=ring_mover(presence, kv, settings.cluster.prefix, identity),
     )
 
 
@@ -354,6 +381,7 @@ def controller_part(
         c.port,
         supervisor=controller.supervisor,
         unwatch=functools.partial(controller.supervisor.close, timeout=3.0),
+        ring=b.ring.supervisor if b.ring else None,
     )
 
 
@@ -382,14 +410,19 @@ async def run_local(
     controller on one key-value store and one presence cluster."""
     kv = make_kv(settings.cluster)
     presence = make_presence(settings)
+    ring = RingWiring(settings, kv, presence)  # one follower for the one cluster
     try:
         await kv.connect()
+        await ring.start()
     except BackendUnavailable as exc:
+        await ring.close()
         print(f"imctl: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     try:
         parts = [access_part(settings, n.id, kv, presence) for n in settings.access.nodes]
-        parts.append(controller_part(settings, kv, presence))
+        controller = controller_part(settings, kv, presence)
+        controller.ring = ring.supervisor
+        parts.append(controller)
         scheduler = scheduler_part(settings, kv=kv, presence=presence)
         scheduler.grace_s = 0.0  # one local process: no load balancer to wait for
         parts.append(scheduler)
@@ -398,102 +431,6 @@ async def run_local(
         )
         return await _run(Process(parts, connections=settings.connections), shown, 0)
     finally:
+        await ring.close()
         await presence.close()
         await kv.close()
-
-
-def imctl_command(cwd: Path | None = None) -> str:
-    """How to run this imctl, as the user can paste it: ``imctl`` when that is on PATH,
-    else this installation's script (``.venv/bin/imctl`` from the checkout, as
-    ``./scripts/up.sh`` leaves it, which puts nothing on PATH)."""
-    mine = Path(sys.executable).parent / "imctl"  # not resolved: a venv's python is a link
-    found = shutil.which("imctl")
-    if not mine.exists() or (found is not None and Path(found).resolve() == mine.resolve()):
-        return "imctl"
-    try:
-        return str(mine.relative_to(cwd or Path.cwd()))
-    except ValueError:
-        return str(mine)
-
-
-def _loopback(host: str) -> str:
-    """A wildcard listener is reached on loopback from this machine."""
-    return {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, host)
-
-
-def banner_data(settings: Settings) -> dict[str, Any]:
-    """What the banner says, for ``imctl up --output json``."""
-    s, c = settings.scheduler, settings.controller
-    grants = settings.admin.grants()
-    return {
-        "cluster": settings.cluster.name,
-        "registry": settings.cluster.backend,
-        "presence": settings.presence.backend,
-        "scheduler": f"http://{_loopback(s.host)}:{s.port}",
-        "access": [
-            {"id": n.id, "endpoint": n.public_endpoint(), "region": n.region, "zone": n.zone}
-            for n in settings.access.nodes
-        ],
-        "controller": f"http://{_loopback(c.host)}:{c.port}/metrics",
-        "admin_open": grants.open,
-    }
-
-
-def banner(settings: Settings, imctl: str | None = None, config_path: str | None = None) -> str:
-    """Where clients ask and how to operate, each command as it can be pasted."""
-    imctl = imctl_command() if imctl is None else imctl
-    data = banner_data(settings)
-    url = data["scheduler"]
-    lines = [
-        f'imctl local cluster "{settings.cluster.name}" is up',
-        f"  backends:   registry {settings.cluster.backend}, presence {settings.presence.backend}",
-        f"  scheduler:  {url}",
-    ]
-    for n in settings.access.nodes:
-        lines.append(f"  access:     {n.id:<12} {n.public_endpoint():<28} {n.region}/{n.zone}")
-    for st in settings.registry.static_nodes:
-        lines.append(f"  static:     {st.id:<12} {st.endpoint:<28} {st.region}/{st.zone}")
-    lines += [
-        f"  controller: {data['controller']}",
-        "  ask for an endpoint:",
-        *_ask_lines(settings, url, config_path, imctl),
-        "  then open a WebSocket to the answer's endpoint with ?ticket=<ticket>&platform=ios",
-        f"  or let the reference client do both: {imctl} connect --uid alice --server {url}",
-    ]
-    if data["admin_open"]:
-        lines.append(f"  operate:    {imctl} nodes --server {url}")
-        lines.append("  admin API:  open, no token (loopback only)")
-    else:
-        names = ", ".join(f"{t.name} ({t.role})" for t in settings.admin.tokens)
-        lines += [
-            f"  admin API:  bearer token required: one of admin.tokens in the config ({names})",
-            "  operate:    export IMCTL_TOKEN=<that token>   # or pass --token <that token>",
-            f"              {imctl} nodes --server {url}",
-        ]
-    if imctl != "imctl":
-        # PATH entries must be absolute; a relative command is relative to where it runs.
-        parent = Path(imctl).parent
-        on_path = parent if parent.is_absolute() else f"$PWD/{parent}"
-        lines.append(f'  ({imctl} is not on PATH; for plain imctl: export PATH="{on_path}:$PATH")')
-    lines.append("Ctrl-C stops it.")
-    return "\n".join(lines)
-
-
-def _ask_lines(
-    settings: Settings, url: str, config_path: str | None, imctl: str = "imctl"
-) -> list[str]:
-    ask = f"'{url}/v1/endpoint?uid=alice&device=phone-1&platform=ios&version=1.0.0'"
-    auth = settings.client_auth
-    if auth.mode == "trust":
-        return [f"    curl {ask}", "  client auth: OFF, uid= taken as given (loopback only)"]
-    if auth.mode == "callback":
-        return [
-            f'    curl -H "Authorization: Bearer <session token>" {ask}',
-            f"  client auth: the app's auth service at {auth.callback.url}",
-        ]
-    config = f" --config {config_path}" if config_path else ""
-    return [
-        f'    curl -H "Authorization: Bearer $({imctl} token --uid alice{config})" \\',
-        f"      {ask}",
-        "  client auth: JWT (sub = uid); imctl token mints them from client_auth.keys",
-    ]
