@@ -322,3 +322,24 @@ async def test_probe(redis_servers: list[RedisServer]) -> None:
         await silent.wait_closed()
     assert why is not None and str(port) in why, why
     assert took < 2.0
+
+
+async def test_no_ring_or_an_unreadable_one_is_503(
+    kv: EmbeddedKV, aiohttp_client: ClientMaker
+) -> None:
+    client = await aiohttp_client(_app(kv))
+    for method, path, body in (
+        ("GET", "/v1/presence/ring", None),
+        ("POST", "/v1/presence/ring/shards", {"url": "embedded:s2"}),
+    ):
+        resp = await client.request(method, path, json=body, headers=as_operator())
+        answer = await resp.json()
+        assert (resp.status, answer["error"]) == (503, "no_ring"), answer
+    assert await kv.get(f"{PREFIX}/presence/ring") is None
+    await kv.put(f"{PREFIX}/presence/ring", b'{"version": 0}')
+    resp = await client.delete("/v1/presence/ring/shards/s0", headers=as_operator())
+    answer = await resp.json()
+    assert (resp.status, answer["error"]) == (503, "unreadable_ring"), answer
+    assert f"{PREFIX}/presence/ring does not hold a readable ring spec" in answer["message"]
+    entry = await kv.get(f"{PREFIX}/presence/ring")
+    assert entry is not None and entry.value == b'{"version": 0}'
