@@ -66,13 +66,14 @@ class AdminClient:
             return resp.status, data
 
     def call(self, method: str, path: str, body: Any = None) -> Answer:
-        """One request, its JSON answer when 200; AdminError otherwise."""
+        """One request, its JSON answer when 2xx (202: a change accepted); AdminError
+        otherwise."""
         url = self.url(path)
         try:
             status, data = asyncio.run(self._request(method, url, body))
         except _ERRORS as exc:
             raise AdminError(url, f"cannot reach {url}: {exc}") from None
-        if status != 200:
+        if not 200 <= status < 300:
             message = data.get("message", data) if isinstance(data, dict) else data
             raise AdminError(url, f"{url}: HTTP {status}: {message}", status)
         return data
@@ -102,6 +103,30 @@ class AdminClient:
 
     def explain(self, params: Mapping[str, str]) -> Answer:
         return self.get("/v1/explain?" + urlencode(params))
+
+    def ring(self) -> Answer:
+        return self.get("/v1/ring")
+
+    def ring_add(self, url: str, weight: int | None, shard_id: str | None) -> Answer:
+        body: dict[str, Any] = {"url": url}
+        if weight is not None:
+            body["weight"] = weight
+        if shard_id is not None:
+            body["id"] = shard_id
+        return self.call("POST", "/v1/ring/shards", body)
+
+    def ring_remove(self, shard: str) -> Answer:
+        return self.call("DELETE", f"/v1/ring/shards/{quote(shard, safe='')}")
+
+    def ring_reweight(self, shard: str, weight: int) -> Answer:
+        path = f"/v1/ring/shards/{quote(shard, safe='')}"
+        return self.call("PUT", path, {"weight": weight})
+
+    def ring_pause(self, paused: bool) -> Answer:
+        return self.call("POST", "/v1/ring/" + ("pause" if paused else "resume"))
+
+    def ring_throttle(self, users_per_s: float) -> Answer:
+        return self.call("PUT", "/v1/ring/throttle", {"users_per_s": users_per_s})
 
     @asynccontextmanager
     async def events(self, uid: str | None, count: int | None) -> AsyncIterator[EventStream]:

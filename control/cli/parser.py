@@ -15,6 +15,15 @@ from control.cli.explain import cmd_explain
 from control.cli.nodes import cmd_drain, cmd_nodes, cmd_undrain
 from control.cli.presence import cmd_presence_count, cmd_presence_events, cmd_presence_who
 from control.cli.processes import cmd_access, cmd_controller, cmd_scheduler, cmd_up
+from control.cli.ring import (
+    cmd_ring_add,
+    cmd_ring_pause,
+    cmd_ring_remove,
+    cmd_ring_resume,
+    cmd_ring_reweight,
+    cmd_ring_status,
+    cmd_ring_throttle,
+)
 from control.cli.tokens import cmd_token
 
 
@@ -45,6 +54,62 @@ def _admin_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="config file to find the scheduler address in")
     p.add_argument("--token", help="admin bearer token (default: $IMCTL_TOKEN)")
     p.add_argument("--output", "-o", choices=["table", "json"], default="table")
+
+
+def _ring_parsers(presence: Any) -> None:
+    """``imctl presence ring ACTION``, each with --server, --token and --output."""
+    r = presence.add_parser(
+        "ring",
+        help="the status cluster's shards, and resizing them while live",
+        description="Show the ring of status shards, or change it: each change raises the "
+        "ring's version and starts a migration the leader controller carries out (only "
+        "users whose shard changes move); one change at a time.",
+    )
+    rsub = r.add_subparsers(dest="ring_command", metavar="ACTION", parser_class=_Parser)
+    rsub.required = True
+    p = rsub.add_parser(
+        "status",
+        help="shards, version, and the migration's progress",
+        description="The shards and the ring version; while migrating, a progress bar "
+        "(users moved / expected), remaining, rate and ETA.",
+    )
+    p.add_argument("--watch", action="store_true", help="redraw every second until stable")
+    p.set_defaults(func=cmd_ring_status)
+    p = rsub.add_parser(
+        "add", help="add a shard", description="Add the shard at URL (it must answer PING)."
+    )
+    p.add_argument("url", metavar="URL", help="redis://host:port/db, or embedded:ID locally")
+    p.add_argument("--weight", type=int, help="share of users (1-100; default 1)")
+    p.add_argument("--id", help="shard id (default: the embedded id, else s<N>)")
+    p.set_defaults(func=cmd_ring_add)
+    p = rsub.add_parser(
+        "remove",
+        help="remove a shard",
+        description="Take SHARD off the ring: its users move to the others first.",
+    )
+    p.add_argument("shard", metavar="SHARD")
+    p.set_defaults(func=cmd_ring_remove)
+    p = rsub.add_parser(
+        "reweight", help="change a shard's weight", description="Give SHARD weight N (1-100)."
+    )
+    p.add_argument("shard", metavar="SHARD")
+    p.add_argument("weight", metavar="N", type=int)
+    p.set_defaults(func=cmd_ring_reweight)
+    for name, func, text in (
+        ("pause", cmd_ring_pause, "stop moving users (the ring stays migrating)"),
+        ("resume", cmd_ring_resume, "move users again"),
+    ):
+        p = rsub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        p.set_defaults(func=func)
+    p = rsub.add_parser(
+        "throttle",
+        help="limit how fast users move",
+        description="Move at most USERS_PER_S users a second (takes effect on the next batch).",
+    )
+    p.add_argument("users_per_s", metavar="USERS_PER_S", type=float)
+    p.set_defaults(func=cmd_ring_throttle)
+    for action in rsub.choices.values():
+        _admin_args(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,7 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_controller)
 
     p = sub.add_parser(
-        "presence", help="who is online", description="Look up users and count who is online."
+        "presence",
+        help="who is online; the status cluster's ring",
+        description="Look up users and count who is online; show and resize the ring of "
+        "status shards.",
     )
     psub = p.add_subparsers(dest="presence_command", metavar="ACTION", parser_class=_Parser)
     psub.required = True
@@ -158,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--count", type=positive_count, help="stop after this many events")
     _admin_args(e)
     e.set_defaults(func=cmd_presence_events)
+    _ring_parsers(psub)
 
     p = sub.add_parser(
         "explain",

@@ -25,3 +25,22 @@ def show(args: argparse.Namespace, data: Any, text: str) -> int:
     else:
         print(text)
     return 0
+
+
+def bar(done: float, total: float, width: int = 30) -> str:
+    """``[#####.....]  50%``: the share of ``total`` done (0% when there is no total)."""
+    share = min(1.0, max(0.0, done / total)) if total > 0 else 0.0
+    filled = int(share * width)
+    return f"[{'#' * filled}{'.' * (width - filled)}] {share * 100:3.0f}%"
+
+
+def duration(seconds: float | None) -> str:
+    """A duration for people: 45s, 3m05s, 2h07m; "-" when unknown."""
+    if seconds is None:
+        return "-"
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
