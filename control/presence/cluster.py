@@ -206,11 +206,17 @@ class PresenceCluster:
         now = self.clock()
         deadline = self._deadline_ms(now)
 
+        # A retry after StaleRing must not write the login twice where it landed already
+        # (it would replace itself): what each shard answered is kept across attempts.
+        landed: dict[str, Presence | None] = {}
+
         async def op(r: Routing) -> Presence | None:
-            v = r.version
-            replaced = await self._call(
-                r.ring.owner(p.uid), lambda s: s.online(p, deadline, now, ring_version=v)
-            )
+            v, new = r.version, r.ring.owner(p.uid)
+            if new not in landed:
+                landed[new] = await self._call(
+                    new, lambda s: s.online(p, deadline, now, ring_version=v)
+                )
+            replaced = landed[new]
             old = r.before(p.uid)
             if old is None:
                 return replaced
@@ -278,14 +284,18 @@ class PresenceCluster:
     async def offline(self, uid: str, device: str, conn: str, reason: str = "closed") -> bool:
         now = self.clock()
 
+        landed: dict[str, bool] = {}  # as in online: a retry does not offline twice
+
         async def op(r: Routing) -> bool:
-            v, old = r.version, r.before(uid)
-            removed = await self._call(
-                r.ring.owner(uid),
-                lambda s: s.offline(
-                    uid, device, conn, reason, now, ring_version=v, tombstone=old is not None
-                ),
-            )
+            v, old, new = r.version, r.before(uid), r.ring.owner(uid)
+            if not landed.get(new):
+                landed[new] = await self._call(
+                    new,
+                    lambda s: s.offline(
+                        uid, device, conn, reason, now, ring_version=v, tombstone=old is not None
+                    ),
+                )
+            removed = landed[new]
             if old is None:
                 return removed
             if removed:  # the new owner had the mover's copy: the source goes quietly
