@@ -14,9 +14,9 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
-from control.common.errors import BackendUnavailable, BadRequest
+from control.common.errors import BadRequest
 from control.presence.events import follow_events
 from control.presence.model import (
     SEP,
@@ -32,8 +32,9 @@ from control.presence.model import (
     member,
     split_member,
 )
+from control.presence.moving import MoveStep, move_batch
 from control.presence.ring import Ring, RingSpec, ShardSpec
-from control.presence.routing import Breaker, ClusterStats, Routing
+from control.presence.routing import ClusterStats, Routing, ShardGuard
 from control.presence.store import EmbeddedShard, ShardStore
 
 log = logging.getLogger(__name__)
@@ -47,14 +48,6 @@ def _check(**fields: str) -> None:
     for name, value in fields.items():
         if not value or has_separator(value):
             raise BadRequest(name, "must be non-empty and free of control characters")
-
-
-class MoveStep(NamedTuple):
-    """One mover batch: where the shard's scan goes on, entries looked at, entries moved."""
-
-    cursor: str
-    scanned: int
-    moved: int
 
 
 class PresenceCluster:
@@ -78,11 +71,8 @@ class PresenceCluster:
         self._routing = routing
         self.timeout_s = timeout_s
         self.clock = clock
-        self.monotonic = monotonic
         self.reload = reload
-        self.breaker_failures, self.breaker_open_s = breaker_failures, breaker_open_s
-        self._breakers: dict[str, Breaker] = {}
-        self._stats = ClusterStats()
+        self._guard = ShardGuard(breaker_failures, breaker_open_s, monotonic)
         self._apply_lock = asyncio.Lock()
         self._changed = asyncio.Event()  # set and replaced when the set of shards changes
         self._counts_warned = False
@@ -124,9 +114,7 @@ class PresenceCluster:
             self._routing = routing
             keep = set(routing.shard_ids)
             gone = [self.shards.pop(sid) for sid in list(self.shards) if sid not in keep]
-            self._stats.keep(keep)
-            for sid in [b for b in self._breakers if b not in keep]:
-                del self._breakers[sid]
+            self._guard.keep(keep)
             if set(self.shards) != before:
                 self._changed.set()
                 self._changed = asyncio.Event()
@@ -158,38 +146,13 @@ class PresenceCluster:
 
     # Shards behind their breakers -------------------------------------------------------
 
-    def _breaker(self, sid: str) -> Breaker:
-        found = self._breakers.get(sid)
-        if found is None:
-            found = self._breakers[sid] = Breaker(self.breaker_failures, self.breaker_open_s)
-        return found
-
     async def _call(self, sid: str, fn: Callable[[ShardStore], Awaitable[T]]) -> T:
         """One call to a shard; ShardUnavailable when it fails or its breaker is open."""
-        breaker, stats = self._breaker(sid), self._stats.of(sid)
-        if not breaker.allow(self.monotonic()):
-            raise ShardUnavailable(sid, "circuit open")
-        stats.ops += 1
-        try:
-            result = await fn(self.shards[sid])
-        except StaleRing:
-            breaker.succeeded()  # it answered
-            raise
-        except BackendUnavailable as exc:
-            stats.errors += 1
-            if breaker.failed(self.monotonic()):
-                log.warning(
-                    "presence shard %s: circuit open for %.1fs (%s)", sid, breaker.open_s, exc
-                )
-            raise ShardUnavailable(sid, str(exc)) from exc
-        breaker.succeeded()
-        return result
+        return await self._guard.call(sid, self.shards[sid], fn)
 
     @property
     def stats(self) -> ClusterStats:
-        for sid in self._routing.shard_ids:
-            self._stats.of(sid).breaker = self._breaker(sid).state
-        return self._stats
+        return self._guard.snapshot(self._routing.shard_ids)
 
     # The public API ---------------------------------------------------------------------
 
@@ -278,7 +241,7 @@ class PresenceCluster:
             return await self._call(sid, lambda s: s.touch(members, deadline, ring_version=version))
         except ShardUnavailable:
             # Nothing is done to the connections: they are asserted again when it is back.
-            self._stats.of(sid).dropped_heartbeats += len(members)
+            self._guard.stats.of(sid).dropped_heartbeats += len(members)
             return []
 
     async def offline(self, uid: str, device: str, conn: str, reason: str = "closed") -> bool:
@@ -465,46 +428,8 @@ class PresenceCluster:
         )
 
     async def move_step(self, shard_id: str, cursor: str, limit: int) -> MoveStep:
-        """One mover batch on ``shard_id``: scan, copy each entry whose owner is now another
-        shard into it, then remove what was copied from ``shard_id``. The shard's move
-        epoch is odd for the whole batch, so ``counts`` never sees a user twice."""
-        r = self._routing
-        v = r.version
-        if await self._call(shard_id, _bump) % 2 == 0:
-            await self._call(shard_id, _bump)  # a batch that died mid-way left it odd
-        try:
-            cursor, found = await self._call(shard_id, lambda s: s.scan(cursor, limit))
-            now_ms = int(self.clock() * 1000)
-            by_owner: dict[str, list[tuple[Presence, int]]] = {}
-            for p, deadline in found:
-                owner = r.ring.owner(p.uid)
-                if owner != shard_id:
-                    by_owner.setdefault(owner, []).append((p, deadline))
-            leaving: list[Presence] = []
-            for owner, group in by_owner.items():
-                leaving += await self._adopt(owner, group, now_ms, v)
-            moved = 0
-            if leaving:
-                moved = await self._call(shard_id, lambda s: s.release(leaving, ring_version=v))
-        finally:
-            await self._call(shard_id, _bump)
-        return MoveStep(cursor, len(found), moved)
-
-    async def _adopt(
-        self, owner: str, group: list[tuple[Presence, int]], now_ms: int, v: int
-    ) -> list[Presence]:
-        """Copy ``group`` into ``owner``; returns the entries the source may drop: those
-        copied, and those the owner already holds a newer entry of (same device)."""
-        adopted = await self._call(owner, lambda s: s.adopt(group, now_ms, ring_version=v))
-        taken = {p.member for p in adopted}
-        rest = [p for p, deadline in group if p.member not in taken and deadline > now_ms]
-        if not rest:
-            return adopted
-        # Skipped: a newer login of the device, or a tombstone. Only the first makes the
-        # source copy stale (a tombstoned one is the previous owner's offline to apply).
-        there = await self._call(owner, lambda s: s.locate([p.uid for p in rest], ring_version=v))
-        newer = [p for p in rest if any(q.device == p.device for q in there.get(p.uid, []))]
-        return adopted + newer
+        """One mover batch on ``shard_id`` (see ``presence/moving.py``)."""
+        return await move_batch(self, shard_id, cursor, limit)
 
 
 async def _counters(s: ShardStore) -> dict[str, int]:
@@ -513,10 +438,6 @@ async def _counters(s: ShardStore) -> dict[str, int]:
 
 async def _move_epoch(s: ShardStore) -> int:
     return await s.move_epoch()
-
-
-async def _bump(s: ShardStore) -> int:
-    return await s.bump_move_epoch()
 
 
 def _sum(raw: Iterable[Mapping[str, int]]) -> Counts:

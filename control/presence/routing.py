@@ -8,11 +8,18 @@ one trial call decides whether it is back.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
+from control.common.errors import BackendUnavailable
+from control.presence.model import ShardUnavailable, StaleRing
 from control.presence.ring import Ring, RingSpec, moved_share
+from control.presence.store import ShardStore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BreakerState = Literal["closed", "open", "half_open"]
 
@@ -111,3 +118,51 @@ class ClusterStats:
         wanted = set(shards)
         for sid in [s for s in self.shards if s not in wanted]:
             del self.shards[sid]
+
+
+class ShardGuard:
+    """Every shard call goes through here: its breaker, and its counters."""
+
+    def __init__(self, failures: int, open_s: float, monotonic: Callable[[], float]) -> None:
+        self.failures, self.open_s, self.monotonic = failures, open_s, monotonic
+        self.breakers: dict[str, Breaker] = {}
+        self.stats = ClusterStats()
+
+    def breaker(self, sid: str) -> Breaker:
+        found = self.breakers.get(sid)
+        if found is None:
+            found = self.breakers[sid] = Breaker(self.failures, self.open_s)
+        return found
+
+    async def call(
+        self, sid: str, store: ShardStore, fn: Callable[[ShardStore], Awaitable[T]]
+    ) -> T:
+        breaker, stats = self.breaker(sid), self.stats.of(sid)
+        if not breaker.allow(self.monotonic()):
+            raise ShardUnavailable(sid, "circuit open")
+        stats.ops += 1
+        try:
+            result = await fn(store)
+        except StaleRing:
+            breaker.succeeded()  # it answered
+            raise
+        except BackendUnavailable as exc:
+            stats.errors += 1
+            if breaker.failed(self.monotonic()):
+                log.warning(
+                    "presence shard %s: circuit open for %.1fs (%s)", sid, breaker.open_s, exc
+                )
+            raise ShardUnavailable(sid, str(exc)) from exc
+        breaker.succeeded()
+        return result
+
+    def snapshot(self, shards: Iterable[str]) -> ClusterStats:
+        for sid in shards:
+            self.stats.of(sid).breaker = self.breaker(sid).state
+        return self.stats
+
+    def keep(self, shards: Iterable[str]) -> None:
+        wanted = set(shards)
+        self.stats.keep(wanted)
+        for sid in [b for b in self.breakers if b not in wanted]:
+            del self.breakers[sid]
