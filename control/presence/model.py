@@ -6,6 +6,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
+from control.common.errors import BackendUnavailable, RetryableError
+
 Status = Literal["online", "busy", "away", "invisible"]
 STATUSES: tuple[str, ...] = ("online", "busy", "away", "invisible")
 # Separators of stored records; neither is allowed in any field (see PresenceCluster.online).
@@ -15,6 +17,23 @@ RS = "\x1e"  # between the rest's fields
 
 def has_separator(value: str) -> bool:
     return SEP in value or RS in value
+
+
+class StaleRing(RetryableError):
+    """A shard serves a newer ring than the caller's: the caller reloads the ring and
+    retries (fencing, as Redis Cluster's MOVED does)."""
+
+    def __init__(self, served: int) -> None:
+        self.served = served
+        super().__init__(f"ring version {served} is served here")
+
+
+class ShardUnavailable(BackendUnavailable):
+    """One shard of the status cluster cannot be reached (or its breaker is open)."""
+
+    def __init__(self, shard: str, why: str = "") -> None:
+        self.shard = shard
+        super().__init__(f"presence shard {shard} is unavailable" + (f": {why}" if why else ""))
 
 
 class Presence(NamedTuple):
@@ -106,26 +125,52 @@ class Locations(Mapping[str, list[Presence]]):
     a :class:`Presence` only when someone asks for it.
     """
 
-    __slots__ = ("_chunks", "_index")
+    __slots__ = ("_chunks", "_index", "unknown")
 
     def __init__(
         self,
         chunks: Iterable[list[str]] = (),
         entries: Mapping[str, list[Presence]] | None = None,
+        unknown: Iterable[str] = (),
     ) -> None:
         self._chunks = [c for c in chunks if c]  # each: FIELDS strings per record
         self._index: dict[str, list[Presence]] | None = dict(entries) if entries else None
+        # Users whose shard could not be read: neither online nor offline, as far as we know.
+        self.unknown: frozenset[str] = frozenset(unknown)
         if entries and self._chunks:
             raise ValueError("give packed chunks or entries, not both")
 
     @classmethod
     def combine(cls, parts: Iterable[Locations]) -> Locations:
         merged = cls()
+        unknown: set[str] = set()
         for part in parts:
             merged._chunks.extend(part._chunks)
             if part._index:
                 merged._index = {**(merged._index or {}), **part._index}
+            unknown |= part.unknown
+        merged.unknown = frozenset(unknown)
         return merged
+
+    @classmethod
+    def overlay(cls, primary: Locations, secondary: Locations) -> Locations:
+        """``primary``'s entries, and ``secondary``'s for the (uid, device) pairs primary
+        lacks: a migration's reads, new owner first, previous owner second."""
+        extra = secondary._entries()
+        unknown = primary.unknown | secondary.unknown
+        if not extra:
+            if unknown == primary.unknown:
+                return primary
+            return cls.combine([primary, cls(unknown=unknown)])
+        overlap = primary.uids() & extra.keys()
+        if not overlap:  # the usual case: disjoint users, no entry materialized
+            return cls.combine([primary, cls(entries=extra, unknown=unknown)])
+        index = {uid: list(entries) for uid, entries in primary._entries().items()}
+        for uid, entries in extra.items():
+            have = index.setdefault(uid, [])
+            devices = {p.device for p in have}
+            have.extend(p for p in entries if p.device not in devices)
+        return cls(entries=index, unknown=unknown)
 
     def _entries(self) -> dict[str, list[Presence]]:
         if self._chunks:

@@ -128,7 +128,9 @@ class RedisShard(ShardStore):
                 raise self._unavailable(exc) from exc
             return await self._packed(command, len(arg_chunks))
 
-    async def online(self, p: Presence, deadline_ms: int, now: float) -> Presence | None:
+    async def online(
+        self, p: Presence, deadline_ms: int, now: float, *, ring_version: int = 0
+    ) -> Presence | None:
         """Logins that arrive in the same loop iteration go to Redis in one script call:
         under a reconnect storm that turns thousands of round trips into a few."""
         future: asyncio.Future[Presence | None] = asyncio.get_running_loop().create_future()
@@ -187,7 +189,9 @@ class RedisShard(ShardStore):
             todo = again
         raise BackendUnavailable(f"redis shard {self.id}: logins kept moving between nodes")
 
-    async def touch(self, members: Sequence[str], deadline_ms: int) -> list[str]:
+    async def touch(
+        self, members: Sequence[str], deadline_ms: int, *, ring_version: int = 0
+    ) -> list[str]:
         if not members:
             return []
         # Interleaved as ZADD wants them, and packed in C by hiredis: redis-py's packer
@@ -199,7 +203,17 @@ class RedisShard(ShardStore):
         replies = await self._run_packed("touch", (self.k_exp,), chunks)
         return list(chain.from_iterable(replies))
 
-    async def offline(self, uid: str, device: str, conn: str, reason: str, now: float) -> bool:
+    async def offline(
+        self,
+        uid: str,
+        device: str,
+        conn: str,
+        reason: str,
+        now: float,
+        *,
+        ring_version: int = 0,
+        tombstone: bool = False,
+    ) -> bool:
         nodes = list(self._home)
         for _round in range(KEY_ROUNDS):
             node_keys, names = self._node_args(nodes)
@@ -214,7 +228,7 @@ class RedisShard(ShardStore):
         raise BackendUnavailable(f"redis shard {self.id}: {uid}'s entry kept moving")
 
     async def set_status(
-        self, uid: str, device: str, conn: str, status: Status, now: float
+        self, uid: str, device: str, conn: str, status: Status, now: float, *, ring_version: int = 0
     ) -> bool:
         done = await self._run(
             "set_status",
@@ -223,7 +237,7 @@ class RedisShard(ShardStore):
         )
         return bool(done)
 
-    async def locate(self, uids: Sequence[str]) -> Locations:
+    async def locate(self, uids: Sequence[str], *, ring_version: int = 0) -> Locations:
         """Each user's value holds all of its records back to back, so locating is plain
         MGETs whose values are joined and split once. The commands are packed by hiredis in
         C (redis-py packs argument by argument in Python, which for thousands of keys costs
@@ -264,7 +278,7 @@ class RedisShard(ShardStore):
         finally:
             await pool.release(conn)
 
-    async def who(self, uid: str) -> list[Presence]:
+    async def who(self, uid: str, *, ring_version: int = 0) -> list[Presence]:
         found = (await self.locate([uid])).get(uid, [])
         if not found:
             return []
@@ -365,6 +379,37 @@ class RedisShard(ShardStore):
                     continue
                 events.append(event)
         return events
+
+    # TODO(ring-redis): interim stand-ins on the ring-core branch so a Redis shard still
+    # serves a stable ring; the ring-redis branch replaces this file (fenced Lua scripts,
+    # SCAN/adopt/release, tombstones, the move epoch). The ring_version above is unchecked.
+    async def fence(self, version: int) -> int:
+        raise NotImplementedError("fencing on Redis shards comes with ring-redis")
+
+    async def served_version(self) -> int:
+        return 0
+
+    async def replace_out(
+        self, uid: str, device: str, now: float, *, ring_version: int
+    ) -> Presence | None:
+        raise NotImplementedError("resizing Redis shards comes with ring-redis")
+
+    async def scan(self, cursor: str, count: int) -> tuple[str, list[tuple[Presence, int]]]:
+        raise NotImplementedError("resizing Redis shards comes with ring-redis")
+
+    async def adopt(
+        self, entries: Sequence[tuple[Presence, int]], now_ms: int, *, ring_version: int
+    ) -> list[Presence]:
+        raise NotImplementedError("resizing Redis shards comes with ring-redis")
+
+    async def release(self, entries: Sequence[Presence], *, ring_version: int) -> int:
+        raise NotImplementedError("resizing Redis shards comes with ring-redis")
+
+    async def move_epoch(self) -> int:
+        return 0
+
+    async def bump_move_epoch(self) -> int:
+        raise NotImplementedError("resizing Redis shards comes with ring-redis")
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -6,6 +6,7 @@ from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
 from hashlib import md5
+from itertools import pairwise
 from typing import Literal
 
 from uhashring import HashRing
@@ -104,3 +105,27 @@ class Ring:
             else:
                 bucket.append(uid)
         return out
+
+    def _owner_at(self, point: int) -> str:
+        i = bisect_right(self._points, point)
+        return self._owners[i if i < len(self._points) else 0]
+
+
+HASH_SPACE = 1 << 128  # md5 points
+
+
+def moved_share(before: Ring, after: Ring) -> float:
+    """The share of the hash space whose owner differs between two rings: the share of
+    users a resize from ``before`` to ``after`` moves, ideally. Exact: between two
+    neighbouring points of either continuum both owners are constant."""
+    if before._single is not None and before._single == after._single:
+        return 0.0
+    cuts = sorted(set(before._points) | set(after._points))
+    moved = 0
+    # The wrap-around arc [last, 2^128) + [0, first) is owned as the point 0 is.
+    for start, end in pairwise(cuts):
+        if before._owner_at(start) != after._owner_at(start):
+            moved += end - start
+    if before._owner_at(0) != after._owner_at(0):
+        moved += HASH_SPACE - cuts[-1] + cuts[0]
+    return moved / HASH_SPACE

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from control.common.errors import BackendUnavailable
 from control.presence import redis_store
 from control.presence.cluster import build_cluster
-from control.presence.model import Presence
+from control.presence.model import Presence, ShardUnavailable
 from control.testing import RedisServer
 from tests.cluster import LocalCluster, cluster_settings
 
@@ -45,8 +45,12 @@ async def test_shard_restart_is_healed_by_heartbeats(tmp_path: Path) -> None:
             assert refused["t"] == "error" and refused["code"] == "unavailable"
             closing = await late.receive(timeout=5)
             assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1011
-            with pytest.raises(BackendUnavailable):  # a clear error, not a hang
-                await asyncio.wait_for(c.presence.locate(["alice", "bob"]), 10)
+            # A clear answer, not a hang: the users of a shard that is down are unknown,
+            # never offline (issue 14); one user's view names the shard.
+            found = await asyncio.wait_for(c.presence.locate(["alice", "bob"]), 10)
+            assert found.unknown == {"alice", "bob"} and not found
+            with pytest.raises(ShardUnavailable, match="s0"):
+                await asyncio.wait_for(c.presence.who("alice"), 10)
             await asyncio.sleep(0.5)  # failed flushes keep the heartbeats for later
 
             redis.start()  # same port, no data
