@@ -36,9 +36,11 @@ from control.common.tasks import Supervisor
 from control.launch.banner import banner as banner
 from control.launch.banner import banner_data as banner_data
 from control.launch.banner import imctl_command as imctl_command
-from control.launch.ring import RingWiring, ring_mover
-from control.presence.cluster import PresenceCluster, build_cluster
+from control.launch.ring import RingWiring, ring_mover, ring_spec
+from control.presence.cluster import PresenceCluster, open_shard_for
 from control.presence.controller import Controller
+from control.presence.follower import ring_reader
+from control.presence.ringstore import RingStore
 from control.presence.service import create_app as controller_app
 from control.scheduler.config import SchedulerConfig
 from control.scheduler.service import create_app as scheduler_create_app
@@ -176,15 +178,20 @@ def make_kv(cluster: ClusterSettings) -> KeyValueStore:
     return EmbeddedKV()
 
 
-def make_presence(settings: Settings) -> PresenceCluster:
-    """The presence cluster ``settings.presence`` describes."""
+def make_presence(settings: Settings, kv: KeyValueStore | None = None) -> PresenceCluster:
+    """The presence cluster ``settings.presence`` describes, routing on the config's ring
+    at version 0 until the stored ring (any version) replaces it when the part seeds; with
+    ``kv``, a call that meets a newer ring reloads it from the store and tries again."""
     p = settings.presence
-    return build_cluster(
-        [(s.id, s.url, s.weight) for s in p.shards],
-        p.backend,
-        timeout_s=settings.heartbeat.timeout_s,
-        key_prefix=p.key_prefix,
-        vnodes=p.vnodes,
+    spec = ring_spec(settings, version=0)
+    open_shard = open_shard_for(p.backend, settings.heartbeat.timeout_s, p.key_prefix)
+    reload = None if kv is None else ring_reader(RingStore(kv, settings.cluster.prefix))
+    return PresenceCluster(
+        spec,
+        {s.id: open_shard(s) for s in spec.shards},
+        settings.heartbeat.timeout_s,
+        open_shard=open_shard,
+        reload=reload,
     )
 
 
@@ -207,9 +214,10 @@ class Backends:
         presence: PresenceCluster | None = None,
     ) -> Backends:
         """The given backends, and new ones (owned) for those not given."""
+        store = make_kv(settings.cluster) if kv is None else kv
         b = cls(
-            make_kv(settings.cluster) if kv is None else kv,
-            make_presence(settings) if presence is None else presence,
+            store,
+            make_presence(settings, store) if presence is None else presence,
             own_kv=kv is None,
             own_presence=presence is None,
         )
@@ -409,7 +417,7 @@ async def run_local(
     """The whole cluster in one process: scheduler, every configured access node and the
     controller on one key-value store and one presence cluster."""
     kv = make_kv(settings.cluster)
-    presence = make_presence(settings)
+    presence = make_presence(settings, kv)
     ring = RingWiring(settings, kv, presence)  # one follower for the one cluster
     try:
         await kv.connect()

@@ -72,7 +72,7 @@ async def test_a_part_given_no_backends_owns_its_own(
     settings = cluster_settings(nodes=1)
     log: list[str] = []
     monkeypatch.setattr(launch, "make_kv", lambda cluster: Recorded(log))
-    monkeypatch.setattr(launch, "make_presence", lambda s: recorded_presence(s, log))
+    monkeypatch.setattr(launch, "make_presence", lambda s, kv=None: recorded_presence(s, log))
     await cycle(PARTS[name](settings), log)
     assert log == [
         "kv.connect",

@@ -16,12 +16,13 @@ import pytest
 from aiohttp import web
 
 from control import launch
+from control.common.kv import KeyValueStore
 from control.common.kv.embedded import EmbeddedKV
 from control.launch import Part, access_part, controller_part, make_presence, scheduler_part
 from control.launch.ring import ring_spec
 from control.presence.cluster import PresenceCluster
 from control.presence.ring import RingSpec, ShardSpec
-from control.presence.ringstore import RingStore
+from control.presence.ringstore import MoverControl, RingStore
 from control.presence.service import CONTROLLER
 from control.settings import Settings
 from control.testing import until
@@ -45,35 +46,6 @@ class Step(NamedTuple):
     cursor: str
     scanned: int
     moved: int
-
-
-class RingAwareCluster(PresenceCluster):
-    """Today's cluster plus what ring-core adds (spec, apply_ring, fence, move)."""
-
-    spec: RingSpec
-
-    def __init__(self, base: PresenceCluster) -> None:
-        super().__init__(base.ring, base.shards, base.timeout_s, base.clock)
-        self.spec = base.ring.spec
-        self.applied: list[RingSpec] = []
-
-    async def apply_ring(self, spec: RingSpec) -> bool:
-        if spec.version <= self.spec.version and not (
-            spec.version == self.spec.version and self.spec.migrating and not spec.migrating
-        ):
-            return False
-        self.spec = spec
-        self.applied.append(spec)
-        return True
-
-    async def fence_all(self) -> None:
-        pass
-
-    async def move_step(self, shard_id: str, cursor: str, limit: int) -> Step:
-        return Step("0", 0, 0)
-
-    def moved_fraction(self) -> float:
-        return 0.0
 
 
 @pytest.fixture
@@ -132,10 +104,11 @@ async def test_a_ring_aware_cluster_routes_on_the_stored_ring_and_follows_it(
     )
     await store.seed(ring_spec(settings))
     await store.change(migrating, (await store.ring()).revision)  # type: ignore[union-attr]
-    made: list[RingAwareCluster] = []
+    await store.set_control(MoverControl(paused=True))  # the ring stays migrating meanwhile
+    made: list[PresenceCluster] = []
 
-    def presence(s: Settings) -> PresenceCluster:
-        made.append(RingAwareCluster(make_presence(s)))
+    def presence(s: Settings, kv: KeyValueStore | None = None) -> PresenceCluster:
+        made.append(make_presence(s, kv))
         return made[-1]
 
     monkeypatch.setattr(launch, "make_kv", lambda cluster: kv)
