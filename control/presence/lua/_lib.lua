@@ -105,3 +105,21 @@ local function member_entry(ukey, m)
   if not i or list[i][4] ~= conn then return nil end
   return list, i
 end
+
+-- Fencing. A script that writes for a ring version gets the served-version key as its LAST
+-- key and the caller's ring version as its LAST argument; this takes both off (so the
+-- script's own KEYS and ARGV read as before) and compares, before anything is written:
+-- an older version is refused with an error reply "STALE_RING <served>" (the client maps
+-- it to StaleRing and reloads the ring); a newer one becomes the served version, so the
+-- first writer on a new ring fences the writers still on the old one out. An equal
+-- version (nearly every call) costs one GET.
+local function ring_check()
+  local key = table.remove(KEYS)
+  local version = tonumber(table.remove(ARGV)) or 0
+  local served = tonumber(redis.call("GET", key)) or 0
+  if version < served then
+    return redis.error_reply("STALE_RING " .. served)
+  end
+  if version > served then redis.call("SET", key, version) end
+  return nil
+end
