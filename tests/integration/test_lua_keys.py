@@ -124,3 +124,51 @@ async def test_scripts_write_only_the_keys_they_are_given(
     finally:
         for shard in (n1, n2, controller):
             await shard.close()
+
+
+async def test_ring_scripts_write_only_the_keys_they_are_given(
+    redis_servers: list[RedisServer], notified: tuple[str, set[str]]
+) -> None:
+    """The fenced scripts (the served-version key), the tombstones, and the mover's adopt
+    and release on a shard that has never seen the nodes it is asked about."""
+    prefix, written = notified
+    url = redis_servers[0].url
+    keys = RedisKeys(prefix)
+    recorded = Recorded()
+    node = recorded.watch(RedisShard("s0", url, 30, prefix))
+    mover = recorded.watch(RedisShard("s0", url, 30, prefix))
+    try:
+        assert await mover.fence(2) == 2
+        await node.online(entry("alice", "phone", "n1", "c1"), 10**13, 1.0, ring_version=3)
+        await node.online(entry("bob", "phone", "n2", "c2"), 10**13, 1.0, ring_version=3)
+        assert not await node.offline(
+            "carol", "phone", "c3", "closed", 2.0, ring_version=3, tombstone=True
+        )
+        gone = await mover.replace_out("alice", "phone", 2.0, ring_version=3)
+        assert gone is not None and gone.conn == "c1"
+        adopted = await mover.adopt(
+            [
+                (entry("dave", "phone", "n3", "c4"), 10**13),
+                (entry("carol", "phone", "n3", "c3"), 10**13),
+            ],
+            10**12,
+            ring_version=3,
+        )
+        assert [p.uid for p in adopted] == ["dave"]
+        assert await mover.release([entry("bob", "phone", "n2", "c2")], ring_version=3) == 1
+        assert sorted(await mover.locate(["alice", "bob", "carol", "dave"], ring_version=3)) == [
+            "dave"
+        ]
+        await node.redis.set(prefix + "marker", "1")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while prefix + "marker" not in written:
+            assert loop.time() < deadline, "keyspace notifications did not arrive"
+            await asyncio.sleep(0.02)
+        written.discard(prefix + "marker")
+        assert keys.ring in written and keys.node("n3") in written
+        assert keys.tombstone(entry("carol", "phone", "n1", "c3").member) in written
+        assert written <= recorded.passed, sorted(written - recorded.passed)
+    finally:
+        for shard in (node, mover):
+            await shard.close()
