@@ -56,8 +56,8 @@ def stale_version(exc: ResponseError) -> int | None:
         return None
 
 
-def served_value(value: object) -> int:
-    """A served-version value as stored (absent or not a number: 0, never fenced)."""
+def stored_int(value: object) -> int:
+    """A served version or move epoch as stored (absent or not a number: 0)."""
     try:
         return int(str(value)) if value is not None else 0
     except ValueError:
@@ -72,7 +72,7 @@ def glob_escape(text: str) -> str:
 def refuse_older(ring_version: int, served: object) -> None:
     """A read carrying an older ring version than the shard serves is refused (reads never
     raise the served version: only a write fences)."""
-    version = served_value(served)
+    version = stored_int(served)
     if ring_version < version:
         raise StaleRing(version)
 
@@ -179,6 +179,6 @@ __all__ = [
     "StaleRing",
     "glob_escape",
     "refuse_older",
-    "served_value",
     "stale_version",
+    "stored_int",
 ]

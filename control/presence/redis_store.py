@@ -28,7 +28,7 @@ from control.presence.redis_link import (
     StaleRing,
     glob_escape,
     refuse_older,
-    served_value,
+    stored_int,
 )
 from control.presence.store import EVENTS_MAXLEN, ShardStore
 
@@ -45,7 +45,8 @@ SWEPT_NODES_MAX = 4096  # nodes the sweep met: every node of a large cluster
 # TODO(merge, issue 14): ring-core's store.py defines TOMBSTONE_S; import it from there.
 TOMBSTONE_S = 120  # how long an offline tombstone keeps a resize's mover from copying in
 
-Login = tuple[Presence, int, float, int, "asyncio.Future[Presence | None]"]
+# A login waiting for its batch: entry, deadline ms, now, ring version, its answer.
+Login = tuple[Presence, int, float, int, asyncio.Future[Presence | None]]
 
 
 class RedisShard(ShardStore):
@@ -392,10 +393,10 @@ class RedisShard(ShardStore):
         return int(await self._run("fence", (self.k_ring,), (version,)))
 
     async def served_version(self) -> int:
-        return served_value(await self._get(self.k_ring))
+        return stored_int(await self._get(self.k_ring))
 
     async def move_epoch(self) -> int:
-        return served_value(await self._get(self.keys.move_epoch))
+        return stored_int(await self._get(self.keys.move_epoch))
 
     async def bump_move_epoch(self) -> int:
         try:
