@@ -100,11 +100,20 @@ class RedisShard(ShardStore):
         return await self.link.run(name, keys, args)
 
     async def _run_fenced(
-        self, name: str, keys: Sequence[str], args: Sequence[Any], ring_version: int
+        self,
+        name: str,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        ring_version: int,
+        packed: bool = False,
     ) -> Any:
         """A fenced script: the served-version key and the caller's ring version go last
-        (``ring_check`` in _lib.lua takes them off); StaleRing when the shard serves newer."""
-        return await self._run(name, (*keys, self.k_ring), (*args, ring_version))
+        (``ring_check`` in _lib.lua takes them off); StaleRing when the shard serves newer.
+        ``packed``: packed by hiredis in C (thousands of arguments: a mover's batch)."""
+        keys, args = (*keys, self.k_ring), (*args, ring_version)
+        if packed:
+            return (await self._run_packed(name, keys, [args]))[0]
+        return await self._run(name, keys, args)
 
     async def _run_packed(
         self, name: str, keys: Sequence[str], arg_chunks: Sequence[Sequence[str]]
@@ -446,7 +455,7 @@ class RedisShard(ShardStore):
             for p, deadline_ms in chunk:
                 keys += (self.user_key(p.uid), self.keys.tombstone(p.member))
                 args += (p.device, p.pack(), p.member, deadline_ms)
-            done = await self._run_fenced("adopt", keys, args, ring_version)
+            done = await self._run_fenced("adopt", keys, args, ring_version, packed=True)
             adopted += (chunk[int(j) - 1][0] for j in done)
         return adopted
 
@@ -466,6 +475,7 @@ class RedisShard(ShardStore):
                     (self.k_exp, self.k_cnt, *node_keys, *user_keys),
                     (len(names), *names, *members),
                     ring_version,
+                    packed=True,
                 )
                 released += int(removed)
                 if not need:

@@ -71,6 +71,20 @@ local function count(cnt, f, delta)
   redis.call("HINCRBY", cnt, "p:" .. f[8], delta)
 end
 
+-- The same, summed in a table first: a batch of thousands then pays one HINCRBY per
+-- distinct counter (a handful of regions, nodes, platforms), not four per entry.
+local function tally(acc, f, delta)
+  for _, name in ipairs({"all", "r:" .. f[7], "n:" .. f[3], "p:" .. f[8]}) do
+    acc[name] = (acc[name] or 0) + delta
+  end
+end
+
+local function flush_tally(cnt, acc)
+  for name, delta in pairs(acc) do
+    if delta ~= 0 then redis.call("HINCRBY", cnt, name, delta) end
+  end
+end
+
 local function event(ev, maxlen, kind, uid, device, node, conn, reason, now)
   redis.call("XADD", ev, "MAXLEN", "~", maxlen, "*", "k", kind, "u", uid, "d", device,
     "n", node, "c", conn, "r", reason, "t", now)

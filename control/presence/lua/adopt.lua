@@ -13,6 +13,7 @@ if stale then return stale end
 local now_ms, n = tonumber(ARGV[1]), tonumber(ARGV[2])
 local nkeys = node_keys(3, 3, n)
 local adopted = {}
+local acc = {}
 local j = 0
 for i = 3 + n, #ARGV, 4 do
   j = j + 1
@@ -27,9 +28,10 @@ for i = 3 + n, #ARGV, 4 do
       save(ukey, list)
       redis.call("ZADD", KEYS[1], deadline, m)
       redis.call("SADD", nkeys[f[3]], m)
-      count(KEYS[2], f, 1)
+      tally(acc, f, 1)
       adopted[#adopted + 1] = j
     end
   end
 end
+flush_tally(KEYS[2], acc)
 return adopted

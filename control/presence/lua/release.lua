@@ -11,6 +11,7 @@ if stale then return stale end
 local n = tonumber(ARGV[1])
 local nkeys = node_keys(3, 2, n)
 local removed, need = 0, {}
+local acc = {}
 local j = 0
 for i = 2 + n, #ARGV do
   j = j + 1
@@ -24,11 +25,12 @@ for i = 2 + n, #ARGV do
     else
       redis.call("ZREM", KEYS[1], m)
       redis.call("SREM", nkey, m)
-      count(KEYS[2], f, -1)
+      tally(acc, f, -1)
       table.remove(list, at)
       save(ukey, list)
       removed = removed + 1
     end
   end
 end
+flush_tally(KEYS[2], acc)
 return {removed, need}
