@@ -22,10 +22,15 @@ for i = 3 + n, #ARGV, 4 do
   local f = record(packed)
   if f and nkeys[f[3]] and tonumber(deadline) > now_ms
       and redis.call("EXISTS", tkey) == 0 then
-    local list = entries(ukey)
+    local value = redis.call("GET", ukey)
+    local list = value and entries(ukey) or {}
     if not find(list, device) then
-      list[#list + 1] = f
-      save(ukey, list)
+      if value then  -- another device's entries: parsed, appended, written back
+        list[#list + 1] = f
+        save(ukey, list)
+      else  -- the common case: the user has nothing here yet, no parsing at all
+        redis.call("SET", ukey, packed)
+      end
       redis.call("ZADD", KEYS[1], deadline, m)
       redis.call("SADD", nkeys[f[3]], m)
       tally(acc, f, 1)
