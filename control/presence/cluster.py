@@ -185,9 +185,26 @@ class PresenceCluster:
                 return replaced
             try:
                 if replaced is None:  # the device's entry, if any, is on the previous owner
-                    return await self._call(
+                    out = await self._call(
                         old, lambda s: s.replace_out(p.uid, p.device, now, ring_version=v)
                     )
+                    if out is not None:
+                        # A mover batch may have scanned it before it went: a tombstone on
+                        # the new owner keeps that copy from landing after this login ends.
+                        gone_conn = out.conn
+                        await self._call(
+                            new,
+                            lambda s: s.offline(
+                                p.uid,
+                                p.device,
+                                gone_conn,
+                                "replaced",
+                                now,
+                                ring_version=v,
+                                tombstone=True,
+                            ),
+                        )
+                    return out
                 # The new owner had it (the mover copied it): drop the source copy quietly,
                 # its offline event was just written.
                 gone = replaced

@@ -6,6 +6,10 @@ default ``imctl:``)::
     <prefix>exp        sorted set: member -> deadline in ms (the expiry index)
     <prefix>cnt        hash: counters (all, r:<region>, n:<node>, p:<platform>)
     <prefix>ev         stream: online / offline / status events
+    <prefix>ring       string: the ring version this shard serves (fencing; absent = 0)
+    <prefix>t:<member> string with a TTL: an offline tombstone for one (uid, device, conn),
+                       so a resize's mover never copies a connection that went offline
+    <prefix>mv         string: the move epoch, the counts seqlock (odd = a batch in flight)
 
 The scripts take the keys they touch in ``KEYS`` where the caller can name them (see
 ``RedisShard``), so hash tags can group them for Redis Cluster later.
@@ -18,6 +22,7 @@ from dataclasses import dataclass
 DEFAULT_PREFIX = "imctl:"
 USER = "u:"
 NODE = "n:"
+TOMBSTONE = "t:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +36,10 @@ class RedisKeys:
 
     def node(self, node: str) -> str:
         return self.prefix + NODE + node
+
+    def tombstone(self, member: str) -> str:
+        """The tombstone of one member (uid␟device␟conn)."""
+        return self.prefix + TOMBSTONE + member
 
     @property
     def users(self) -> str:
@@ -48,3 +57,11 @@ class RedisKeys:
     @property
     def events(self) -> str:
         return self.prefix + "ev"
+
+    @property
+    def ring(self) -> str:
+        return self.prefix + "ring"
+
+    @property
+    def move_epoch(self) -> str:
+        return self.prefix + "mv"

@@ -1,17 +1,16 @@
-"""A shard on a real Redis server; each write is one Lua script (loaded once, run by SHA)."""
+"""A shard on a real Redis server; each write is one Lua script (loaded once, run by SHA)
+and checks the ring version the shard serves in the same call (fencing)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Sequence
-from importlib import resources
 from itertools import chain
 from typing import Any
 
 import hiredis
-import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from control.common.errors import BackendUnavailable
 from control.presence.keys import RedisKeys
@@ -24,24 +23,27 @@ from control.presence.model import (
     Status,
     split_records,
 )
-from control.presence.store import EVENTS_MAXLEN, ShardStore
+from control.presence.redis_link import (
+    RedisLink,
+    glob_escape,
+    refuse_older,
+    stored_int,
+)
+from control.presence.store import EVENTS_MAXLEN, TOMBSTONE_S, ShardStore
 
 log = logging.getLogger(__name__)
 LOGIN_BATCH = 500
-SCRIPTS = ("online", "touch", "offline", "set_status", "sweep", "evict_node")
 MGET_CHUNK = 5_000  # keys per MGET: bounds one command's time on the shard
 TOUCH_CHUNK = 5_000  # heartbeats per script call, for the same reason
+MOVE_CHUNK = 1_000  # entries per adopt / release call, for the same reason
 # A script names the node index keys it was missing and runs again with them: each round
 # adds at least one key, and only a concurrent change can make another round needed.
 KEY_ROUNDS = 4
 HOME_NODES_MAX = 64  # nodes this process logs users in on (one per access node)
 SWEPT_NODES_MAX = 4096  # nodes the sweep met: every node of a large cluster
 
-
-def _load(name: str) -> str:
-    """A script with the shared helpers of ``_lib.lua`` in front of it."""
-    folder = resources.files("control.presence") / "lua"
-    return (folder / "_lib.lua").read_text() + "\n" + (folder / f"{name}.lua").read_text()
+# A login waiting for its batch: entry, deadline ms, now, ring version, its answer.
+Login = tuple[Presence, int, float, int, asyncio.Future[Presence | None]]
 
 
 class RedisShard(ShardStore):
@@ -59,24 +61,14 @@ class RedisShard(ShardStore):
         self.prefix = key_prefix
         self.keys = RedisKeys(key_prefix)
         self.maxlen = maxlen
-        # A bounded pool that queues: a login storm waits for a connection instead of
-        # opening thousands of them (or failing with "Too many connections").
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=5,
-            decode_responses=True,
-            socket_timeout=5,
-            socket_connect_timeout=2,
-            health_check_interval=10,
-        )
-        self.redis = aioredis.Redis(connection_pool=pool)
-        self._scripts = {name: self.redis.register_script(_load(name)) for name in SCRIPTS}
-        self._logins: list[tuple[Presence, int, float, asyncio.Future[Presence | None]]] = []
+        self.link = RedisLink(shard_id, url, max_connections)
+        self.redis = self.link.redis
+        self._logins: list[Login] = []
         self._login_flush: asyncio.Future[None] | None = None
         self.k_exp = self.keys.expiry
         self.k_cnt = self.keys.counters
         self.k_ev = self.keys.events
+        self.k_ring = self.keys.ring
         # Node index keys offered to the scripts that drop entries before they ask: the
         # nodes this process logs users in on (an access node's own) and the ones the
         # sweep met, so a script rarely has to name a missing key.
@@ -84,7 +76,7 @@ class RedisShard(ShardStore):
         self._swept: dict[str, None] = {}
 
     def _unavailable(self, exc: Exception) -> BackendUnavailable:
-        return BackendUnavailable(f"redis shard {self.id} ({self.url}): {exc}")
+        return self.link.unavailable(exc)
 
     def user_key(self, uid: str) -> str:
         return self.keys.user(uid)
@@ -102,39 +94,41 @@ class RedisShard(ShardStore):
                 known[node] = None
 
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        try:
-            return await self._scripts[name](keys=list(keys), args=list(args))
-        except RedisError as exc:
-            raise self._unavailable(exc) from exc
+        return await self.link.run(name, keys, args)
+
+    async def _run_fenced(
+        self,
+        name: str,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        ring_version: int,
+        packed: bool = False,
+    ) -> Any:
+        """A fenced script: the served-version key and the caller's ring version go last
+        (``ring_check`` in _lib.lua takes them off); StaleRing when the shard serves newer.
+        ``packed``: packed by hiredis in C (thousands of arguments: a mover's batch)."""
+        keys, args = (*keys, self.k_ring), (*args, ring_version)
+        if packed:
+            return (await self._run_packed(name, keys, [args]))[0]
+        return await self._run(name, keys, args)
 
     async def _run_packed(
         self, name: str, keys: Sequence[str], arg_chunks: Sequence[Sequence[str]]
     ) -> list[Any]:
-        """One script call per chunk of arguments, packed by hiredis and pipelined; all sent
-        again once the script is loaded when the shard forgot it (a restart), so the
-        script must be safe to run twice."""
-        script = self._scripts[name]
-        head = ("EVALSHA", script.sha, str(len(keys)), *keys)
-        command = b"".join(
-            hiredis.pack_command((*head, *args))  # type: ignore[arg-type]  # stub: one element
-            for args in arg_chunks
-        )
-        try:
-            return await self._packed(command, len(arg_chunks))
-        except NoScriptError:
-            try:
-                await self.redis.script_load(script.script)
-            except RedisError as exc:
-                raise self._unavailable(exc) from exc
-            return await self._packed(command, len(arg_chunks))
+        return await self.link.run_packed(name, keys, arg_chunks)
 
+    async def _packed(self, command: bytes, replies: int) -> list[Any]:
+        return await self.link.packed(command, replies)
+
+    # TODO(merge, issue 14): ``ring_version`` gets no default once ring-core's cluster
+    # passes it on every call (the interface has none); 0 is refused by any fenced shard.
     async def online(
-        self, p: Presence, deadline_ms: int, now: float, *, ring_version: int = 0
+        self, p: Presence, deadline_ms: int, now: float, *, ring_version: int
     ) -> Presence | None:
         """Logins that arrive in the same loop iteration go to Redis in one script call:
         under a reconnect storm that turns thousands of round trips into a few."""
         future: asyncio.Future[Presence | None] = asyncio.get_running_loop().create_future()
-        self._logins.append((p, deadline_ms, now, future))
+        self._logins.append((p, deadline_ms, now, ring_version, future))
         if self._login_flush is None:
             self._login_flush = asyncio.ensure_future(self._flush_logins())
         return await future
@@ -142,27 +136,34 @@ class RedisShard(ShardStore):
     async def _flush_logins(self) -> None:
         await asyncio.sleep(0)  # let this iteration's other logins join the batch
         batch, self._logins, self._login_flush = self._logins, [], None
-        for start in range(0, len(batch), LOGIN_BATCH):
-            chunk = batch[start : start + LOGIN_BATCH]
-            try:
-                olds = await self._online_chunk(chunk)
-            except BaseException as exc:
-                for *_rest, future in chunk:
-                    if not future.done():
-                        future.set_exception(exc)
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            for (*_rest, future), old in zip(chunk, olds, strict=True):
-                if not future.done():
-                    future.set_result(Presence.unpack(old) if old else None)
+        # One call carries one ring version: a login routed by an older ring than its
+        # neighbours' must be refused on its own.
+        by_version: dict[int, list[Login]] = {}
+        for login in batch:
+            by_version.setdefault(login[3], []).append(login)
+        for logins in by_version.values():
+            for start in range(0, len(logins), LOGIN_BATCH):
+                await self._settle(logins[start : start + LOGIN_BATCH])
 
-    async def _online_chunk(
-        self, chunk: Sequence[tuple[Presence, int, float, asyncio.Future[Presence | None]]]
-    ) -> list[str]:
-        """One script call for a chunk of logins (again for the logins whose replaced
-        entry sat on a node whose index key the call did not have)."""
+    async def _settle(self, chunk: Sequence[Login]) -> None:
+        try:
+            olds = await self._online_chunk(chunk)
+        except BaseException as exc:
+            for *_rest, future in chunk:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (*_rest, future), old in zip(chunk, olds, strict=True):
+            if not future.done():
+                future.set_result(Presence.unpack(old) if old else None)
+
+    async def _online_chunk(self, chunk: Sequence[Login]) -> list[str]:
+        """One script call for a chunk of logins of one ring version (again for the logins
+        whose replaced entry sat on a node whose index key the call did not have)."""
         now = f"{chunk[-1][2]:.3f}"
+        version = chunk[0][3]
         nodes = dict.fromkeys(p.node for p, *_rest in chunk)
         self._remember(self._home, list(nodes), HOME_NODES_MAX)
         olds: list[str | None] = [None] * len(chunk)
@@ -172,11 +173,11 @@ class RedisShard(ShardStore):
             args: list[Any] = [self.maxlen, now, len(names), *names]
             user_keys = []
             for i in todo:
-                p, deadline_ms, _now, _f = chunk[i]
+                p, deadline_ms, *_rest = chunk[i]
                 args += (p.uid, p.device, p.pack(), p.member, deadline_ms)
                 user_keys.append(self.user_key(p.uid))
             keys = (self.k_exp, self.k_cnt, self.k_ev, *node_keys, *user_keys)
-            replies = await self._run("online", keys, args)
+            replies = await self._run_fenced("online", keys, args, version)
             again = []
             for i, reply in zip(todo, replies, strict=True):
                 if isinstance(reply, list):  # its old entry is on a node not passed
@@ -190,17 +191,19 @@ class RedisShard(ShardStore):
         raise BackendUnavailable(f"redis shard {self.id}: logins kept moving between nodes")
 
     async def touch(
-        self, members: Sequence[str], deadline_ms: int, *, ring_version: int = 0
+        self, members: Sequence[str], deadline_ms: int, *, ring_version: int
     ) -> list[str]:
         if not members:
             return []
         # Interleaved as ZADD wants them, and packed in C by hiredis: redis-py's packer
         # walks arguments in Python, which for a batch of thousands cost more than Redis.
+        # Each call ends with the ring version (fencing: one GET in the script).
+        version = str(ring_version)
         args = [str(deadline_ms)] * (2 * len(members))
         args[1::2] = members
         step = 2 * TOUCH_CHUNK
-        chunks = [args[i : i + step] for i in range(0, len(args), step)]
-        replies = await self._run_packed("touch", (self.k_exp,), chunks)
+        chunks = [[*args[i : i + step], version] for i in range(0, len(args), step)]
+        replies = await self._run_packed("touch", (self.k_exp, self.k_ring), chunks)
         return list(chain.from_iterable(replies))
 
     async def offline(
@@ -211,75 +214,78 @@ class RedisShard(ShardStore):
         reason: str,
         now: float,
         *,
-        ring_version: int = 0,
+        ring_version: int,
         tombstone: bool = False,
     ) -> bool:
         nodes = list(self._home)
+        tomb = self.keys.tombstone(f"{uid}{SEP}{device}{SEP}{conn}")
+        keys = (self.user_key(uid), self.k_exp, self.k_cnt, self.k_ev, tomb)
+        ttl = int(TOMBSTONE_S) if tombstone else 0  # seconds, as EXPIRE takes them
+        args = (uid, device, conn, reason, f"{now:.3f}", self.maxlen, ttl)
         for _round in range(KEY_ROUNDS):
             node_keys, names = self._node_args(nodes)
-            done = await self._run(
-                "offline",
-                (self.user_key(uid), self.k_exp, self.k_cnt, self.k_ev, *node_keys),
-                (uid, device, conn, reason, f"{now:.3f}", self.maxlen, *names),
+            done = await self._run_fenced(
+                "offline", (*keys, *node_keys), (*args, *names), ring_version
             )
             if not isinstance(done, list):
                 return bool(done)
             nodes += done  # the entry's node, whose index key was not passed
         raise BackendUnavailable(f"redis shard {self.id}: {uid}'s entry kept moving")
 
+    async def replace_out(
+        self, uid: str, device: str, now: float, *, ring_version: int
+    ) -> Presence | None:
+        """Remove (uid, device)'s entry whatever its connection, with an offline event
+        "replaced" (a login on the user's new owner while a resize runs); returns it."""
+        nodes = list(self._home)
+        for _round in range(KEY_ROUNDS):
+            node_keys, names = self._node_args(nodes)
+            old = await self._run_fenced(
+                "replace_out",
+                (self.user_key(uid), self.k_exp, self.k_cnt, self.k_ev, *node_keys),
+                (device, f"{now:.3f}", self.maxlen, *names),
+                ring_version,
+            )
+            if not isinstance(old, list):
+                return Presence.unpack(old) if old else None
+            nodes += old  # the entry's node, whose index key was not passed
+        raise BackendUnavailable(f"redis shard {self.id}: {uid}'s entry kept moving")
+
     async def set_status(
-        self, uid: str, device: str, conn: str, status: Status, now: float, *, ring_version: int = 0
+        self, uid: str, device: str, conn: str, status: Status, now: float, *, ring_version: int
     ) -> bool:
-        done = await self._run(
+        done = await self._run_fenced(
             "set_status",
             (self.user_key(uid), self.k_ev),
             (uid, device, conn, status, f"{now:.3f}", self.maxlen),
+            ring_version,
         )
         return bool(done)
 
-    async def locate(self, uids: Sequence[str], *, ring_version: int = 0) -> Locations:
+    async def locate(self, uids: Sequence[str], *, ring_version: int) -> Locations:
         """Each user's value holds all of its records back to back, so locating is plain
         MGETs whose values are joined and split once. The commands are packed by hiredis in
         C (redis-py packs argument by argument in Python, which for thousands of keys costs
-        more than Redis's whole lookup) and pipelined on one connection."""
+        more than Redis's whole lookup) and pipelined on one connection, behind a GET of
+        the served ring version: StaleRing when it is newer than the caller's."""
         if not uids:
+            refuse_older(ring_version, await self._get(self.k_ring))
             return Locations()
         key = self.keys.users.__add__
-        packed = b"".join(
-            hiredis.pack_command(  # its stub types the argument tuple as one element
-                ("MGET", *map(key, uids[i : i + MGET_CHUNK]))  # type: ignore[arg-type]
-            )
-            for i in range(0, len(uids), MGET_CHUNK)
-        )
-        replies = await self._packed(packed, -(-len(uids) // MGET_CHUNK))
+        commands = [("GET", self.k_ring)] + [
+            ("MGET", *map(key, uids[i : i + MGET_CHUNK])) for i in range(0, len(uids), MGET_CHUNK)
+        ]
+        # hiredis's stub types the argument tuple as one element
+        packed = b"".join(hiredis.pack_command(c) for c in commands)  # type: ignore[arg-type]
+        served, *replies = await self._packed(packed, 1 + -(-len(uids) // MGET_CHUNK))
+        refuse_older(ring_version, served)
         fields, skipped = split_records(list(filter(None, chain.from_iterable(replies))))
         if skipped:
             log.warning("redis shard %s: skipped %d malformed presence values", self.id, skipped)
         return Locations([fields])
 
-    async def _packed(self, command: bytes, replies: int) -> list[Any]:
-        """Send already-packed commands on one pooled connection and read their replies."""
-        pool = self.redis.connection_pool
-        try:
-            conn = await pool.get_connection()
-        except RedisError as exc:
-            raise self._unavailable(exc) from exc
-        try:
-            await conn.send_packed_command(command)
-            return [await conn.read_response() for _ in range(replies)]
-        except BaseException as exc:
-            # A reply left half-read must not reach the connection's next user.
-            await conn.disconnect()
-            if isinstance(exc, NoScriptError):
-                raise  # the caller loads the script and sends again
-            if isinstance(exc, RedisError):
-                raise self._unavailable(exc) from exc
-            raise
-        finally:
-            await pool.release(conn)
-
-    async def who(self, uid: str, *, ring_version: int = 0) -> list[Presence]:
-        found = (await self.locate([uid])).get(uid, [])
+    async def who(self, uid: str, *, ring_version: int) -> list[Presence]:
+        found = (await self.locate([uid], ring_version=ring_version)).get(uid, [])
         if not found:
             return []
         try:
@@ -380,40 +386,106 @@ class RedisShard(ShardStore):
                 events.append(event)
         return events
 
-    # TODO(ring-redis): interim stand-ins on the ring-core branch so a Redis shard still
-    # serves a stable ring; the ring-redis branch replaces this file (fenced Lua scripts,
-    # SCAN/adopt/release, tombstones, the move epoch). The ring_version above is unchecked.
+    # The ring: fencing and a resize's moves (the mover's side; no events, counts exact).
+
+    async def _get(self, key: str) -> Any:
+        try:
+            return await self.redis.get(key)
+        except RedisError as exc:
+            raise self._unavailable(exc) from exc
+
     async def fence(self, version: int) -> int:
-        raise NotImplementedError("fencing on Redis shards comes with ring-redis")
+        """Serve ``version`` from now on (never lowers); returns the version served."""
+        return int(await self._run("fence", (self.k_ring,), (version,)))
 
     async def served_version(self) -> int:
-        return 0
+        return stored_int(await self._get(self.k_ring))
 
-    async def replace_out(
-        self, uid: str, device: str, now: float, *, ring_version: int
-    ) -> Presence | None:
-        raise NotImplementedError("resizing Redis shards comes with ring-redis")
+    async def move_epoch(self) -> int:
+        return stored_int(await self._get(self.keys.move_epoch))
+
+    async def bump_move_epoch(self) -> int:
+        try:
+            return int(await self.redis.incr(self.keys.move_epoch))
+        except RedisError as exc:
+            raise self._unavailable(exc) from exc
 
     async def scan(self, cursor: str, count: int) -> tuple[str, list[tuple[Presence, int]]]:
-        raise NotImplementedError("resizing Redis shards comes with ring-redis")
+        """About ``count`` users' entries with their deadlines: a SCAN over the user keys
+        (an entry present for the whole scan comes back at least once), their values, and
+        their scores in the expiry index (an entry gone meanwhile has none: left out)."""
+        try:
+            raw_cursor, raw_keys = await self.redis.scan(
+                int(cursor), match=glob_escape(self.keys.users) + "*", count=count
+            )
+            keys = [str(k) for k in raw_keys]
+            values = await self.redis.mget(keys) if keys else []
+        except RedisError as exc:
+            raise self._unavailable(exc) from exc
+        except ValueError:
+            raise ValueError(f"not a scan cursor: {cursor!r}") from None
+        fields, skipped = split_records([str(v) for v in values if v])
+        if skipped:
+            log.warning("redis shard %s: skipped %d malformed presence values", self.id, skipped)
+        found = [Presence.unpack(SEP.join(fields[i : i + 3])) for i in range(0, len(fields), 3)]
+        if not found:
+            return str(raw_cursor), []
+        try:
+            scores = await self.redis.zmscore(self.k_exp, [p.member for p in found])
+        except RedisError as exc:
+            raise self._unavailable(exc) from exc
+        entries = [(p, int(s)) for p, s in zip(found, scores, strict=True) if s is not None]
+        return str(raw_cursor), entries
 
     async def adopt(
         self, entries: Sequence[tuple[Presence, int]], now_ms: int, *, ring_version: int
     ) -> list[Presence]:
-        raise NotImplementedError("resizing Redis shards comes with ring-redis")
+        """Copy entries in from their previous owner (no events; counters and indexes
+        exact), skipping one when this shard has an entry for its (uid, device), a
+        tombstone names it, or its deadline is not after ``now_ms``; returns those adopted."""
+        adopted: list[Presence] = []
+        for start in range(0, len(entries), MOVE_CHUNK):
+            chunk = entries[start : start + MOVE_CHUNK]
+            node_keys, names = self._node_args(list(dict.fromkeys(p.node for p, _ in chunk)))
+            keys = [self.k_exp, self.k_cnt, *node_keys]
+            args: list[Any] = [now_ms, len(names), *names]
+            for p, deadline_ms in chunk:
+                keys += (self.user_key(p.uid), self.keys.tombstone(p.member))
+                args += (p.device, p.pack(), p.member, deadline_ms)
+            done = await self._run_fenced("adopt", keys, args, ring_version, packed=True)
+            adopted += (chunk[int(j) - 1][0] for j in done)
+        return adopted
 
     async def release(self, entries: Sequence[Presence], *, ring_version: int) -> int:
-        raise NotImplementedError("resizing Redis shards comes with ring-redis")
-
-    async def move_epoch(self) -> int:
-        return 0
-
-    async def bump_move_epoch(self) -> int:
-        raise NotImplementedError("resizing Redis shards comes with ring-redis")
+        """Remove the entries still present with the same connection (no events; counters
+        and indexes exact); returns how many."""
+        released = 0
+        for start in range(0, len(entries), MOVE_CHUNK):
+            chunk = entries[start : start + MOVE_CHUNK]
+            nodes = list(dict.fromkeys(p.node for p in chunk))
+            user_keys = [self.user_key(p.uid) for p in chunk]
+            members = [p.member for p in chunk]
+            for _round in range(KEY_ROUNDS):
+                node_keys, names = self._node_args(nodes)
+                removed, need = await self._run_fenced(
+                    "release",
+                    (self.k_exp, self.k_cnt, *node_keys, *user_keys),
+                    (len(names), *names, *members),
+                    ring_version,
+                    packed=True,
+                )
+                released += int(removed)
+                if not need:
+                    break
+                # An entry of the same connection on another node (it cannot be, as a
+                # connection lives on one node; a hand edit): that key too, and again.
+                nodes += [str(n) for n in need if n not in nodes]
+            else:
+                raise BackendUnavailable(f"redis shard {self.id}: entries kept moving")
+        return released
 
     async def close(self) -> None:
-        await self.redis.aclose()
-        await self.redis.connection_pool.disconnect()
+        await self.link.close()
 
 
 __all__ = ["RedisShard"]

@@ -88,23 +88,33 @@ async def test_scripts_write_only_the_keys_they_are_given(
     n2 = recorded.watch(RedisShard("s0", url, 30, prefix))
     controller = recorded.watch(RedisShard("s0", url, 30, prefix))
     try:
-        assert await n1.online(entry("alice", "phone", "n1", "c1"), 10**13, 1.0) is None
+        assert (
+            await n1.online(entry("alice", "phone", "n1", "c1"), 10**13, 1.0, ring_version=0)
+            is None
+        )
         await asyncio.gather(
-            n1.online(entry("bob", "phone", "n1", "c2"), 10**13, 1.0),
-            n1.online(entry("carol", "phone", "n1", "c3"), 1, 1.0),  # due at once
-            n1.online(entry("dave", "phone", "n1", "c4"), 10**13, 1.0),
+            n1.online(entry("bob", "phone", "n1", "c2"), 10**13, 1.0, ring_version=0),
+            n1.online(entry("carol", "phone", "n1", "c3"), 1, 1.0, ring_version=0),  # due at once
+            n1.online(entry("dave", "phone", "n1", "c4"), 10**13, 1.0, ring_version=0),
         )
         # alice moves to n2: the entry it replaces is on n1, which n2's client never used.
-        old = await n2.online(entry("alice", "phone", "n2", "c5"), 10**13, 2.0)
+        old = await n2.online(entry("alice", "phone", "n2", "c5"), 10**13, 2.0, ring_version=0)
         assert old is not None and (old.node, old.conn) == ("n1", "c1")
-        assert not await n1.offline("alice", "phone", "c1", "closed", 3.0)  # stale
-        assert await n2.offline("bob", "phone", "c2", "closed", 3.0)  # bob was on n1
-        assert await n2.set_status("alice", "phone", "c5", "busy", 3.0)
-        assert await n2.touch([entry("alice", "phone", "n2", "c5").member], 10**13) == []
+        assert not await n1.offline("alice", "phone", "c1", "closed", 3.0, ring_version=0)  # stale
+        assert await n2.offline(
+            "bob", "phone", "c2", "closed", 3.0, ring_version=0
+        )  # bob was on n1
+        assert await n2.set_status("alice", "phone", "c5", "busy", 3.0, ring_version=0)
+        assert (
+            await n2.touch([entry("alice", "phone", "n2", "c5").member], 10**13, ring_version=0)
+            == []
+        )
         swept = await controller.sweep(10**12, 100, 4.0)
         assert [(p.uid, p.node) for p in swept] == [("carol", "n1")]
         assert await controller.evict_node("n1", 100, 5.0) == 1  # dave
-        assert sorted(await n2.locate(["alice", "bob", "carol", "dave"])) == ["alice"]
+        assert sorted(await n2.locate(["alice", "bob", "carol", "dave"], ring_version=0)) == [
+            "alice"
+        ]
         counters = await n2.counters()
         assert counters.get("all") == 1 and counters.get("n:n2") == 1
         assert not await n2.redis.exists(keys.node("n1"))
@@ -123,4 +133,52 @@ async def test_scripts_write_only_the_keys_they_are_given(
         assert written <= recorded.passed, sorted(written - recorded.passed)
     finally:
         for shard in (n1, n2, controller):
+            await shard.close()
+
+
+async def test_ring_scripts_write_only_the_keys_they_are_given(
+    redis_servers: list[RedisServer], notified: tuple[str, set[str]]
+) -> None:
+    """The fenced scripts (the served-version key), the tombstones, and the mover's adopt
+    and release on a shard that has never seen the nodes it is asked about."""
+    prefix, written = notified
+    url = redis_servers[0].url
+    keys = RedisKeys(prefix)
+    recorded = Recorded()
+    node = recorded.watch(RedisShard("s0", url, 30, prefix))
+    mover = recorded.watch(RedisShard("s0", url, 30, prefix))
+    try:
+        assert await mover.fence(2) == 2
+        await node.online(entry("alice", "phone", "n1", "c1"), 10**13, 1.0, ring_version=3)
+        await node.online(entry("bob", "phone", "n2", "c2"), 10**13, 1.0, ring_version=3)
+        assert not await node.offline(
+            "carol", "phone", "c3", "closed", 2.0, ring_version=3, tombstone=True
+        )
+        gone = await mover.replace_out("alice", "phone", 2.0, ring_version=3)
+        assert gone is not None and gone.conn == "c1"
+        adopted = await mover.adopt(
+            [
+                (entry("dave", "phone", "n3", "c4"), 10**13),
+                (entry("carol", "phone", "n3", "c3"), 10**13),
+            ],
+            10**12,
+            ring_version=3,
+        )
+        assert [p.uid for p in adopted] == ["dave"]
+        assert await mover.release([entry("bob", "phone", "n2", "c2")], ring_version=3) == 1
+        assert sorted(await mover.locate(["alice", "bob", "carol", "dave"], ring_version=3)) == [
+            "dave"
+        ]
+        await node.redis.set(prefix + "marker", "1")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while prefix + "marker" not in written:
+            assert loop.time() < deadline, "keyspace notifications did not arrive"
+            await asyncio.sleep(0.02)
+        written.discard(prefix + "marker")
+        assert keys.ring in written and keys.node("n3") in written
+        assert keys.tombstone(entry("carol", "phone", "n1", "c3").member) in written
+        assert written <= recorded.passed, sorted(written - recorded.passed)
+    finally:
+        for shard in (node, mover):
             await shard.close()

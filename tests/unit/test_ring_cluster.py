@@ -307,3 +307,26 @@ async def test_events_follow_a_shard_the_ring_adds() -> None:
         await asyncio.sleep(0.02)
     stop.set()
     await asyncio.wait_for(task, 5)
+
+
+async def test_a_connection_replaced_mid_move_is_not_copied_back() -> None:
+    """The mover scans c1 on the old owner; the user logs in again (c2, on the new owner,
+    which takes c1 out of the old one) and leaves; the batch's adopt must not bring c1
+    back."""
+    a, b = EmbeddedShard("a", 30), EmbeddedShard("b", 30)
+    before = spec(1, ["a"])
+    cluster = PresenceCluster(before, {"a": a, "b": b}, 30, lambda: NOW)
+    uid = next(
+        f"u{i}" for i in range(1000) if Ring(spec(2, ["a", "b"], ["a"])).owner(f"u{i}") == "b"
+    )
+    await cluster.online(p(uid, conn="c1"))
+    assert await cluster.apply_ring(spec(2, ["a", "b"], ["a"]))
+    await cluster.fence_all()
+    _, scanned = await a.scan("0", 100)  # the batch's scan, before the login
+    assert [e.conn for e, _ in scanned] == ["c1"]
+    replaced = await cluster.online(p(uid, conn="c2"))
+    assert replaced is not None and replaced.conn == "c1"
+    assert await cluster.offline(uid, "d", "c2")
+    assert await b.adopt(scanned, NOW_MS, ring_version=2) == []  # the tombstone holds
+    assert not (await cluster.locate([uid])).uids()
+    assert (await cluster.counts()).total == 0

@@ -7,6 +7,9 @@
 -- Returns, per login, the packed record it replaced or "", or {node} when the entry it
 -- would replace is on a node whose index key was not passed (that login did nothing:
 -- run it again with the key).
+-- Fenced (see ring_check).
+local stale = ring_check()
+if stale then return stale end
 local maxlen, now, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local nkeys = node_keys(4, 4, n)
 local replaced = {}

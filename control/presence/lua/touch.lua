@@ -4,7 +4,9 @@
 -- connection logs it in again, e.g. after this shard lost its data in a restart).
 -- KEYS: 1 expiry zset.  ARGV: deadline ms and member, pair after pair (the caller
 -- interleaves them, so ZADD takes its arguments as they came, with no table built here).
--- Returns the missing members.
+-- Fenced (see ring_check). Returns the missing members.
+local stale = ring_check()
+if stale then return stale end
 local missing = {}
 for start = 1, #ARGV, 2000 do
   local stop = math.min(start + 1999, #ARGV)
