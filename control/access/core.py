@@ -27,12 +27,14 @@ class SessionView(Protocol):
 @dataclass(frozen=True)
 class PushResult:
     """What a push achieved: frames delivered, users with no live connection, nodes that
-    could not be reached (their users are in ``failed``)."""
+    could not be reached (their users are in ``failed``), users whose presence shard could
+    not be read (``unknown``: perhaps online, not told)."""
 
     delivered: int = 0
     offline: tuple[str, ...] = ()
     failed: tuple[str, ...] = ()
     failed_nodes: tuple[str, ...] = field(default=())
+    unknown: tuple[str, ...] = ()
 
     def public(self) -> dict[str, Any]:
         return {
@@ -40,6 +42,7 @@ class PushResult:
             "offline": list(self.offline),
             "failed": list(self.failed),
             "failed_nodes": list(self.failed_nodes),
+            "unknown": list(self.unknown),
         }
 
 

@@ -162,7 +162,8 @@ class Pusher:
             *(self._deliver(node, batch, packed) for node, batch in batches)
         )
         present = found.uids()
-        offline = {u for u in wanted if u not in present}
+        unknown = found.unknown  # their shard is down: not offline, just not known
+        offline = {u for u in wanted if u not in present and u not in unknown}
         delivered = 0
         failed_nodes: set[str] = set()
         failed: set[str] = set()
@@ -181,6 +182,7 @@ class Pusher:
             tuple(sorted(offline)),
             tuple(sorted(failed - reached)),
             tuple(sorted(failed_nodes)),
+            tuple(sorted(u for u in wanted if u in unknown)),
         )
 
     async def _deliver(

@@ -15,7 +15,7 @@ from control.admin.auth import ADMIN, require
 from control.common.errors import NotJson, parse_json
 from control.common.ops import json_error
 from control.common.wire import EVENTS_COUNT_MAX, UID_RE, event_count
-from control.presence.model import PresenceEvent
+from control.presence.model import PresenceEvent, ShardUnavailable
 from control.scheduler.state import METRICS, PRESENCE, STATE
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,10 @@ async def presence_who(request: web.Request) -> web.Response:
     uid = request.match_info["uid"]
     if not UID_RE.fullmatch(uid):
         return json_error(400, "bad_request", "uid: not a valid uid", field="uid")
-    entries = await request.app[PRESENCE].who(uid)  # down: guarded() answers 503
+    try:
+        entries = await request.app[PRESENCE].who(uid)
+    except ShardUnavailable as exc:  # not offline: not known while its shard is down
+        return json_error(503, "unknown", f"presence of {uid} is unknown: {exc}", retry_after=1)
     return web.json_response(
         {"uid": uid, "online": bool(entries), "devices": [e.public() for e in entries]}
     )
@@ -69,15 +72,18 @@ async def presence_lookup(request: web.Request) -> web.Response:
     found = await request.app[PRESENCE].locate(wanted)  # down: guarded() answers 503
     online: dict[str, list[dict[str, object]]] = {}
     offline: list[str] = []
+    unknown: list[str] = []  # on a shard that is down: not offline, just not known now
     for uid in wanted:
         entries = found.get(uid)
         if entries:
             online[uid] = [
                 {k: v for k, v in e.public().items() if k != "last_seen"} for e in entries
             ]
+        elif uid in found.unknown:
+            unknown.append(uid)
         else:
             offline.append(uid)
-    return web.json_response({"online": online, "offline": offline})
+    return web.json_response({"online": online, "offline": offline, "unknown": unknown})
 
 
 EVENTS_KEEPALIVE_S = 10.0  # a blank line this often keeps proxies from dropping a quiet tail
