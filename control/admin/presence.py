@@ -29,7 +29,8 @@ async def presence_who(request: web.Request) -> web.Response:
     try:
         entries = await request.app[PRESENCE].who(uid)
     except ShardUnavailable as exc:  # not offline: not known while its shard is down
-        return json_error(503, "unknown", f"presence of {uid} is unknown: {exc}", retry_after=1)
+        message = f"presence of {uid} is unknown: {exc}"
+        return json_error(503, "unavailable", message, presence="unknown", retry_after=1)
     return web.json_response(
         {"uid": uid, "online": bool(entries), "devices": [e.public() for e in entries]}
     )

@@ -48,7 +48,7 @@ async def test_lookup_and_who_say_unknown_for_a_down_shard(aiohttp_client: Any) 
     gone = next(iter(down))
     resp = await client.get(f"/v1/presence/{gone}")
     body = await resp.json()
-    assert resp.status == 503 and body["error"] == "unknown", body
+    assert resp.status == 503 and body["presence"] == "unknown", body
     assert "presence shard s1 is unavailable" in body["message"]
     stores["s1"].down = False  # the fake refuses close() too while off
     await cluster.close()
