@@ -159,6 +159,7 @@ class Controller:
         self.metrics.registry.register(RingCollector(presence))
         # The leader's resize worker (None: the cluster cannot resize); idle between checks.
         self.mover = mover
+        self._shards_counted: set[str] = set()  # shards with an online gauge
         self.mover_idle_s = mover_idle_s
         self._mover_counted = 0  # mover.moved_total already in the metric
         self.supervisor = Supervisor("controller")
@@ -268,6 +269,9 @@ class Controller:
                     raise counters
                 continue
             self.metrics.shard_online.labels(sid).set(Counts.from_counters(counters).total)
+        for gone in self._shards_counted - set(shards):  # a shard that left the ring
+            self.metrics.shard_online.remove(gone)
+        self._shards_counted = set(shards)
 
     # -- the ring mover --------------------------------------------------------------------------
     async def move_once(self) -> str:
