@@ -43,6 +43,7 @@ class MoveStep(NamedTuple):
     cursor: str
     scanned: int
     moved: int
+    held: int = 0
 
 
 class FakeCluster:
