@@ -23,11 +23,12 @@ from control.presence.redis_store import RedisShard
 from control.presence.resize import add_shard, remove_shard
 from control.presence.ring import Ring, RingSpec, ShardSpec, moved_share
 from control.presence.ringstore import MoverControl, RingStore
-from control.testing import EtcdServer, RedisServer, until
-from tests.e2e.system import Cluster, get
+from control.testing import EtcdServer, Pinger, RedisServer, until
+from tests.e2e.system import Cluster, get, ready
 
 pytestmark = pytest.mark.e2e
 
+BREAKER_OPEN_S = 2.0  # PresenceCluster's breaker_open_s (its default, as launch builds it)
 FAR_S = 3600  # users written by the test itself: no heartbeat, so no expiry in the test
 
 
@@ -360,3 +361,69 @@ async def test_4_to_5_and_back_under_load_every_read_is_right(
 
 def _checked(workers: list[Worker]) -> int:
     return sum(w.checked for w in workers)
+
+
+# -- 1c: a shard restarted empty under the access nodes' heartbeats ----------------------------
+
+
+async def lookup(http: aiohttp.ClientSession, c: Cluster, uids: list[str]) -> Any:
+    async with http.post(f"{c.url}/v1/presence/lookup", json={"uids": uids}) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+
+async def test_a_shard_restarted_empty_is_unknown_while_down_and_whole_within_a_heartbeat(
+    tmp_path: Path,
+    etcd_server: EtcdServer,
+    three_redis: list[RedisServer],
+    http: aiohttp.ClientSession,
+) -> None:
+    redis = three_redis[:2]
+    c = Cluster(tmp_path, etcd_server, redis)
+    interval, flush = 2.0, 0.5  # the Cluster's heartbeat.interval_s and presence.flush_s
+    pingers: list[Pinger] = []
+    try:
+        c.start("controller", "n0", "n1", "scheduler")
+        await ready(http, c, {"n0", "n1"})
+        uids = [f"w{i:03}" for i in range(60)]
+        for i, uid in enumerate(uids):
+            ws = await http.ws_connect(c.ws(f"n{i % 2}", uid))
+            assert (await ws.receive_json(timeout=5))["t"] == "welcome"
+            pingers.append(Pinger(ws, every=interval / 2, strict=True))
+
+        async def all_online() -> bool:
+            return len((await lookup(http, c, uids))["online"]) == len(uids)
+
+        await until(all_online, 10, "every client online")
+        ring = Ring(RingSpec(1, tuple(ShardSpec(f"s{i}", r.url) for i, r in enumerate(redis))))
+        down = sorted(u for u in uids if ring.owner(u) == "s1")
+        up = sorted(set(uids) - set(down))
+        assert down and up
+
+        redis[1].kill()
+
+        async def down_unknown() -> bool:
+            body = await lookup(http, c, uids)
+            assert body["offline"] == [], f"users read offline while their shard is down: {body}"
+            return bool(sorted(body["unknown"]) == down and sorted(body["online"]) == up)
+
+        await until(down_unknown, 10, "the down shard's users unknown")
+        for _ in range(10):  # ~3 s down: a few heartbeats dropped, still unknown, never offline
+            assert await down_unknown()
+            await asyncio.sleep(0.3)
+        assert all(p.alive for p in pingers), [p.other for p in pingers if not p.alive]
+
+        redis[1].start()  # the same port, empty: no persistence
+        took = await until(all_online, 15, "presence whole again", every=0.1)
+        print(f"\nshard s1 back empty: presence whole again {took:.2f}s later")
+        # The access nodes log the lost users in again on their next heartbeat's flush,
+        # once their breaker for the shard lets a trial call through: a breaker opened
+        # just before the restart adds its open period (2 s) to the heartbeat interval.
+        assert took <= interval + flush + BREAKER_OPEN_S
+        assert all(p.alive for p in pingers), [p.other for p in pingers if not p.alive]
+        body = await lookup(http, c, uids)
+        assert body["unknown"] == [] and body["offline"] == []
+    finally:
+        for p in pingers:
+            await p.close()
+        c.stop_all()
