@@ -93,8 +93,9 @@ def main() -> None:
             )
         else:
             print(
-                f"  vnodes {row['vnodes']:>4}  {row['ring']:<17} users {row['users_max_over_mean']:.3f}"
-                f"  hash space {row['hash_max_over_mean']:.3f}"
+                f"  vnodes {row['vnodes']:>4}  {row['ring']:<17} "
+                f"users {row['users_max_over_mean']:.3f}  "
+                f"hash space {row['hash_max_over_mean']:.3f}"
             )
 
 
