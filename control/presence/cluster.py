@@ -148,7 +148,10 @@ class PresenceCluster:
 
     async def _call(self, sid: str, fn: Callable[[ShardStore], Awaitable[T]]) -> T:
         """One call to a shard; ShardUnavailable when it fails or its breaker is open."""
-        return await self._guard.call(sid, self.shards[sid], fn)
+        store = self.shards.get(sid)
+        if store is None:  # it left the ring after this call's routing was read: retry
+            raise StaleRing(self._routing.version)
+        return await self._guard.call(sid, store, fn)
 
     @property
     def stats(self) -> ClusterStats:
@@ -232,20 +235,21 @@ class PresenceCluster:
 
         async def op(r: Routing) -> list[tuple[str, str, str]]:
             groups: dict[str, list[str]] = {}
-            owner = r.ring.owner
+            owner, before = r.ring.owner, r.before
+            # A moved user: previous owner first, then the new one (as in locate).
             for uid, device, conn in batch:
-                groups.setdefault(owner(uid), []).append(member(uid, device, conn))
+                first = before(uid) or owner(uid)
+                groups.setdefault(first, []).append(member(uid, device, conn))
             missing = await touch_all(r, groups)
             if r.previous is not None and missing:
-                # Not on the new owner: perhaps not moved yet. Missing only if missing in both.
                 second: dict[str, list[str]] = {}
                 stays = []
                 for m in missing:
-                    old = r.before(m.split(SEP, 1)[0])
-                    if old is None:
+                    uid = m.split(SEP, 1)[0]
+                    if before(uid) is None:
                         stays.append(m)
                     else:
-                        second.setdefault(old, []).append(m)
+                        second.setdefault(owner(uid), []).append(m)
                 missing = stays + await touch_all(r, second)
             return [split_member(m) for m in missing]
 
@@ -322,17 +326,18 @@ class PresenceCluster:
             return parts[0] if len(parts) == 1 else Locations.combine(parts)
 
         async def op(r: Routing) -> Locations:
-            found = await read(r, r.ring.group(uids))
             if r.previous is None:
-                return found
-            second: dict[str, list[str]] = {}
+                return await read(r, r.ring.group(uids))
+            earlier: dict[str, list[str]] = {}
             for uid in uids:
                 old = r.before(uid)
                 if old is not None:
-                    second.setdefault(old, []).append(uid)
-            if not second:
-                return found
-            return Locations.overlay(found, await read(r, second))
+                    earlier.setdefault(old, []).append(uid)
+            # Previous owners first: a move copies into the new owner before deleting from
+            # the old, so a user moved between the two reads is seen (not so new-then-old).
+            older = await read(r, earlier) if earlier else None
+            found = await read(r, r.ring.group(uids))
+            return found if older is None else Locations.overlay(found, older)
 
         return await self._fenced(op)
 
@@ -347,12 +352,12 @@ class PresenceCluster:
 
         async def op(r: Routing) -> list[Presence]:
             v, old = r.version, r.before(uid)
-            entries = await self._call(r.ring.owner(uid), lambda s: s.who(uid, ring_version=v))
-            if old is not None:
-                devices = {p.device for p in entries}
+            more: list[Presence] = []
+            if old is not None:  # previous owner first (as in locate: no user missed)
                 more = await self._call(old, lambda s: s.who(uid, ring_version=v))
-                entries = entries + [p for p in more if p.device not in devices]
-            return entries
+            entries = await self._call(r.ring.owner(uid), lambda s: s.who(uid, ring_version=v))
+            devices = {p.device for p in entries}
+            return entries + [p for p in more if p.device not in devices]
 
         return await self._fenced(op)
 

@@ -41,6 +41,8 @@ class Step(Protocol):
     def scanned(self) -> int: ...
     @property
     def moved(self) -> int: ...
+    @property
+    def held(self) -> int: ...
 
 
 class MovingCluster(Protocol):
@@ -198,7 +200,7 @@ class Mover:
             control.throttle_per_s
         )
         cursors[shard] = DONE if done.cursor == "0" else done.cursor
-        if done.moved:
+        if done.moved or done.held:  # held: an offline under way leaves one to look at
             self._clean = False
             self.moved_total += done.moved
         progress = dataclasses.replace(

@@ -19,6 +19,9 @@ class MoveStep(NamedTuple):
     cursor: str
     scanned: int
     moved: int
+    # Left on the source because the owner holds an offline tombstone for them: their
+    # offline is under way there, so a pass that saw any is not clean.
+    held: int = 0
 
 
 async def move_batch(cluster: PresenceCluster, shard_id: str, cursor: str, limit: int) -> MoveStep:
@@ -38,31 +41,35 @@ async def move_batch(cluster: PresenceCluster, shard_id: str, cursor: str, limit
             if owner != shard_id:
                 by_owner.setdefault(owner, []).append((p, deadline))
         leaving: list[Presence] = []
+        held = 0
         for owner, group in by_owner.items():
-            leaving += await _adopt(cluster, owner, group, now_ms, v)
+            gone, kept = await _adopt(cluster, owner, group, now_ms, v)
+            leaving += gone
+            held += kept
         moved = 0
         if leaving:
             moved = await cluster._call(shard_id, lambda s: s.release(leaving, ring_version=v))
     finally:
         await cluster._call(shard_id, _bump)
-    return MoveStep(after, len(found), moved)
+    return MoveStep(after, len(found), moved, held)
 
 
 async def _adopt(
     cluster: PresenceCluster, owner: str, group: list[tuple[Presence, int]], now_ms: int, v: int
-) -> list[Presence]:
-    """Copy ``group`` into ``owner``; returns the entries the source may drop: those
-    copied, and those the owner already holds a newer entry of (same device)."""
+) -> tuple[list[Presence], int]:
+    """Copy ``group`` into ``owner``; returns the entries the source may drop (those
+    copied, and those the owner already holds a newer entry of: same device), and how
+    many stay for a tombstone (their offline is under way)."""
     adopted = await cluster._call(owner, lambda s: s.adopt(group, now_ms, ring_version=v))
     taken = {p.member for p in adopted}
     rest = [p for p, deadline in group if p.member not in taken and deadline > now_ms]
     if not rest:
-        return adopted
+        return adopted, 0
     # Skipped: a newer login of the device, or a tombstone. Only the first makes the
     # source copy stale (a tombstoned one is the previous owner's offline to apply).
     there = await cluster._call(owner, lambda s: s.locate([p.uid for p in rest], ring_version=v))
     newer = [p for p in rest if any(q.device == p.device for q in there.get(p.uid, []))]
-    return adopted + newer
+    return adopted + newer, len(rest) - len(newer)
 
 
 async def _bump(s: ShardStore) -> int:

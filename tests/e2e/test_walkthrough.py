@@ -388,3 +388,71 @@ def test_local_real_config_runs_on_one_machine(
         code, err = up.interrupt()
     assert code == 0, err
     assert "vanished" not in err and "Traceback" not in err, err
+
+
+def test_readme_ring_add_on_imctl_up(up_from_readme: tuple[Up, Ports]) -> None:
+    """README: ``imctl up`` runs two embedded shards; ``imctl presence ring add
+    embedded:s2`` and ``ring status --watch`` until stable. Users connected before the
+    resize stay connected and findable after it, on the shard the new ring gives them."""
+    import asyncio
+
+    import aiohttp
+
+    from control.presence.ring import Ring, RingSpec, ShardSpec
+    from control.testing import Pinger
+
+    up, ports = up_from_readme
+    up.read_banner()
+    assert "`imctl presence ring add embedded:s2` shows a migration" in README.replace("\n", " ")
+    uids = [f"ring-user-{i}" for i in range(30)]
+    tokens = run_readme_command(
+        ".venv/bin/imctl token " + " ".join(f"--uid {u}" for u in uids), ports
+    ).split()
+    assert len(tokens) == len(uids)
+    base = "/v1/endpoint?device=phone-1&platform=ios&version=1.0.0&uid="
+
+    async def session() -> tuple[dict[str, str], Any, str, str]:
+        async with aiohttp.ClientSession() as http:
+            pingers, conns = [], {}
+            try:
+                for uid, token in zip(uids, tokens, strict=True):
+                    headers = {"Authorization": f"Bearer {token}"}
+                    async with http.get(ports.server + base + uid, headers=headers) as resp:
+                        answer = await resp.json()
+                    ws = await http.ws_connect(Client.ws_url(answer))
+                    conns[uid] = (await ws.receive_json(timeout=5))["conn"]
+                    pingers.append(Pinger(ws, every=1.0, strict=True))
+                loop = asyncio.get_running_loop()
+                added = await loop.run_in_executor(
+                    None,
+                    run_readme_command,
+                    ".venv/bin/imctl presence ring add embedded:s2 --server http://127.0.0.1:8080",
+                    ports,
+                )
+                watched = await loop.run_in_executor(
+                    None,
+                    run_readme_command,
+                    ".venv/bin/imctl presence ring status --watch --server http://127.0.0.1:8080",
+                    ports,
+                    60,
+                )
+                assert all(p.alive for p in pingers), [p.other for p in pingers if not p.alive]
+                async with http.post(
+                    f"{ports.server}/v1/presence/lookup", json={"uids": uids}
+                ) as resp:
+                    found = await resp.json()
+                return conns, found, added, watched
+            finally:
+                for p in pingers:
+                    await p.close()
+
+    conns, found, added, watched = asyncio.run(session())
+    assert added.startswith("ring version 2: adding shard s2 (embedded:s2"), added
+    assert "ring version 2: stable, 3 shards" in watched, watched
+    assert [w[0] for w in _words(watched)[-3:]] == ["s0", "s1", "s2"], watched
+    assert found["offline"] == [] and found["unknown"] == [], found
+    assert {u: [d["conn"] for d in ds] for u, ds in found["online"].items()} == {
+        u: [c] for u, c in conns.items()
+    }
+    three = Ring(RingSpec(2, tuple(ShardSpec(f"s{i}", f"embedded:s{i}") for i in range(3))))
+    assert any(three.owner(u) == "s2" for u in uids)  # some of them moved

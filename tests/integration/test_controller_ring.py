@@ -1,9 +1,8 @@
 """The controller runs the ring mover only while it leads (supervised task "ring-mover"),
 a new leader resumes where the old one stopped, and the ring metrics are in its registry.
 
-The status cluster the movers work on is the fake of tests/unit/test_mover.py.
-TODO(merge, issue 14): once ring-core's PresenceCluster is ring-aware, drive one test with
-real embedded shards through launch (controller_part) instead of the fake."""
+The status cluster is the real one on embedded shards (tests/unit/test_mover.py's
+``Recorded``), shared by the controller and its mover as launch shares it."""
 
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from control.common.kv.embedded import EmbeddedKV
-from control.common.registry import PreservationPolicy
+from control.common.registry import NodeRecord, PreservationPolicy, Registry
 from control.presence.cluster import PresenceCluster, build_cluster
 from control.presence.controller import Controller, RingCollector
 from control.presence.model import Presence
@@ -62,14 +61,12 @@ def sample(registry: object, name: str, **labels: str) -> float | None:
     return registry.get_sample_value(name, labels or None)
 
 
-async def test_only_the_leader_moves_and_the_next_leader_resumes(
-    kv: EmbeddedKV, presence: PresenceCluster
-) -> None:
+async def test_only_the_leader_moves_and_the_next_leader_resumes(kv: EmbeddedKV) -> None:
     store, cluster, clock = await resized(kv, users=800)
     a_mover = Mover(cluster, store, "a", clock, clock.sleep, batch=40)
     b_mover = Mover(cluster, store, "b", clock, clock.sleep, batch=40)
-    a = controller(kv, presence, "a", a_mover)
-    b = controller(kv, presence, "b", b_mover)
+    a = controller(kv, cluster, "a", a_mover)
+    b = controller(kv, cluster, "b", b_mover)
     assert await a.election.run_once() == "became leader"
     assert (await b.election.run_once()).startswith("follower of a")
     for _ in range(10):
@@ -90,7 +87,8 @@ async def test_only_the_leader_moves_and_the_next_leader_resumes(
             break
     else:
         raise AssertionError("b never finished the migration")
-    assert cluster.misplaced() == []
+    assert await cluster.misplaced() == []
+    assert (await cluster.counts()).total == 800  # none lost on the way
     progress = await store.read_progress()
     assert progress is not None and progress.by == "b" and progress.state == "stable"
     ring = await store.ring()
@@ -99,11 +97,11 @@ async def test_only_the_leader_moves_and_the_next_leader_resumes(
     assert b_mover.moved_total > 0
 
 
-async def test_the_ring_mover_task_finishes_a_migration_on_its_own(
-    kv: EmbeddedKV, presence: PresenceCluster
-) -> None:
+async def test_the_ring_mover_task_finishes_a_migration_on_its_own(kv: EmbeddedKV) -> None:
     store, cluster, clock = await resized(kv, users=300)
-    ctl = controller(kv, presence, "solo", Mover(cluster, store, "solo", clock, clock.sleep))
+    # The users' node is alive: the controller keeps them (no orphan eviction).
+    await Registry(kv, "/t").register(NodeRecord(id="n1", endpoint="ws://h/n1", region="r"), 30)
+    ctl = controller(kv, cluster, "solo", Mover(cluster, store, "solo", clock, clock.sleep))
     await ctl.start()
     try:
         assert "ring-mover" in ctl.supervisor.alive()
@@ -115,7 +113,8 @@ async def test_the_ring_mover_task_finishes_a_migration_on_its_own(
                 break
             assert time.monotonic() < deadline, "the ring never became stable"
             await asyncio.sleep(0.05)
-        assert cluster.misplaced() == []
+        assert await cluster.misplaced() == []
+        assert (await cluster.counts()).total == 300  # none lost on the way
         assert ctl.supervisor.alive()["ring-mover"]
     finally:
         await ctl.stop()

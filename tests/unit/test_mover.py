@@ -1,21 +1,19 @@
-"""The ring mover against a fake status cluster (the ``MovingCluster`` protocol) and the
-real RingStore on the embedded key-value store: fencing first, throttle, pause, progress,
-a clean pass marks the ring stable, a new leader resumes from the cursors, a lost race.
-
-TODO(merge, issue 14): once ring-core's ring-aware PresenceCluster is on main, add the same
-walk against ``build_cluster`` with embedded shards (the fake below stands in for it)."""
+"""The ring mover against the real status cluster on embedded shards (recording what it
+is asked) and the real RingStore on the embedded key-value store: fencing first, throttle,
+pause, progress, a clean pass marks the ring stable, a new leader resumes from the cursors,
+a lost race."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
-from typing import NamedTuple
 
 import pytest
 
 from control.common.kv.embedded import EmbeddedKV
-from control.presence.model import Counts
+from control.presence.cluster import PresenceCluster, open_shard_for
+from control.presence.model import Presence
 from control.presence.mover import DONE, Mover
+from control.presence.moving import MoveStep
 from control.presence.ring import Ring, RingSpec, ShardSpec
 from control.presence.ringstore import MoverControl, RingStore
 
@@ -39,64 +37,43 @@ class Clock:
         self.now += seconds
 
 
-class MoveStep(NamedTuple):
-    cursor: str
-    scanned: int
-    moved: int
+class Recorded(PresenceCluster):
+    """The real status cluster on embedded shards, recording what the mover asked of it
+    (ring applied, fencing, batches and the cursors they started from)."""
 
-
-class FakeCluster:
-    """Users on shards; ``move_step`` scans one shard in uid order (cursor: the last uid
-    scanned) and moves every user whose owner under ``spec`` is another shard."""
-
-    def __init__(self, spec: RingSpec, users: dict[str, set[str]], clock: Clock) -> None:
-        self.spec = spec
-        self.users = users
-        self.clock = clock
+    def __init__(self, spec: RingSpec, clock: Clock) -> None:
+        # Users written here never expire under the test's clock.
+        super().__init__(spec, {}, 1e6, clock, open_shard=open_shard_for("embedded", 1e6, ""))
         self.calls: list[str] = []
         self.cursors_asked: list[tuple[str, str]] = []
 
     async def apply_ring(self, spec: RingSpec) -> bool:
-        if spec.version <= self.spec.version:
-            return False
-        self.spec = spec
-        for s in spec.shards:
-            self.users.setdefault(s.id, set())
-        self.calls.append(f"apply {spec.version}")
-        return True
+        applied = await super().apply_ring(spec)
+        if applied:
+            self.calls.append(f"apply {spec.version}")
+        return applied
 
     async def fence_all(self) -> None:
         self.calls.append(f"fence {self.spec.version}")
+        await super().fence_all()
 
     async def move_step(self, shard_id: str, cursor: str, limit: int) -> MoveStep:
         self.calls.append(f"move {shard_id}")
         self.cursors_asked.append((shard_id, cursor))
-        after = "" if cursor == "0" else cursor[2:]
-        batch = sorted(u for u in self.users[shard_id] if u > after)[:limit]
+        return await super().move_step(shard_id, cursor, limit)
+
+    async def placement(self) -> dict[str, set[str]]:
+        """Which users each shard holds (read with its own scan)."""
+        out: dict[str, set[str]] = {}
+        for sid, store in self.shards.items():
+            _, found = await store.scan("0", 1_000_000)
+            out[sid] = {p.uid for p, _ in found}
+        return out
+
+    async def misplaced(self) -> list[str]:
         ring = Ring(self.spec)
-        moved = 0
-        for uid in batch:
-            owner = ring.owner(uid)
-            if owner != shard_id:
-                self.users[shard_id].discard(uid)
-                self.users[owner].add(uid)
-                moved += 1
-        self.clock.now += 0.001 * len(batch)  # scanning takes a little time
-        done = len(batch) < limit
-        return MoveStep("0" if done else f"k:{batch[-1]}", len(batch), moved)
-
-    def moved_fraction(self) -> float:
-        assert self.spec.previous
-        new, old = Ring(self.spec), Ring(dataclasses.replace(self.spec, shards=self.spec.previous))
-        sample = [f"sample{i}" for i in range(4000)]
-        return sum(new.owner(u) != old.owner(u) for u in sample) / len(sample)
-
-    async def counts(self) -> Counts:
-        return Counts(sum(len(u) for u in self.users.values()))
-
-    def misplaced(self) -> list[str]:
-        ring = Ring(self.spec)
-        return [u for sid, us in self.users.items() for u in us if ring.owner(u) != sid]
+        placed = await self.placement()
+        return [u for sid, us in placed.items() for u in us if ring.owner(u) != sid]
 
 
 @pytest.fixture
@@ -107,16 +84,14 @@ async def kv() -> AsyncIterator[EmbeddedKV]:
     await store.close()
 
 
-async def resized(kv: EmbeddedKV, users: int = 600) -> tuple[RingStore, FakeCluster, Clock]:
-    """Users placed on a 2-shard ring; the store's ring then migrating to 3 shards."""
+async def resized(kv: EmbeddedKV, users: int = 600) -> tuple[RingStore, Recorded, Clock]:
+    """Users online on a 2-shard ring; the store's ring then migrating to 3 shards."""
     store, clock = RingStore(kv, PREFIX), Clock()
     old = RingSpec(1, TWO, vnodes=40)
     await store.seed(old)
-    ring = Ring(old)
-    placed: dict[str, set[str]] = {"s0": set(), "s1": set()}
+    cluster = Recorded(old, clock)
     for i in range(users):
-        placed[ring.owner(f"u{i:05}")].add(f"u{i:05}")
-    cluster = FakeCluster(old, placed, clock)
+        await cluster.online(Presence(f"u{i:05}", "d", "n1", f"c{i}"))
     stored = await store.ring()
     assert stored is not None
     new = RingSpec(2, THREE, TWO, "migrating", 40)
@@ -137,14 +112,15 @@ async def test_a_resize_fences_first_moves_the_changed_users_and_ends_stable(
     kv: EmbeddedKV,
 ) -> None:
     store, cluster, clock = await resized(kv)
-    before = {u: sid for sid, us in cluster.users.items() for u in us}
+    before = {u: sid for sid, us in (await cluster.placement()).items() for u in us}
     mover = Mover(cluster, store, "c1", clock, clock.sleep, batch=50)
     said = await until_stable(mover)
     assert cluster.calls[:2] == ["apply 2", "fence 2"]  # fenced before any user moved
     assert cluster.calls.count("fence 2") == 1
-    assert cluster.misplaced() == []
-    assert sum(len(u) for u in cluster.users.values()) == len(before)  # nobody lost
-    moved = sum(1 for sid, us in cluster.users.items() for u in us if before[u] != sid)
+    assert await cluster.misplaced() == []
+    after = await cluster.placement()
+    assert sum(len(u) for u in after.values()) == len(before)  # nobody lost
+    moved = sum(1 for sid, us in after.items() for u in us if before[u] != sid)
     assert moved > 0
     stored = await store.ring()
     assert stored is not None and stored.record is not None
@@ -216,7 +192,7 @@ async def test_pause_stops_the_moves_and_resume_goes_on(kv: EmbeddedKV) -> None:
     assert progress is not None and progress.state == "paused"
     await store.set_control(MoverControl(paused=False))
     await until_stable(mover)
-    assert cluster.misplaced() == []
+    assert await cluster.misplaced() == []
 
 
 async def test_a_new_leader_resumes_from_the_stored_cursors(kv: EmbeddedKV) -> None:
@@ -237,7 +213,7 @@ async def test_a_new_leader_resumes_from_the_stored_cursors(kv: EmbeddedKV) -> N
     assert progress is not None and progress.by == "c2"
     assert progress.moved >= stored.moved  # the count goes on
     await until_stable(second)
-    assert cluster.misplaced() == []
+    assert await cluster.misplaced() == []
     final = await store.read_progress()
     assert final is not None and final.state == "stable"
     assert final.moved == stored.moved + second.moved_total
@@ -268,14 +244,14 @@ async def test_a_lost_race_for_the_stable_mark_leaves_the_other_writer_alone(
     assert stored is not None and stored.record == newer  # not overwritten
     store.change = change  # type: ignore[method-assign]
     await until_stable(mover)
-    assert cluster.spec.version == 3 and cluster.misplaced() == []
+    assert cluster.spec.version == 3 and await cluster.misplaced() == []
     assert cluster.calls.count("fence 3") == 1
 
 
 async def test_a_stable_ring_is_left_alone(kv: EmbeddedKV) -> None:
     store, clock = RingStore(kv, PREFIX), Clock()
     await store.seed(RingSpec(1, TWO))
-    cluster = FakeCluster(RingSpec(1, TWO), {"s0": set(), "s1": set()}, clock)
+    cluster = Recorded(RingSpec(1, TWO), clock)
     mover = Mover(cluster, store, "c1", clock, clock.sleep)
     assert "stable: nothing to move" in await mover.run_once()
     assert cluster.calls == [] and not mover.moving
