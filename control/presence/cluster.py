@@ -276,14 +276,20 @@ class PresenceCluster:
                     ),
                 )
             removed = landed[new]
+            # An attempt before a StaleRing may have removed it on a shard that the
+            # reloaded ring no longer names as the owner: that removal is the answer.
+            earlier = any(landed.values())
             if old is None:
-                return removed
+                return earlier
             if removed:  # the new owner had the mover's copy: the source goes quietly
                 gone = Presence(uid, device, "", conn)
                 await self._call(old, lambda s: s.release([gone], ring_version=v))
                 return True
-            return await self._call(
-                old, lambda s: s.offline(uid, device, conn, reason, now, ring_version=v)
+            return (
+                await self._call(
+                    old, lambda s: s.offline(uid, device, conn, reason, now, ring_version=v)
+                )
+                or earlier
             )
 
         return await self._fenced(op)

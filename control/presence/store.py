@@ -150,6 +150,16 @@ class ShardStore(abc.ABC):
         device and conn). Returns how many."""
 
     @abc.abstractmethod
+    async def release_scanned(
+        self, entries: Sequence[Presence], *, ring_version: int
+    ) -> list[Presence]:
+        """The mover's release: remove the entries whose stored record is still exactly
+        the given one (the one it scanned and copied), no events; returns the ones it
+        skipped. A status set between the scan and this call changed the record: that
+        entry stays, and the mover drops its stale copy from the new owner instead
+        (``release`` by connection would lose the status)."""
+
+    @abc.abstractmethod
     async def move_epoch(self) -> int:
         """The counts seqlock: odd while a mover batch is between its copy and release."""
 
@@ -383,6 +393,19 @@ class EmbeddedShard(ShardStore):
                 self._drop(p)
                 released += 1
         return released
+
+    async def release_scanned(
+        self, entries: Sequence[Presence], *, ring_version: int
+    ) -> list[Presence]:
+        self._write(ring_version)
+        skipped = []
+        for e in entries:
+            p = self._users.get(e.uid, {}).get(e.device)
+            if p is not None and p.pack() == e.pack():
+                self._drop(p)
+            else:
+                skipped.append(e)
+        return skipped
 
     async def move_epoch(self) -> int:
         return self._epoch

@@ -218,7 +218,7 @@ class World:
                 await self.move()
             else:  # a batch while clients work on other users
                 keys = self.rnd.sample([(u, d) for u in UIDS for d in DEVICES], 4)
-                ops: list[Callable[[Key], Awaitable[None]]] = [self.login, self.logout]
+                ops: list[Callable[[Key], Awaitable[None]]] = [self.login, self.logout, self.status]
                 await asyncio.gather(self.move(), *(self.rnd.choice(ops)(k) for k in keys))
         elif r < 0.6:
             await self.login(key)
