@@ -328,17 +328,19 @@ class PresenceCluster:
             return parts[0] if len(parts) == 1 else Locations.combine(parts)
 
         async def op(r: Routing) -> Locations:
-            found = await read(r, r.ring.group(uids))
             if r.previous is None:
-                return found
+                return await read(r, r.ring.group(uids))
             second: dict[str, list[str]] = {}
             for uid in uids:
                 old = r.before(uid)
                 if old is not None:
                     second.setdefault(old, []).append(uid)
-            if not second:
-                return found
-            return Locations.overlay(found, await read(r, second))
+            # The previous owners first: a mover batch copies a user to its new owner
+            # before it removes it from the old one, so one not found there is found on
+            # the new owner read after (new-then-old could miss one moved in between).
+            before = await read(r, second) if second else None
+            found = await read(r, r.ring.group(uids))
+            return found if before is None else Locations.overlay(found, before)
 
         return await self._fenced(op)
 

@@ -37,17 +37,25 @@ async def move_batch(cluster: PresenceCluster, shard_id: str, cursor: str, limit
     if await cluster._call(shard_id, _bump) % 2 == 0:
         await cluster._call(shard_id, _bump)  # a batch that died mid-way left it odd
     try:
-        after, found = await cluster._call(shard_id, lambda s: s.scan(cursor, limit))
+        # Owners looked up once per scanned uid, uncached (a move meets each user once):
+        # only the users whose owner changed are read.
+        owners: dict[str, str] = {}
+        lookup = r.ring.lookup
+
+        def leaves(uid: str) -> bool:
+            owner = owners[uid] = lookup(uid)
+            return owner != shard_id
+
+        after, found = await cluster._call(shard_id, lambda s: s.scan(cursor, limit, leaves))
         now_ms = int(cluster.clock() * 1000)
         by_owner: dict[str, list[tuple[Presence, int]]] = {}
-        owner_of = r.ring.owner
         for p, deadline in found:
-            owner = owner_of(p.uid)
+            owner = owners.get(p.uid) or lookup(p.uid)
             if owner != shard_id:
                 by_owner.setdefault(owner, []).append((p, deadline))
-        owners = list(by_owner)
+        targets = list(by_owner)
         copied = await asyncio.gather(
-            *(_adopt(cluster, owner, by_owner[owner], now_ms, v) for owner in owners)
+            *(_adopt(cluster, owner, by_owner[owner], now_ms, v) for owner in targets)
         )
         leaving = [p for adopted, newer in copied for p in (*adopted, *newer)]
         moved = 0
@@ -57,7 +65,7 @@ async def move_batch(cluster: PresenceCluster, shard_id: str, cursor: str, limit
             )
             moved = len(leaving)
             if skipped:
-                await _drop_stale(cluster, owners, [a for a, _ in copied], skipped, v)
+                await _drop_stale(cluster, targets, [a for a, _ in copied], skipped, v)
     finally:
         await cluster._call(shard_id, _bump)
     return MoveStep(after, len(found), moved)

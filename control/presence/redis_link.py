@@ -3,7 +3,7 @@ SHA), pipelines packed in C, and Redis's replies mapped to our errors."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any, TypeVar
 
@@ -29,6 +29,7 @@ SCRIPTS = (
 )
 MOVE_PIPELINE = 8  # the mover's adopt / release calls sent at once on one connection
 T = TypeVar("T")
+Keep = Callable[[str], bool] | None  # which uids a scan reads (None: all)
 STALE = "STALE_RING "  # the error reply of a fenced script (see ring_check in _lib.lua)
 
 
@@ -217,28 +218,35 @@ class RedisLink:
         return out
 
     async def scan(
-        self, match: str, expiry: str, cursor: str, count: int
+        self, prefix: str, expiry: str, cursor: str, count: int, keep: Keep = None
     ) -> tuple[str, list[tuple[Presence, int]], int]:
         """A SCAN over the user keys (an entry present for the whole scan comes back at
-        least once), their values, and their scores in the expiry index (an entry gone
-        meanwhile has none: left out); with how many values were malformed."""
+        least once), the values of those whose uid ``keep`` takes, and their scores in the
+        expiry index (an entry gone meanwhile has none: left out); with how many values
+        were malformed. The reads are packed by hiredis in C."""
         try:
+            match = glob_escape(prefix) + "*"
             raw_cursor, raw_keys = await self.redis.scan(int(cursor), match=match, count=count)
-            keys = [str(k) for k in raw_keys]
-            values = await self.redis.mget(keys) if keys else []
         except RedisError as exc:
             raise self.unavailable(exc) from exc
         except ValueError:
             raise ValueError(f"not a scan cursor: {cursor!r}") from None
+        keys = [str(k) for k in raw_keys]
+        if keep is not None:  # the uid is in the key: no value read for the others
+            start = len(prefix)
+            keys = [k for k in keys if keep(k[start:])]
+        if not keys:
+            return str(raw_cursor), [], 0
+        values = (await self.packed(hiredis.pack_command(("MGET", *keys)), 1))[0]  # type: ignore[arg-type]
         fields, skipped = split_records([str(v) for v in values if v])
         found = [Presence.unpack(SEP.join(fields[i : i + 3])) for i in range(0, len(fields), 3)]
+        if keep is not None:
+            found = [p for p in found if keep(p.uid)]
         if not found:
             return str(raw_cursor), [], skipped
-        try:
-            scores = await self.redis.zmscore(expiry, [p.member for p in found])
-        except RedisError as exc:
-            raise self.unavailable(exc) from exc
-        entries = [(p, int(s)) for p, s in zip(found, scores, strict=True) if s is not None]
+        command = hiredis.pack_command(("ZMSCORE", expiry, *(p.member for p in found)))  # type: ignore[arg-type]
+        scores = (await self.packed(command, 1))[0]
+        entries = [(p, int(float(s))) for p, s in zip(found, scores, strict=True) if s is not None]
         return str(raw_cursor), entries, skipped
 
     async def close(self) -> None:

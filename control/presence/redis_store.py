@@ -25,9 +25,9 @@ from control.presence.model import (
 )
 from control.presence.redis_link import (
     Call,
+    Keep,
     RedisLink,
     adopt_call,
-    glob_escape,
     groups,
     refuse_older,
     release_scanned_call,
@@ -414,10 +414,12 @@ class RedisShard(ShardStore):
         except RedisError as exc:
             raise self._unavailable(exc) from exc
 
-    async def scan(self, cursor: str, count: int) -> tuple[str, list[tuple[Presence, int]]]:
+    async def scan(
+        self, cursor: str, count: int, keep: Keep = None
+    ) -> tuple[str, list[tuple[Presence, int]]]:
         """About ``count`` users' entries with their deadlines (see ``RedisLink.scan``)."""
         after, entries, skipped = await self.link.scan(
-            glob_escape(self.keys.users) + "*", self.k_exp, cursor, count
+            self.keys.users, self.k_exp, cursor, count, keep
         )
         if skipped:
             log.warning("redis shard %s: skipped %d malformed presence values", self.id, skipped)
