@@ -22,8 +22,8 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from control.presence.cluster import build_cluster
 from control.presence.model import Presence
+from control.presence.shards import build_cluster
 from control.testing import RedisServer
 
 BATCH = 5_000

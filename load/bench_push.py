@@ -29,7 +29,7 @@ import yaml
 
 from control.access.internal import Pusher
 from control.common.tickets import TicketKeys
-from control.presence.cluster import build_cluster
+from control.presence.shards import build_cluster
 from control.testing import RedisServer, free_port, spawn_imctl, wait_port
 
 SECRET = "bench-ticket-secret-0123456789"

@@ -15,7 +15,8 @@ import pytest
 from control.common.kv import KeyValueStore
 from control.common.kv.embedded import EmbeddedKV
 from control.common.kv.etcd import EtcdKV
-from control.presence.cluster import PresenceCluster, build_cluster
+from control.presence.cluster import PresenceCluster
+from control.presence.shards import build_cluster
 from control.testing import EtcdServer, RedisServer, describe_task, leftover_tasks
 
 # How long a test's own tasks get, after its fixtures are torn down, to finish a

@@ -37,11 +37,12 @@ from control.launch.banner import banner as banner
 from control.launch.banner import banner_data as banner_data
 from control.launch.banner import imctl_command as imctl_command
 from control.launch.ring import RingWiring, ring_mover, ring_spec
-from control.presence.cluster import PresenceCluster, open_shard_for
+from control.presence.cluster import PresenceCluster
 from control.presence.controller import Controller
 from control.presence.follower import ring_reader
 from control.presence.ringstore import RingStore
 from control.presence.service import create_app as controller_app
+from control.presence.shards import open_shard_for
 from control.scheduler.config import SchedulerConfig
 from control.scheduler.service import create_app as scheduler_create_app
 from control.scheduler.state import STATE

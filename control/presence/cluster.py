@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from control.common.errors import BadRequest
 from control.presence.events import follow_events
@@ -35,7 +35,7 @@ from control.presence.model import (
 from control.presence.moving import MoveStep, move_batch
 from control.presence.ring import Ring, RingSpec, ShardSpec
 from control.presence.routing import ClusterStats, Routing, ShardGuard
-from control.presence.store import EmbeddedShard, ShardStore
+from control.presence.store import ShardStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -178,12 +178,17 @@ class PresenceCluster:
 
         async def op(r: Routing) -> Presence | None:
             v, new = r.version, r.ring.owner(p.uid)
+            old = r.before(p.uid)
+            if new not in landed and old is not None and old in landed:
+                # An earlier attempt wrote it on what is now the previous owner (the ring
+                # moved on meanwhile): it stays there for the mover, as an older login would;
+                # writing it again on the new owner would make it replace itself.
+                return landed[old]
             if new not in landed:
                 landed[new] = await self._call(
                     new, lambda s: s.online(p, deadline, now, ring_version=v)
                 )
             replaced = landed[new]
-            old = r.before(p.uid)
             if old is None:
                 return replaced
             try:
@@ -280,14 +285,20 @@ class PresenceCluster:
                     ),
                 )
             removed = landed[new]
+            # An attempt before a StaleRing may have removed it on a shard that the
+            # reloaded ring no longer names as the owner: that removal is the answer.
+            earlier = any(landed.values())
             if old is None:
-                return removed
+                return earlier
             if removed:  # the new owner had the mover's copy: the source goes quietly
                 gone = Presence(uid, device, "", conn)
                 await self._call(old, lambda s: s.release([gone], ring_version=v))
                 return True
-            return await self._call(
-                old, lambda s: s.offline(uid, device, conn, reason, now, ring_version=v)
+            return (
+                await self._call(
+                    old, lambda s: s.offline(uid, device, conn, reason, now, ring_version=v)
+                )
+                or earlier
             )
 
         return await self._fenced(op)
@@ -464,37 +475,3 @@ async def _move_epoch(s: ShardStore) -> int:
 
 def _sum(raw: Iterable[Mapping[str, int]]) -> Counts:
     return Counts.add(Counts.from_counters(c) for c in raw)
-
-
-def open_shard_for(
-    backend: str, timeout_s: float, key_prefix: str
-) -> Callable[[ShardSpec], ShardStore]:
-    """The store factory for a ring's shards: on the embedded backend every shard is in
-    this process (urls unused, as in config); on the Redis backend ``embedded:<id>`` is
-    one in this process and ``redis://`` one on a Redis server."""
-
-    def open_shard(shard: ShardSpec) -> ShardStore:
-        if backend != "redis" or shard.url.startswith("embedded:"):
-            return EmbeddedShard(shard.id, timeout_s)
-        if shard.url.startswith(("redis://", "rediss://", "unix://")):
-            from control.presence.redis_store import RedisShard
-
-            return RedisShard(shard.id, shard.url, timeout_s, key_prefix)
-        raise BadRequest(f"shard {shard.id}", f"url {shard.url!r}: expected redis:// or embedded:")
-
-    return open_shard
-
-
-def build_cluster(
-    shards: Sequence[tuple[str, str, int]],
-    backend: str,
-    timeout_s: float,
-    key_prefix: str,
-    vnodes: int = 160,
-    **kwargs: Any,
-) -> PresenceCluster:
-    """A cluster from (id, url, weight) triples on the embedded or Redis backend (ring
-    version 1, stable)."""
-    spec = RingSpec(1, tuple(ShardSpec(i, u, w) for i, u, w in shards), vnodes=vnodes)
-    kwargs.setdefault("open_shard", open_shard_for(backend, timeout_s, key_prefix))
-    return PresenceCluster(spec, {}, timeout_s, **kwargs)

@@ -24,9 +24,13 @@ from control.presence.model import (
     split_records,
 )
 from control.presence.redis_link import (
+    Call,
+    Keep,
     RedisLink,
-    glob_escape,
+    adopt_call,
+    groups,
     refuse_older,
+    release_scanned_call,
     stored_int,
 )
 from control.presence.store import EVENTS_MAXLEN, TOMBSTONE_S, ShardStore
@@ -410,51 +414,55 @@ class RedisShard(ShardStore):
         except RedisError as exc:
             raise self._unavailable(exc) from exc
 
-    async def scan(self, cursor: str, count: int) -> tuple[str, list[tuple[Presence, int]]]:
-        """About ``count`` users' entries with their deadlines: a SCAN over the user keys
-        (an entry present for the whole scan comes back at least once), their values, and
-        their scores in the expiry index (an entry gone meanwhile has none: left out)."""
-        try:
-            raw_cursor, raw_keys = await self.redis.scan(
-                int(cursor), match=glob_escape(self.keys.users) + "*", count=count
-            )
-            keys = [str(k) for k in raw_keys]
-            values = await self.redis.mget(keys) if keys else []
-        except RedisError as exc:
-            raise self._unavailable(exc) from exc
-        except ValueError:
-            raise ValueError(f"not a scan cursor: {cursor!r}") from None
-        fields, skipped = split_records([str(v) for v in values if v])
+    async def scan(
+        self, cursor: str, count: int, keep: Keep = None
+    ) -> tuple[str, list[tuple[Presence, int]]]:
+        """About ``count`` users' entries with their deadlines (see ``RedisLink.scan``)."""
+        after, entries, skipped = await self.link.scan(
+            self.keys.users, self.k_exp, cursor, count, keep
+        )
         if skipped:
             log.warning("redis shard %s: skipped %d malformed presence values", self.id, skipped)
-        found = [Presence.unpack(SEP.join(fields[i : i + 3])) for i in range(0, len(fields), 3)]
-        if not found:
-            return str(raw_cursor), []
-        try:
-            scores = await self.redis.zmscore(self.k_exp, [p.member for p in found])
-        except RedisError as exc:
-            raise self._unavailable(exc) from exc
-        entries = [(p, int(s)) for p, s in zip(found, scores, strict=True) if s is not None]
-        return str(raw_cursor), entries
+        return after, entries
 
     async def adopt(
         self, entries: Sequence[tuple[Presence, int]], now_ms: int, *, ring_version: int
     ) -> list[Presence]:
         """Copy entries in from their previous owner (no events; counters and indexes
         exact), skipping one when this shard has an entry for its (uid, device), a
-        tombstone names it, or its deadline is not after ``now_ms``; returns those adopted."""
+        tombstone names it, or its deadline is not after ``now_ms``; returns those adopted.
+        Chunks of ``MOVE_CHUNK`` entries, one script call each, pipelined."""
+        chunks = [entries[i : i + MOVE_CHUNK] for i in range(0, len(entries), MOVE_CHUNK)]
         adopted: list[Presence] = []
-        for start in range(0, len(entries), MOVE_CHUNK):
-            chunk = entries[start : start + MOVE_CHUNK]
-            node_keys, names = self._node_args(list(dict.fromkeys(p.node for p, _ in chunk)))
-            keys = [self.k_exp, self.k_cnt, *node_keys]
-            args: list[Any] = [now_ms, len(names), *names]
-            for p, deadline_ms in chunk:
-                keys += (self.user_key(p.uid), self.keys.tombstone(p.member))
-                args += (p.device, p.pack(), p.member, deadline_ms)
-            done = await self._run_fenced("adopt", keys, args, ring_version, packed=True)
-            adopted += (chunk[int(j) - 1][0] for j in done)
+        for group in groups(chunks):
+            calls = [adopt_call(self.keys, chunk, now_ms) for chunk in group]
+            replies = await self._run_packed_keys("adopt", calls, ring_version)
+            for chunk, done in zip(group, replies, strict=True):
+                adopted += (chunk[int(j) - 1][0] for j in done)
         return adopted
+
+    async def _run_packed_keys(
+        self, name: str, calls: Sequence[Call], ring_version: int
+    ) -> list[Any]:
+        """Fenced script calls with keys of their own, packed in C and pipelined."""
+        version = str(ring_version)
+        return await self.link.run_packed_calls(
+            name, [((*keys, self.k_ring), (*args, version)) for keys, args in calls]
+        )
+
+    async def release_scanned(
+        self, entries: Sequence[Presence], *, ring_version: int
+    ) -> list[Presence]:
+        """Remove the entries whose stored record is still exactly the given one (no
+        events; counters and indexes exact); returns the ones it skipped."""
+        chunks = [entries[i : i + MOVE_CHUNK] for i in range(0, len(entries), MOVE_CHUNK)]
+        skipped: list[Presence] = []
+        for group in groups(chunks):
+            calls = [release_scanned_call(self.keys, chunk) for chunk in group]
+            replies = await self._run_packed_keys("release", calls, ring_version)
+            for chunk, (_removed, _need, left) in zip(group, replies, strict=True):
+                skipped += (chunk[int(j) - 1] for j in left)
+        return skipped
 
     async def release(self, entries: Sequence[Presence], *, ring_version: int) -> int:
         """Remove the entries still present with the same connection (no events; counters
@@ -470,7 +478,7 @@ class RedisShard(ShardStore):
                 removed, need = await self._run_fenced(
                     "release",
                     (self.k_exp, self.k_cnt, *node_keys, *user_keys),
-                    (len(names), *names, *members),
+                    ("conn", len(names), *names, *members),
                     ring_version,
                     packed=True,
                 )

@@ -76,6 +76,10 @@ class Ring:
         self._single = spec.shards[0].id if len(spec.shards) == 1 else None
         self._cache: dict[str, str] = {}
 
+    def lookup(self, uid: str) -> str:
+        """The owner, not cached (a mover's scan meets each user once)."""
+        return self._single or self._lookup(uid)
+
     def _lookup(self, uid: str) -> str:
         point = int.from_bytes(md5(uid.encode()).digest(), "big")
         i = bisect_right(self._points, point)

@@ -19,7 +19,7 @@ import asyncio
 import heapq
 import itertools
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from control.presence.model import (
     EventKind,
@@ -130,10 +130,13 @@ class ShardStore(abc.ABC):
         (a login on the user's new owner); returns it."""
 
     @abc.abstractmethod
-    async def scan(self, cursor: str, count: int) -> tuple[str, list[tuple[Presence, int]]]:
+    async def scan(
+        self, cursor: str, count: int, keep: Callable[[str], bool] | None = None
+    ) -> tuple[str, list[tuple[Presence, int]]]:
         """About ``count`` users' entries with their deadlines (ms). Cursor "0" starts and
         "0" returned means done; an entry present for the whole scan is returned at least
-        once (Redis SCAN's promise)."""
+        once (Redis SCAN's promise). ``keep``: only the users it takes (by uid) are read
+        (the mover reads only those whose owner changed)."""
 
     @abc.abstractmethod
     async def adopt(
@@ -148,6 +151,16 @@ class ShardStore(abc.ABC):
         """Remove the entries still present with the same (uid, device, conn), no events;
         counters and indexes follow the stored entry (a caller may pass only the uid,
         device and conn). Returns how many."""
+
+    @abc.abstractmethod
+    async def release_scanned(
+        self, entries: Sequence[Presence], *, ring_version: int
+    ) -> list[Presence]:
+        """The mover's release: remove the entries whose stored record is still exactly
+        the given one (the one it scanned and copied), no events; returns the ones it
+        skipped. A status set between the scan and this call changed the record: that
+        entry stays, and the mover drops its stale copy from the new owner instead
+        (``release`` by connection would lose the status)."""
 
     @abc.abstractmethod
     async def move_epoch(self) -> int:
@@ -336,7 +349,9 @@ class EmbeddedShard(ShardStore):
             self._remove(old, "replaced", now)
         return old
 
-    async def scan(self, cursor: str, count: int) -> tuple[str, list[tuple[Presence, int]]]:
+    async def scan(
+        self, cursor: str, count: int, keep: Callable[[str], bool] | None = None
+    ) -> tuple[str, list[tuple[Presence, int]]]:
         if cursor == "0":
             scan_id, at = next(self._scan_ids), 0
             self._scans[scan_id] = list(self._users)
@@ -351,6 +366,7 @@ class EmbeddedShard(ShardStore):
         found = [
             (p, self._deadline.get(p.member, 0))
             for uid in batch
+            if keep is None or keep(uid)
             for p in self._users.get(uid, {}).values()
         ]
         at += len(batch)
@@ -383,6 +399,19 @@ class EmbeddedShard(ShardStore):
                 self._drop(p)
                 released += 1
         return released
+
+    async def release_scanned(
+        self, entries: Sequence[Presence], *, ring_version: int
+    ) -> list[Presence]:
+        self._write(ring_version)
+        skipped = []
+        for e in entries:
+            p = self._users.get(e.uid, {}).get(e.device)
+            if p is not None and p.pack() == e.pack():
+                self._drop(p)
+            else:
+                skipped.append(e)
+        return skipped
 
     async def move_epoch(self) -> int:
         return self._epoch

@@ -58,6 +58,7 @@ WRITES: dict[str, Callable[[Any, int], Awaitable[object]]] = {
     "replace_out": lambda s, v: s.replace_out("alice", "phone", NOW, ring_version=v),
     "adopt": lambda s, v: s.adopt([(entry("carol", conn="k1"), LIVE)], NOW_MS, ring_version=v),
     "release": lambda s, v: s.release([entry("alice")], ring_version=v),
+    "release_scanned": lambda s, v: s.release_scanned([entry("alice")], ring_version=v),
 }
 
 
@@ -211,6 +212,30 @@ async def test_release_removes_only_the_same_connection(shard: Any) -> None:
     swept = await shard.sweep(LIVE + 1, 100, NOW)  # only m0's newer entry is still indexed
     assert [p.conn for p in swept] == ["again"]
     assert await shard.counters() == {}
+
+
+async def test_release_scanned_removes_only_the_record_scanned(shard: Any) -> None:
+    """The mover's release compares the whole record: a status set after the scan keeps
+    the entry (and says so), another device of the same user is left alone."""
+    moved = [entry(f"m{i}", node=f"n{i % 2}", conn=f"c{i}") for i in range(10)]
+    for p in moved:
+        await shard.online(p, LIVE, NOW, ring_version=1)
+    await shard.online(entry("m1", "laptop", conn="other"), LIVE, NOW, ring_version=1)
+    assert await shard.set_status("m0", "phone", "c0", "busy", NOW, ring_version=1)
+    position = await shard.latest_event()
+    skipped = await shard.release_scanned([*moved, entry("ghost")], ring_version=1)
+    assert skipped == [moved[0], entry("ghost")]
+    assert await shard.latest_event() == position  # no events
+    found = await shard.locate([p.uid for p in moved], ring_version=1)
+    assert sorted((p.uid, p.device, p.status) for u in found for p in found[u]) == [
+        ("m0", "phone", "busy"),
+        ("m1", "laptop", "online"),
+    ]
+    assert await shard.counters() == {"all": 2, "r:north": 2, "n:n0": 1, "n:n1": 1, "p:ios": 2}
+    gone = [p.member for p in moved[1:]]
+    assert sorted(await shard.touch(gone, LIVE, ring_version=1)) == sorted(gone)
+    assert await shard.evict_node("n1", 100, NOW) == 1  # the laptop: the rest left n1
+    assert await shard.release_scanned(moved, ring_version=1) == moved
 
 
 async def test_a_tombstone_keeps_an_offline_connection_out(shard: Any) -> None:

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from control.common.kv.embedded import EmbeddedKV
-from control.presence.cluster import PresenceCluster, build_cluster, open_shard_for
+from control.presence.cluster import PresenceCluster
 from control.presence.follower import RingFollower
 from control.presence.model import Presence
 from control.presence.mover import Mover
@@ -23,6 +23,7 @@ from control.presence.redis_store import RedisShard
 from control.presence.resize import add_shard, remove_shard
 from control.presence.ring import Ring, RingSpec, ShardSpec, moved_share
 from control.presence.ringstore import MoverControl, RingStore
+from control.presence.shards import build_cluster, open_shard_for
 from control.testing import EtcdServer, Pinger, RedisServer, until
 from tests.e2e.system import Cluster, get, ready
 

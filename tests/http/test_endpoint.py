@@ -349,7 +349,7 @@ async def test_a_failed_snapshot_build_keeps_the_last_one(
 
 
 async def test_presence_views_while_redis_is_down_are_503(aiohttp_client: Any) -> None:
-    from control.presence.cluster import build_cluster
+    from control.presence.shards import build_cluster
     from control.testing import free_port
 
     dead = build_cluster([("s0", f"redis://127.0.0.1:{free_port()}", 1)], "redis", 90, "x:")

@@ -16,9 +16,10 @@ from control.common.kv import KeyValueStore
 from control.common.kv.embedded import EmbeddedKV
 from control.common.kv.etcd import EtcdKV
 from control.common.registry import NodeRecord, PreservationPolicy, Registry
-from control.presence.cluster import PresenceCluster, build_cluster
+from control.presence.cluster import PresenceCluster
 from control.presence.controller import Controller
 from control.presence.model import Presence
+from control.presence.shards import build_cluster
 from control.testing import EtcdServer, RedisServer, until
 
 

@@ -16,11 +16,12 @@ from prometheus_client import generate_latest
 
 from control.common.kv.embedded import EmbeddedKV
 from control.common.registry import NodeRecord, PreservationPolicy, Registry
-from control.presence.cluster import PresenceCluster, build_cluster
+from control.presence.cluster import PresenceCluster
 from control.presence.controller import Controller, RingCollector
 from control.presence.model import Presence
 from control.presence.mover import Mover
 from control.presence.ring import RingSpec, ShardSpec
+from control.presence.shards import build_cluster
 from tests.unit.test_mover import resized
 
 

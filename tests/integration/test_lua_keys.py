@@ -39,6 +39,15 @@ class Recorded:
             self.passed.update(keys)
             return await run_packed(name, keys, chunks)
 
+        packed_keys = shard._run_packed_keys
+
+        async def recorded_packed_keys(name: str, calls: Any, version: int) -> list[Any]:
+            for keys, _args in calls:
+                self.passed.update(keys)
+            self.passed.add(shard.k_ring)
+            return await packed_keys(name, calls, version)
+
+        shard._run_packed_keys = recorded_packed_keys  # type: ignore[method-assign]
         shard._run = recorded_run  # type: ignore[method-assign]
         shard._run_packed = recorded_packed  # type: ignore[method-assign]
         return shard
@@ -166,6 +175,8 @@ async def test_ring_scripts_write_only_the_keys_they_are_given(
         )
         assert [p.uid for p in adopted] == ["dave"]
         assert await mover.release([entry("bob", "phone", "n2", "c2")], ring_version=3) == 1
+        assert await mover.release_scanned(adopted, ring_version=3) == []
+        await mover.adopt([(adopted[0], 10**13)], 10**12, ring_version=3)
         assert sorted(await mover.locate(["alice", "bob", "carol", "dave"], ring_version=3)) == [
             "dave"
         ]

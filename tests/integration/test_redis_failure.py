@@ -14,8 +14,8 @@ import redis.asyncio as aioredis
 
 from control.common.errors import BackendUnavailable
 from control.presence import redis_store
-from control.presence.cluster import build_cluster
 from control.presence.model import Presence, ShardUnavailable
+from control.presence.shards import build_cluster
 from control.testing import RedisServer
 from tests.cluster import LocalCluster, cluster_settings
 

@@ -10,12 +10,13 @@ from collections.abc import AsyncIterator
 import pytest
 
 from control.common.kv.embedded import EmbeddedKV
-from control.presence.cluster import PresenceCluster, open_shard_for
+from control.presence.cluster import PresenceCluster
 from control.presence.model import Presence
 from control.presence.mover import DONE, Mover
 from control.presence.moving import MoveStep
 from control.presence.ring import Ring, RingSpec, ShardSpec
 from control.presence.ringstore import MoverControl, RingStore
+from control.presence.shards import open_shard_for
 
 PREFIX = "/t"
 TWO = (ShardSpec("s0", "embedded:s0"), ShardSpec("s1", "embedded:s1"))

@@ -10,9 +10,10 @@ from collections.abc import Sequence
 import pytest
 
 from control.common.errors import BackendUnavailable
-from control.presence.cluster import PresenceCluster, open_shard_for
+from control.presence.cluster import PresenceCluster
 from control.presence.model import Locations, Presence, ShardUnavailable, StaleRing
 from control.presence.ring import Ring, RingSpec, ShardSpec, moved_share
+from control.presence.shards import open_shard_for
 from control.presence.store import TOMBSTONE_S, EmbeddedShard
 
 NOW = 1_000_000.0

@@ -218,7 +218,7 @@ class World:
                 await self.move()
             else:  # a batch while clients work on other users
                 keys = self.rnd.sample([(u, d) for u in UIDS for d in DEVICES], 4)
-                ops: list[Callable[[Key], Awaitable[None]]] = [self.login, self.logout]
+                ops: list[Callable[[Key], Awaitable[None]]] = [self.login, self.logout, self.status]
                 await asyncio.gather(self.move(), *(self.rnd.choice(ops)(k) for k in keys))
         elif r < 0.6:
             await self.login(key)
@@ -269,4 +269,20 @@ async def test_a_late_client_is_fenced_and_catches_up(seed: int) -> None:
     await world.login((moved[0], "tablet"))
     assert late.spec.version == 2  # it reloaded
     assert "tablet" in world.stores["s9"]._users[moved[0]]
+    await world.check()
+
+
+@pytest.mark.parametrize("seed", [148, 174])
+async def test_seeds_that_found_a_login_written_twice(seed: int) -> None:
+    """A login whose first attempt landed, then met StaleRing as the next resize began,
+    was written again on the newer owner and then taken out of the earlier one as "the
+    older login": these seeds lost a login that way."""
+    world = World(seed)
+    for _ in range(STEPS):
+        await world.step()
+        await world.check()
+    for _ in range(2000):
+        if not world.spec.migrating:
+            break
+        await world.move()
     await world.check()

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 
 from control.common.kv.embedded import EmbeddedKV
-from control.presence.cluster import PresenceCluster, open_shard_for
+from control.presence.cluster import PresenceCluster
 from control.presence.model import Presence
 from control.presence.mover import Mover
 from control.presence.ringstore import RingStore
+from control.presence.shards import open_shard_for
 from tests.unit.test_ring_cluster import spec
 
 OLD, NEW = spec(1, ["s0", "s1"]), spec(2, ["s0", "s1", "s2"], ["s0", "s1"])

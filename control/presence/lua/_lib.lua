@@ -137,3 +137,70 @@ local function ring_check()
   if version > served then redis.call("SET", key, version) end
   return nil
 end
+
+-- The mover's batches (adopt, exact release) take no record apart in the common case:
+-- the caller groups the entries by counter class, (node, region, platform), and names
+-- each entry's class, so counters and the node index need no parsing.
+-- A user's entries from a value already read (entries(ukey) without the GET).
+local function entries_of(value)
+  local list = {}
+  if not value then return list end
+  local p = split(value, SEP)
+  if #p % 3 ~= 0 then return list end
+  for i = 1, #p - 2, 3 do
+    local f = from_parts(p[i], p[i + 1], p[i + 2])
+    if f then list[#list + 1] = f end
+  end
+  return list
+end
+
+-- The c classes from ARGV[at]: node, region, platform each. Returns them and the next
+-- argument's position.
+local function read_classes(at)
+  local c = tonumber(ARGV[at])
+  local classes = {}
+  for k = 1, c do
+    local i = at + 1 + 3 * (k - 1)
+    classes[k] = {ARGV[i], ARGV[i + 1], ARGV[i + 2], 0, {}}  -- counted, members
+  end
+  return classes, at + 1 + 3 * c
+end
+
+-- A command over many arguments, in slices Lua's unpack can take.
+local UNPACK_MAX = 4000
+local function call_sliced(cmd, key, args, step)
+  for s = 1, #args, step do
+    local e = math.min(s + step - 1, #args)
+    if key then
+      redis.call(cmd, key, unpack(args, s, e))
+    else
+      redis.call(cmd, unpack(args, s, e))
+    end
+  end
+end
+
+local function mget(keys)
+  local out = {}
+  for s = 1, #keys, UNPACK_MAX do
+    local got = redis.call("MGET", unpack(keys, s, math.min(s + UNPACK_MAX - 1, #keys)))
+    for i = 1, #got do out[s + i - 1] = got[i] end
+  end
+  return out
+end
+
+-- Counters and node indexes of the classes' entries, one call per class and counter:
+-- delta is +1 (adopted; SADD) or -1 (released; SREM).
+local function flush_classes(cnt, nkeys, classes, delta)
+  local acc = {}
+  for _, cl in ipairs(classes) do
+    if cl[4] > 0 then
+      for _, name in ipairs({"all", "r:" .. cl[2], "n:" .. cl[1], "p:" .. cl[3]}) do
+        acc[name] = (acc[name] or 0) + delta * cl[4]
+      end
+      call_sliced(delta > 0 and "SADD" or "SREM", nkeys[cl[1]], cl[5], UNPACK_MAX)
+    end
+  end
+  for name, d in pairs(acc) do
+    if d ~= 0 then redis.call("HINCRBY", cnt, name, d) end
+  end
+end
