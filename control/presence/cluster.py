@@ -146,12 +146,17 @@ class PresenceCluster:
 
     # Shards behind their breakers -------------------------------------------------------
 
-    async def _call(self, sid: str, fn: Callable[[ShardStore], Awaitable[T]]) -> T:
+    async def call(self, sid: str, fn: Callable[[ShardStore], Awaitable[T]]) -> T:
         """One call to a shard; ShardUnavailable when it fails or its breaker is open."""
         store = self.shards.get(sid)
         if store is None:  # it left the ring after this call's routing was read: retry
             raise StaleRing(self._routing.version)
         return await self._guard.call(sid, store, fn)
+
+    @property
+    def routing(self) -> Routing:
+        """The rings calls are routed on now (current, and previous while migrating)."""
+        return self._routing
 
     @property
     def stats(self) -> ClusterStats:
@@ -185,7 +190,7 @@ class PresenceCluster:
                 # writing it again on the new owner would make it replace itself.
                 return landed[old]
             if new not in landed:
-                landed[new] = await self._call(
+                landed[new] = await self.call(
                     new, lambda s: s.online(p, deadline, now, ring_version=v)
                 )
             replaced = landed[new]
@@ -193,14 +198,14 @@ class PresenceCluster:
                 return replaced
             try:
                 if replaced is None:  # the device's entry, if any, is on the previous owner
-                    out = await self._call(
+                    out = await self.call(
                         old, lambda s: s.replace_out(p.uid, p.device, now, ring_version=v)
                     )
                     if out is not None:
                         # A mover batch may have scanned it before it went: a tombstone on
                         # the new owner keeps that copy from landing after this login ends.
                         gone_conn = out.conn
-                        await self._call(
+                        await self.call(
                             new,
                             lambda s: s.offline(
                                 p.uid,
@@ -216,7 +221,7 @@ class PresenceCluster:
                 # The new owner had it (the mover copied it): drop the source copy quietly,
                 # its offline event was just written.
                 gone = replaced
-                await self._call(old, lambda s: s.release([gone], ring_version=v))
+                await self.call(old, lambda s: s.release([gone], ring_version=v))
             except ShardUnavailable as exc:  # the mover removes the older entry later
                 log.warning("login of %s: previous owner skipped (%s)", p.uid, exc)
             return replaced
@@ -264,7 +269,7 @@ class PresenceCluster:
         self, sid: str, members: list[str], deadline: int, version: int
     ) -> list[str]:
         try:
-            return await self._call(sid, lambda s: s.touch(members, deadline, ring_version=version))
+            return await self.call(sid, lambda s: s.touch(members, deadline, ring_version=version))
         except ShardUnavailable:
             # Nothing is done to the connections: they are asserted again when it is back.
             self._guard.stats.of(sid).dropped_heartbeats += len(members)
@@ -278,7 +283,7 @@ class PresenceCluster:
         async def op(r: Routing) -> bool:
             v, old, new = r.version, r.before(uid), r.ring.owner(uid)
             if not landed.get(new):
-                landed[new] = await self._call(
+                landed[new] = await self.call(
                     new,
                     lambda s: s.offline(
                         uid, device, conn, reason, now, ring_version=v, tombstone=old is not None
@@ -292,10 +297,10 @@ class PresenceCluster:
                 return earlier
             if removed:  # the new owner had the mover's copy: the source goes quietly
                 gone = Presence(uid, device, "", conn)
-                await self._call(old, lambda s: s.release([gone], ring_version=v))
+                await self.call(old, lambda s: s.release([gone], ring_version=v))
                 return True
             return (
-                await self._call(
+                await self.call(
                     old, lambda s: s.offline(uid, device, conn, reason, now, ring_version=v)
                 )
                 or earlier
@@ -312,13 +317,13 @@ class PresenceCluster:
         async def op(r: Routing) -> bool:
             v, old = r.version, r.before(uid)
             new = r.ring.owner(uid)
-            if await self._call(
+            if await self.call(
                 new, lambda s: s.set_status(uid, device, conn, st, now, ring_version=v)
             ):
                 return True
             if old is None:
                 return False
-            return await self._call(
+            return await self.call(
                 old, lambda s: s.set_status(uid, device, conn, st, now, ring_version=v)
             )
 
@@ -354,7 +359,7 @@ class PresenceCluster:
 
     async def _locate_shard(self, sid: str, uids: list[str], version: int) -> Locations:
         try:
-            return await self._call(sid, lambda s: s.locate(uids, ring_version=version))
+            return await self.call(sid, lambda s: s.locate(uids, ring_version=version))
         except ShardUnavailable:
             return Locations(unknown=uids)
 
@@ -365,8 +370,8 @@ class PresenceCluster:
             v, old = r.version, r.before(uid)
             more: list[Presence] = []
             if old is not None:  # previous owner first (as in locate: no user missed)
-                more = await self._call(old, lambda s: s.who(uid, ring_version=v))
-            entries = await self._call(r.ring.owner(uid), lambda s: s.who(uid, ring_version=v))
+                more = await self.call(old, lambda s: s.who(uid, ring_version=v))
+            entries = await self.call(r.ring.owner(uid), lambda s: s.who(uid, ring_version=v))
             devices = {p.device for p in entries}
             return entries + [p for p in more if p.device not in devices]
 
@@ -379,15 +384,15 @@ class PresenceCluster:
         ids = list(self.shards)
 
         async def counters() -> list[dict[str, int]]:
-            return list(await asyncio.gather(*(self._call(s, _counters) for s in ids)))
+            return list(await asyncio.gather(*(self.call(s, _counters) for s in ids)))
 
         if not self.spec.migrating:
             return _sum(await counters())
         raw: list[dict[str, int]] = []
         for _ in range(COUNTS_TRIES):
-            before = await asyncio.gather(*(self._call(s, _move_epoch) for s in ids))
+            before = await asyncio.gather(*(self.call(s, _move_epoch) for s in ids))
             raw = await counters()
-            after = await asyncio.gather(*(self._call(s, _move_epoch) for s in ids))
+            after = await asyncio.gather(*(self.call(s, _move_epoch) for s in ids))
             if before == after and all(e % 2 == 0 for e in after):
                 return _sum(raw)
             await asyncio.sleep(COUNTS_PAUSE_S)
@@ -401,7 +406,7 @@ class PresenceCluster:
         now = self.clock()
         now_ms = int(now * 1000)
         parts = await asyncio.gather(
-            *(self._call(sid, lambda s: s.sweep(now_ms, limit, now)) for sid in list(self.shards))
+            *(self.call(sid, lambda s: s.sweep(now_ms, limit, now)) for sid in list(self.shards))
         )
         return [p for part in parts for p in part]
 
@@ -411,7 +416,7 @@ class PresenceCluster:
         async def drain(sid: str) -> int:
             total = 0
             for _ in range(max_batches):
-                removed = await self._call(sid, lambda s: s.evict_node(node, batch, self.clock()))
+                removed = await self.call(sid, lambda s: s.evict_node(node, batch, self.clock()))
                 total += removed
                 if removed == 0:
                     break
@@ -457,7 +462,7 @@ class PresenceCluster:
         an older ring is refused wherever it writes."""
         v = self._routing.version
         await asyncio.gather(
-            *(self._call(sid, lambda s: s.fence(v)) for sid in self._routing.shard_ids)
+            *(self.call(sid, lambda s: s.fence(v)) for sid in self._routing.shard_ids)
         )
 
     async def move_step(self, shard_id: str, cursor: str, limit: int) -> MoveStep:

@@ -6,13 +6,23 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from control.common.errors import BackendUnavailable
 from control.presence.model import PresenceEvent
+from control.presence.store import ShardStore
 
-if TYPE_CHECKING:
-    from control.presence.cluster import PresenceCluster
+
+class EventSource(Protocol):
+    """What following the events needs of the cluster (PresenceCluster is one)."""
+
+    @property
+    def shards(self) -> Mapping[str, ShardStore]: ...
+
+    async def event_positions(self) -> dict[str, str]: ...
+
+    def shards_changed(self) -> asyncio.Event: ...
+
 
 log = logging.getLogger(__name__)
 RETRY_FIRST_S, RETRY_MAX_S = 0.2, 5.0  # an unreachable shard's event reads
@@ -20,7 +30,7 @@ QUEUE_MAX = 10_000
 
 
 async def follow_events(
-    cluster: PresenceCluster,
+    cluster: EventSource,
     block_ms: int,
     start: str | Mapping[str, str],
     stop: asyncio.Event | None,
@@ -88,7 +98,7 @@ async def follow_events(
 
 
 def _retarget(
-    cluster: PresenceCluster,
+    cluster: EventSource,
     tasks: dict[str, asyncio.Task[None]],
     positions: dict[str, str],
     follow: Callable[[str], Coroutine[Any, Any, None]],
