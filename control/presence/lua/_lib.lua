@@ -33,8 +33,8 @@ end
 -- A user's entries, each a record list (a user has a handful of devices). A value that is
 -- not whole records (a hand edit, another version) reads as no entries, and a record
 -- that is not whole is left out: either is overwritten by the next save.
-local function entries(ukey)
-  local value = redis.call("GET", ukey)
+-- A user's entries from a value already read (entries(ukey) without the GET).
+local function entries_of(value)
   local list = {}
   if not value then return list end
   local p = split(value, SEP)
@@ -44,6 +44,10 @@ local function entries(ukey)
     if f then list[#list + 1] = f end
   end
   return list
+end
+
+local function entries(ukey)
+  return entries_of(redis.call("GET", ukey))
 end
 
 local function find(list, device)
@@ -141,18 +145,6 @@ end
 -- The mover's batches (adopt, exact release) take no record apart in the common case:
 -- the caller groups the entries by counter class, (node, region, platform), and names
 -- each entry's class, so counters and the node index need no parsing.
--- A user's entries from a value already read (entries(ukey) without the GET).
-local function entries_of(value)
-  local list = {}
-  if not value then return list end
-  local p = split(value, SEP)
-  if #p % 3 ~= 0 then return list end
-  for i = 1, #p - 2, 3 do
-    local f = from_parts(p[i], p[i + 1], p[i + 2])
-    if f then list[#list + 1] = f end
-  end
-  return list
-end
 
 -- The c classes from ARGV[at]: node, region, platform each. Returns them and the next
 -- argument's position.
