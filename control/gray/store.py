@@ -187,9 +187,9 @@ class ReleaseStore:
     async def create(self, release: Release, *, by: str, why: str = "") -> StoredRelease:
         """Store a new release; ReleaseExists when the name is taken."""
         self._check(release)
-        if await self._read(release.name) is not None:  # also finishes a pending delete
-            current = await self.kv.get(self.records.key(release.name))
-            raise ReleaseExists(release.name, 0 if current is None else current.mod_revision)
+        there = await self._read(release.name)  # also finishes a pending delete
+        if there is not None:
+            raise ReleaseExists(release.name, there.stored.revision)
         change = self._change(release.name, CREATE, 0, diff(None, release), by, why, None)
         ok, revision = await self.kv.compare_and_swap(
             self.records.key(release.name), self._encode(release, change), 0
