@@ -5,6 +5,8 @@ Everything lives under the cluster's prefix (``cluster.prefix``, default ``/imct
     <prefix>/nodes/<node_id>        NodeRecord JSON on the node's lease (registry)
     <prefix>/drain/<node_id>        DrainRequest JSON, written by the admin API
     <prefix>/gray/<name>            Release JSON, compare-and-swap on its revision
+    <prefix>/gray-audit/<name>/<rev>  one AuditRecord per change of the release, keyed by
+                                    the zero-padded revision of the write (keys sort by time)
     <prefix>/controller/leader      the presence controller's identity on its lease
     <prefix>/presence/ring          RingSpec JSON (the status cluster ring)
 
@@ -42,6 +44,10 @@ class Keys:
         return self.root + "/gray/"
 
     @property
+    def gray_audit(self) -> str:
+        return self.root + "/gray-audit/"
+
+    @property
     def controller(self) -> str:
         """The directory of the controller's election key."""
         return self.root + "/controller/"
@@ -59,6 +65,13 @@ class Keys:
     def release(self, name: str) -> str:
         return self.gray + name
 
+    def release_audit(self, name: str) -> str:
+        """The directory of one release's audit records (ends in ``/``)."""
+        return self.gray_audit + name + "/"
+
+    def audit(self, name: str, revision: int) -> str:
+        return self.release_audit(name) + audit_name(revision)
+
     @property
     def leader(self) -> str:
         """The presence controller's election key."""
@@ -71,3 +84,9 @@ class Keys:
 
 LEADER = "leader"  # the election key's name in ``controller/``
 RING = "ring"  # the ring spec's name in ``presence/``
+AUDIT_DIGITS = 20  # an etcd revision is an int64: 19 digits; zero-padded so keys sort by it
+
+
+def audit_name(revision: int) -> str:
+    """An audit record's name in its release's directory: the zero-padded revision."""
+    return f"{revision:0{AUDIT_DIGITS}d}"

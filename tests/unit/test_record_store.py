@@ -16,6 +16,7 @@ from control.common.election import LEADERS, Leader
 from control.common.keys import Keys
 from control.common.records import RecordType
 from control.common.registry import DRAIN_REQUESTS, NODE_RECORDS, DrainRequest, NodeRecord
+from control.gray.audit import ACTION_PATTERN, AUDITS, AuditRecord
 from control.gray.model import NAME_PATTERN, Exclude, Include, Release, Target, VersionRange
 from control.gray.store import RELEASES
 from control.presence.ring import MAX_WEIGHT, SHARD_ID_PATTERN, RingSpec, ShardSpec
@@ -46,6 +47,12 @@ SHARDS = st.lists(
     max_size=4,
     unique_by=(lambda s: s.id, lambda s: s.url or s.id),
 ).map(tuple)
+# Plain JSON data: what an audit record's changes and figures hold.
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | NUMBERS | TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
+    max_leaves=8,
+)
 RANGES = st.sampled_from([">=5.2,<6", "<5", "==6.1", "!=1.0.0.1", "7"]).map(VersionRange.parse)
 
 # Each record type with a strategy for EVERY field (test_strategies_vary_every_field holds
@@ -92,6 +99,17 @@ FIELDS: dict[type, dict[str, st.SearchStrategy[Any]]] = {
         "analysis": st.dictionaries(NAMES, st.integers() | TEXT, max_size=3),
         "state": st.sampled_from(["draft", "running", "paused", "promoted", "rolled_back"]),
     },
+    AuditRecord: {
+        "release": st.from_regex(NAME_PATTERN, fullmatch=True),
+        "action": st.from_regex(ACTION_PATTERN, fullmatch=True),
+        "revision": COUNTS,
+        "from_revision": COUNTS,
+        "at": NUMBERS,
+        "by": TEXT,
+        "why": TEXT,
+        "changes": st.dictionaries(NAMES, st.tuples(JSON, JSON), max_size=4),
+        "figures": st.dictionaries(NAMES, JSON, max_size=4),
+    },
     RingSpec: {
         "version": st.integers(min_value=1, max_value=10**9),
         "shards": SHARDS.filter(bool),
@@ -120,6 +138,7 @@ TYPES: list[tuple[type, RecordType[Any]]] = [
     (DrainRequest, DRAIN_REQUESTS),
     (Leader, LEADERS),
     (Release, RELEASES),
+    (AuditRecord, AUDITS),
     (RingSpec, RING_SPECS),
     (MoverControl, MOVER_CONTROLS),
     (MoverProgress, MOVER_PROGRESS),
@@ -186,6 +205,15 @@ def test_key_layout() -> None:
     assert keys.leader == "/imctl/controller/leader"
     assert keys.ring == "/imctl/presence/ring"
     assert all(d.endswith("/") for d in (keys.nodes, keys.drains, keys.gray))
+
+
+def test_audit_keys_sort_by_revision_apart_from_the_releases() -> None:
+    keys = Keys("/imctl")
+    assert keys.audit("r1", 42) == "/imctl/gray-audit/r1/00000000000000000042"
+    assert keys.audit("r1", 9) < keys.audit("r1", 10) < keys.audit("r1", 2**63 - 1)
+    assert keys.audit("r1", 1).startswith(keys.release_audit("r1"))
+    assert not keys.audit("r1-b", 1).startswith(keys.release_audit("r1"))
+    assert not keys.audit("r1", 1).startswith(keys.gray)
 
 
 def test_numbers_stay_numbers() -> None:
