@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from control.admin.auth import ADMIN, require, who
-from control.common.errors import NotJson, parse_json
+from control.common.errors import BadRequest, NotJson, parse_json
 from control.common.ops import Handler, json_error
 from control.common.records import to_data
 from control.common.schema import build
@@ -85,6 +85,8 @@ def answering(handler: Handler) -> Handler:
             return json_error(409, "exists", str(exc), revision=exc.current)
         except ReleaseMissing as exc:
             return json_error(404, "not_found", str(exc))
+        except BadRequest as exc:  # the store's own last check of what it is given
+            return json_error(400, "bad_request", str(exc), field=exc.field)
 
     return run
 

@@ -81,21 +81,21 @@ class ReleaseConflict(ImctlError):
     def __init__(self, name: str, expected: int, current: int) -> None:
         self.name, self.expected, self.current = name, expected, current
         super().__init__(
-            f"release {name} changed: it is at revision {current}, not {expected}; "
-            "read it again and retry"
+            f"release {name!r} is at revision {current}, not {expected}: "
+            "someone changed it since it was read; read it again and retry"
         )
 
 
 class ReleaseMissing(ImctlError):
     def __init__(self, name: str) -> None:
         self.name = name
-        super().__init__(f"no release {name}")
+        super().__init__(f"no release named {name!r}")
 
 
 class ReleaseExists(ImctlError):
     def __init__(self, name: str, current: int) -> None:
         self.name, self.current = name, current
-        super().__init__(f"release {name} exists (revision {current})")
+        super().__init__(f"release {name!r} already exists (revision {current}): use apply")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,6 @@
 """``imctl gray ...`` against the admin API's real gray routes on loopback, over the
-in-memory release store of tests/integration/test_gray_admin.py (re-point it at the real
-ReleaseStore with that file once gray-store is merged): output, exit codes, and what each
-verb wrote."""
+in-memory release store of tests/releases.py (its revisions count 1, 2, 3..., so the
+output is the same on every run): output, exit codes, and what each verb wrote."""
 
 from __future__ import annotations
 
@@ -20,7 +19,7 @@ from control.admin.gray import RELEASES
 from control.admin.routes import mount
 from control.cli import main
 from control.common.auth import Grant, TokenTable
-from tests.integration.test_gray_admin import MemoryReleaseStore
+from tests.releases import MemoryReleaseStore
 
 VIEWER, OPERATOR = "v" * 24, "o" * 24
 
@@ -151,7 +150,7 @@ def test_create_dry_run_then_create_list_and_status(
     code, out, err = gray(capsys, server, "create", "-f", path, "--reason", "ticket 7")
     assert (code, out) == (0, "created: release canary running at 10% (revision 1)\n"), err
     code, out, _ = gray(capsys, server, "create", "-f", path)
-    assert code == 1 and "HTTP 409" in _ and "exists (revision 1)" in _
+    assert code == 1 and "HTTP 409" in _ and "already exists (revision 1)" in _
 
     code, out, _ = gray(capsys, server, "list")
     assert out == (
@@ -206,7 +205,7 @@ def test_the_verbs_their_history_and_delete(
     assert (code, out) == (0, "release canary deleted (it was at revision 6)\n"), err
     assert store.audit[-1].why == "done" and store.stored == {}
     code, out, err = gray(capsys, server, "status", "canary")
-    assert code == 1 and "HTTP 404" in err and "no release canary" in err
+    assert code == 1 and "HTTP 404" in err and "no release named 'canary'" in err
 
 
 def test_apply_dry_run_then_apply_and_a_stale_revision(

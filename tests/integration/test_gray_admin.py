@@ -2,16 +2,15 @@
 malformed bodies, unknown releases, lost races (409 naming the current revision), the verbs'
 state rules as HTTP answers, dry runs that write nothing, and the audit each change leaves.
 
-Until the gray-store branch is merged, the routes run over ``MemoryReleaseStore`` below (the
-contract's interface, in memory): after the merge, re-point the ``store`` fixture at the
-real ``ReleaseStore(EmbeddedKV(), PREFIX)`` (and drop ``app[RELEASES]``); every assertion
-holds for any store that keeps the contract.
+The tests touch the store only through the contract's interface (create, change, list,
+history), so they hold for any store that keeps it. Until the gray-store branch is merged
+the ``store`` fixture is ``tests.releases.MemoryReleaseStore`` (the contract, in memory); after the
+merge, re-point that one fixture at ``ReleaseStore(EmbeddedKV(), PREFIX)``.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -22,18 +21,10 @@ from control.admin.config import AdminConfig
 from control.admin.gray import RELEASES
 from control.admin.routes import mount
 from control.common.auth import Grant, TokenTable
-from control.common.records import to_data
 from control.common.schema import build
 from control.gray.model import Release
-from control.gray.store import (
-    AuditRecord,
-    ReleaseConflict,
-    ReleaseExists,
-    ReleaseMissing,
-    ReleaseStore,
-    StoredRelease,
-)
-from control.gray.verbs import diff
+from control.gray.store import AuditRecord, ReleaseStore, StoredRelease
+from tests.releases import MemoryReleaseStore
 
 PREFIX = "/t-gray"
 VIEWER, OPERATOR = "v" * 24, "o" * 24
@@ -44,84 +35,6 @@ CANARY = {
     "percent": 10,
     "steps": [1, 10, 25, 50, 100],
 }
-
-
-class MemoryReleaseStore(ReleaseStore):
-    """The release store's contract in memory: one revision counter, CAS on it, an audit
-    record per change. ``before_write`` runs between a caller's read and its write (races)."""
-
-    def __init__(self) -> None:
-        self.stored: dict[str, StoredRelease] = {}
-        self.audit: list[AuditRecord] = []
-        self.counter = 0
-        self.before_write: Callable[[], None] | None = None
-
-    def _record(
-        self, name: str, action: str, revision: int, was: int, changes: Any, by: str, why: str,
-        figures: Mapping[str, Any] | None = None,
-    ) -> None:  # fmt: skip
-        self.audit.append(
-            AuditRecord(name, action, revision, was, time.time(), by, why, changes, figures or {})
-        )
-
-    def _raced(self) -> None:
-        if self.before_write is not None:
-            hook, self.before_write = self.before_write, None
-            hook()
-
-    def put(self, release: Release) -> StoredRelease:
-        self.counter += 1
-        self.stored[release.name] = StoredRelease(release, self.counter)
-        return self.stored[release.name]
-
-    async def get(self, name: str) -> StoredRelease | None:
-        return self.stored.get(name)
-
-    async def list(self) -> list[StoredRelease]:
-        return [self.stored[n] for n in sorted(self.stored)]
-
-    async def create(self, release: Release, *, by: str, why: str = "") -> StoredRelease:
-        self._raced()
-        if release.name in self.stored:
-            raise ReleaseExists(release.name, self.stored[release.name].revision)
-        stored = self.put(release)
-        self._record(release.name, "create", stored.revision, 0, diff(None, release), by, why)
-        return stored
-
-    async def change(
-        self,
-        name: str,
-        expected: int,
-        new: Release,
-        *,
-        action: str,
-        by: str,
-        why: str = "",
-        figures: Mapping[str, Any] | None = None,
-    ) -> StoredRelease:
-        self._raced()
-        current = self.stored.get(name)
-        if current is None:
-            raise ReleaseMissing(name)
-        if current.revision != expected:
-            raise ReleaseConflict(name, expected, current.revision)
-        stored = self.put(new)
-        changes = diff(current.release, new)
-        self._record(name, action, stored.revision, expected, changes, by, why, figures)
-        return stored
-
-    async def delete(self, name: str, expected: int, *, by: str, why: str = "") -> None:
-        self._raced()
-        current = self.stored.get(name)
-        if current is None:
-            raise ReleaseMissing(name)
-        if current.revision != expected:
-            raise ReleaseConflict(name, expected, current.revision)
-        del self.stored[name]
-        self._record(name, "delete", 0, expected, diff(current.release, None), by, why)
-
-    async def history(self, name: str, limit: int = 100) -> list[AuditRecord]:
-        return [r for r in self.audit if r.release == name][-limit:]
 
 
 def as_viewer() -> dict[str, str]:
@@ -140,12 +53,14 @@ def parse(data: Any) -> Release:
 
 
 @pytest.fixture
-def store() -> MemoryReleaseStore:
+def store() -> ReleaseStore:
+    # After gray-store's merge: ReleaseStore(EmbeddedKV(), PREFIX) (connected, and closed
+    # after the test); nothing else here changes.
     return MemoryReleaseStore()
 
 
 @pytest.fixture
-async def client(store: MemoryReleaseStore, aiohttp_client: ClientMaker) -> TestClient[Any, Any]:
+async def client(store: ReleaseStore, aiohttp_client: ClientMaker) -> TestClient[Any, Any]:
     grants = TokenTable((Grant("ops", VIEWER, "viewer"), Grant("sre", OPERATOR, "operator")))
     app = web.Application()
     mount(AdminConfig("test", PREFIX, frozenset(), 1, grants))(app)
@@ -161,8 +76,32 @@ async def call(
     return resp.status, await resp.json()
 
 
-def snapshot(store: MemoryReleaseStore) -> tuple[Any, ...]:
-    return dict(store.stored), list(store.audit), store.counter
+async def seed(store: ReleaseStore, data: Any = CANARY) -> StoredRelease:
+    """Write a release as someone else would, through the contract."""
+    release = parse(data)
+    current = await store.get(release.name)
+    if current is None:
+        return await store.create(release, by="seed")
+    return await store.change(release.name, current.revision, release, action="apply", by="seed")
+
+
+async def snapshot(store: ReleaseStore) -> tuple[Any, ...]:
+    """Everything stored: the releases with their revisions, and their audit trails."""
+    stored = [(s.release, s.revision) for s in await store.list()]
+    return stored, [await store.history(n) for n in ("canary", "other", "ghost")]
+
+
+async def last(store: ReleaseStore, name: str = "canary") -> AuditRecord:
+    return (await store.history(name))[-1]
+
+
+async def percent(store: ReleaseStore, name: str = "canary") -> float:
+    stored = await store.get(name)
+    assert stored is not None
+    return stored.release.percent
+
+
+EMPTY: tuple[Any, ...] = ([], [[], [], []])
 
 
 # Every route that changes something, with a body it would accept.
@@ -181,10 +120,10 @@ READS = ["/v1/gray/releases", "/v1/gray/releases/canary", "/v1/gray/releases/can
 
 
 async def test_every_route_needs_a_token_and_changes_need_an_operator(
-    client: TestClient[Any, Any], store: MemoryReleaseStore
+    client: TestClient[Any, Any], store: ReleaseStore
 ) -> None:
-    store.put(parse(CANARY))
-    before = snapshot(store)
+    await seed(store)
+    before = await snapshot(store)
     for path in READS:
         assert (await call(client, "GET", path, headers={}))[0] == 401, path
         assert (await call(client, "GET", path, headers=as_viewer()))[0] == 200, path
@@ -193,7 +132,7 @@ async def test_every_route_needs_a_token_and_changes_need_an_operator(
         assert (status, answer["error"]) == (401, "unauthorized"), (path, answer)
         status, answer = await call(client, method, path, body, headers=as_viewer())
         assert (status, answer["error"]) == (403, "forbidden"), (path, answer)
-    assert snapshot(store) == before
+    assert await snapshot(store) == before
 
 
 @pytest.mark.parametrize(
@@ -208,10 +147,10 @@ async def test_every_route_needs_a_token_and_changes_need_an_operator(
     ],
 )
 async def test_malformed_bodies_are_400_and_change_nothing(
-    client: TestClient[Any, Any], store: MemoryReleaseStore, raw: bytes, problem: str
+    client: TestClient[Any, Any], store: ReleaseStore, raw: bytes, problem: str
 ) -> None:
-    store.put(parse(CANARY))
-    before = snapshot(store)
+    await seed(store)
+    before = await snapshot(store)
     for method, path, _ in CHANGES[1:]:  # create's body is a release: tested below
         resp = await client.request(
             method, path, data=raw, headers={**as_operator(), "Content-Type": "application/json"}
@@ -219,11 +158,11 @@ async def test_malformed_bodies_are_400_and_change_nothing(
         answer = await resp.json()
         assert resp.status == 400 and answer["error"] == "bad_request", (path, answer)
         assert problem in answer["message"], (path, answer)
-    assert snapshot(store) == before
+    assert await snapshot(store) == before
 
 
 async def test_create_lists_every_problem_at_once(
-    client: TestClient[Any, Any], store: MemoryReleaseStore
+    client: TestClient[Any, Any], store: ReleaseStore
 ) -> None:
     bad = {"name": "Bad Name", "target": {}, "percent": 120, "steps": [50, 5], "colour": 1}
     status, answer = await call(client, "POST", "/v1/gray/releases", bad)
@@ -235,18 +174,19 @@ async def test_create_lists_every_problem_at_once(
     for body in (b"{not json", b"[1]"):
         resp = await client.post("/v1/gray/releases", data=body, headers=as_operator())
         assert resp.status == 400, await resp.text()
-    assert snapshot(store) == ({}, [], 0)
+    assert await snapshot(store) == EMPTY
 
 
 async def test_create_then_read_list_status_and_history(
-    client: TestClient[Any, Any], store: MemoryReleaseStore
+    client: TestClient[Any, Any], store: ReleaseStore
 ) -> None:
     status, answer = await call(
         client, "POST", "/v1/gray/releases", {"release": CANARY, "reason": "ticket 7"}
     )
-    assert status == 201 and answer["revision"] == 1 and answer["release"]["percent"] == 10.0
+    assert status == 201 and answer["release"]["percent"] == 10.0
+    first = answer["revision"]
     status, again = await call(client, "POST", "/v1/gray/releases", CANARY)
-    assert (status, again["error"], again["revision"]) == (409, "exists", 1)
+    assert (status, again["error"], again["revision"]) == (409, "exists", first)
 
     status, listed = await call(client, "GET", "/v1/gray/releases", headers=as_viewer())
     assert listed == {
@@ -256,80 +196,83 @@ async def test_create_then_read_list_status_and_history(
                 "state": "running",
                 "percent": 10.0,
                 "target": {"pool": "canary"},
-                "revision": 1,
+                "revision": first,
             }
         ]
     }
     status, shown = await call(client, "GET", "/v1/gray/releases/canary", headers=as_viewer())
-    assert status == 200 and shown["state"] == "running" and shown["revision"] == 1
+    assert status == 200 and shown["state"] == "running" and shown["revision"] == first
     assert shown["step"] == {"at": 2, "of": 5, "next": 25.0}
     status, history = await call(client, "GET", "/v1/gray/releases/canary/history")
     (record,) = history["history"]
     assert (record["action"], record["by"], record["why"]) == ("create", "sre", "ticket 7")
-    assert record["from_revision"] == 0 and record["revision"] == 1
+    assert record["from_revision"] == 0 and record["revision"] == first
 
 
 async def test_dry_runs_show_the_diff_and_who_moves_and_write_nothing(
-    client: TestClient[Any, Any], store: MemoryReleaseStore
+    client: TestClient[Any, Any], store: ReleaseStore
 ) -> None:
     status, answer = await call(client, "POST", "/v1/gray/releases?dry_run=1", CANARY)
     assert status == 200 and answer["dry_run"] is True, answer
     assert answer["diff"]["percent"] == [None, 10.0]
     assert answer["moves"]["sample"] == 10_000 and answer["moves"]["out_of"] == 0
     assert 0.09 <= answer["moves"]["share"] <= 0.11, answer["moves"]
-    assert snapshot(store) == ({}, [], 0)
+    assert await snapshot(store) == EMPTY
 
-    store.put(parse(CANARY))
-    before = snapshot(store)
+    await seed(store)
+    before = await snapshot(store)
     body = {"release": {**CANARY, "percent": 25}}
     status, answer = await call(client, "PUT", "/v1/gray/releases/canary?dry_run=1", body)
     assert status == 200 and answer["diff"] == {"percent": [10.0, 25.0]}, answer
     assert answer["moves"]["out_of"] == 0 and 0.14 <= answer["moves"]["share"] <= 0.16
-    assert snapshot(store) == before
+    assert await snapshot(store) == before
     status, answer = await call(client, "PUT", "/v1/gray/releases/canary?dry_run=maybe", body)
     assert status == 400 and "dry_run" in answer["message"]
 
 
 async def test_the_verbs_walk_a_release_to_its_end(
-    client: TestClient[Any, Any], store: MemoryReleaseStore
+    client: TestClient[Any, Any], store: ReleaseStore
 ) -> None:
-    store.put(parse(CANARY))
+    seeded = await seed(store)
     base = "/v1/gray/releases/canary"
     status, answer = await call(client, "POST", f"{base}/step", {"reason": "green"})
-    assert status == 200 and answer["release"]["percent"] == 25.0 and answer["revision"] == 2
+    assert status == 200 and answer["release"]["percent"] == 25.0
+    assert answer["revision"] > seeded.revision
     status, answer = await call(client, "POST", f"{base}/set-percent", {"percent": 30.5})
     assert answer["release"]["percent"] == 30.5
     status, answer = await call(client, "POST", f"{base}/pause")
     assert answer["release"]["state"] == "paused" and answer["changed"] is True
     # Pausing again changes nothing, and writes nothing.
-    count = len(store.audit)
+    count = len(await store.history("canary"))
     status, answer = await call(client, "POST", f"{base}/pause")
-    assert (status, answer["changed"], len(store.audit)) == (200, False, count)
+    assert (status, answer["changed"]) == (200, False)
+    assert len(await store.history("canary")) == count
     status, answer = await call(client, "POST", f"{base}/resume")
     assert answer["release"]["state"] == "running"
     status, answer = await call(client, "POST", f"{base}/rollback", {"over_s": 30})
     assert answer["release"]["state"] == "rolled_back" and answer["release"]["percent"] == 0.0
-    last = store.audit[-1]
-    assert (last.action, dict(last.figures), last.by) == ("rollback", {"over_s": 30.0}, "sre")
-    assert last.changes["state"] == ("running", "rolled_back")
-    ended = snapshot(store)
+    record = await last(store)
+    assert (record.action, dict(record.figures), record.by) == ("rollback", {"over_s": 30.0}, "sre")
+    assert tuple(record.changes["state"]) == ("running", "rolled_back")
+    revision = answer["revision"]
+    ended = await snapshot(store)
     for method, path, body in CHANGES[1:-1]:
         status, answer = await call(client, method, path, body)
         assert (status, answer["error"]) == (409, "release_ended"), (path, answer)
         assert answer["state"] == "rolled_back" and "rolled_back" in answer["message"]
-    assert snapshot(store) == ended
+    assert await snapshot(store) == ended
     status, answer = await call(client, "DELETE", base, {"reason": "done"})
-    assert status == 200 and answer == {"deleted": "canary", "revision": ended[2]}
-    assert store.stored == {} and store.audit[-1].action == "delete"
+    assert status == 200 and answer == {"deleted": "canary", "revision": revision}
+    assert await store.list() == [] and (await last(store)).action == "delete"
     status, history = await call(client, "GET", f"{base}/history?limit=2")
     assert [r["action"] for r in history["history"]] == ["rollback", "delete"]
 
 
 async def test_verb_refusals_are_clear_and_write_nothing(
-    client: TestClient[Any, Any], store: MemoryReleaseStore
+    client: TestClient[Any, Any], store: ReleaseStore
 ) -> None:
-    store.put(parse({**CANARY, "percent": 100}))
-    before = snapshot(store)
+    await seed(store, {**CANARY, "percent": 100})
+    before = await snapshot(store)
     base = "/v1/gray/releases/canary"
     cases = [
         (f"{base}/step", {}, 400, "no step above"),
@@ -345,7 +288,7 @@ async def test_verb_refusals_are_clear_and_write_nothing(
         assert status == code and text in answer["message"], (path, answer)
     status, answer = await call(client, "GET", f"{base}/history?limit=0")
     assert status == 400
-    assert snapshot(store) == before
+    assert await snapshot(store) == before
 
 
 async def test_an_unknown_release_is_404_everywhere(client: TestClient[Any, Any]) -> None:
@@ -360,41 +303,56 @@ async def test_an_unknown_release_is_404_everywhere(client: TestClient[Any, Any]
 
 
 async def test_a_stale_revision_or_a_lost_race_is_a_409_naming_the_current_one(
-    client: TestClient[Any, Any], store: MemoryReleaseStore
+    client: TestClient[Any, Any], store: ReleaseStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first = store.put(parse(CANARY))
-    second = store.put(parse({**CANARY, "percent": 20}))
+    first = await seed(store)
+    second = await seed(store, {**CANARY, "percent": 20})
     base = "/v1/gray/releases/canary"
-    before = snapshot(store)
+    before = await snapshot(store)
     for method, path, body in CHANGES[1:-1]:
         status, answer = await call(client, method, path, {**body, "revision": first.revision})
         assert (status, answer["error"]) == (409, "conflict"), (path, answer)
         assert answer["revision"] == second.revision and str(second.revision) in answer["message"]
     status, answer = await call(client, "DELETE", f"{base}?revision={first.revision}")
     assert (status, answer["revision"]) == (409, second.revision)
-    assert snapshot(store) == before
+    assert await snapshot(store) == before
 
     # Another operator writes between this request's read and its write.
-    def other_operator() -> None:
-        store.put(parse({**CANARY, "percent": 50}))
+    write = store.change
+    raced: list[StoredRelease] = []
 
-    store.before_write = other_operator
+    async def after_another(*args: Any, **kw: Any) -> StoredRelease:
+        if not raced:
+            other = parse({**CANARY, "percent": 50})
+            read = await store.get("canary")
+            assert read is not None
+            raced.append(await write("canary", read.revision, other, action="apply", by="seed"))
+        return await write(*args, **kw)
+
+    monkeypatch.setattr(store, "change", after_another)
     status, answer = await call(client, "POST", f"{base}/set-percent", {"percent": 30})
-    assert (status, answer["error"], answer["revision"]) == (409, "conflict", second.revision + 1)
-    assert store.stored["canary"].release.percent == 50.0 and store.audit == []
+    assert (status, answer["error"], answer["revision"]) == (409, "conflict", raced[0].revision)
+    assert await percent(store) == 50.0
+    assert [r.by for r in await store.history("canary")] == ["seed"] * 3  # no "sre"
 
 
 async def test_apply_replaces_rules_but_never_ends_or_renames(
-    client: TestClient[Any, Any], store: MemoryReleaseStore
+    client: TestClient[Any, Any], store: ReleaseStore
 ) -> None:
-    store.put(parse(CANARY))
+    seeded = await seed(store)
     base = "/v1/gray/releases/canary"
     # The name may be left out: the URL names the release.
     body = {"release": {k: v for k, v in CANARY.items() if k != "name"} | {"percent": 5}}
-    status, answer = await call(client, "PUT", base, {**body, "revision": 1, "reason": "slow"})
-    assert status == 200 and answer["release"]["percent"] == 5.0 and answer["revision"] == 2
-    assert store.audit[-1].changes == {"percent": (10.0, 5.0)} and store.audit[-1].why == "slow"
-    before = snapshot(store)
+    revision = seeded.revision
+    status, answer = await call(
+        client, "PUT", base, {**body, "revision": revision, "reason": "slow"}
+    )
+    assert status == 200 and answer["release"]["percent"] == 5.0
+    assert answer["revision"] > revision
+    record = await last(store)
+    assert {k: tuple(v) for k, v in record.changes.items()} == {"percent": (10.0, 5.0)}
+    assert (record.why, record.by, record.action) == ("slow", "sre", "apply")
+    before = await snapshot(store)
     for release, text in (
         ({**CANARY, "state": "promoted"}, "imctl gray promote"),
         ({**CANARY, "name": "other"}, "names do not change"),
@@ -404,5 +362,5 @@ async def test_apply_replaces_rules_but_never_ends_or_renames(
         assert status == 400 and text in answer["message"], answer
     status, answer = await call(client, "PUT", base, {})
     assert status == 400 and answer["message"] == "release: required"
-    assert snapshot(store) == before
-    assert to_data(store.stored["canary"].release)["percent"] == 5.0
+    assert await snapshot(store) == before
+    assert await percent(store) == 5.0
