@@ -9,6 +9,7 @@ from aiohttp import web
 from control.admin.auth import ADMIN
 from control.admin.config import AdminConfig
 from control.admin.explain import explain_endpoint
+from control.admin.gray import add_gray_routes
 from control.admin.nodes import drain_node, nodes_handler, undrain_node
 from control.admin.presence import presence_count, presence_events, presence_lookup, presence_who
 from control.admin.ring import add_ring_routes
@@ -27,6 +28,7 @@ def mount(config: AdminConfig) -> Callable[[web.Application], None]:
         app.router.add_get("/v1/presence/events", presence_events)
         app.router.add_post("/v1/presence/lookup", presence_lookup)
         add_ring_routes(app)
+        add_gray_routes(app)
         app.router.add_get("/v1/presence/{uid}", presence_who)
 
     return add_routes

@@ -24,10 +24,13 @@ _ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 class AdminError(Exception):
     """A call that failed; ``str()`` is the one line to print (after ``imctl: ``)."""
 
-    def __init__(self, url: str, line: str, status: int | None = None) -> None:
+    def __init__(
+        self, url: str, line: str, status: int | None = None, answer: Answer = None
+    ) -> None:
         super().__init__(line)
         self.url = url
         self.status = status  # None: the server was not reached
+        self.answer = answer  # the server's JSON error (its "problems", a "revision"...)
 
 
 class EventStream(NamedTuple):
@@ -75,7 +78,7 @@ class AdminClient:
             raise AdminError(url, f"cannot reach {url}: {exc}") from None
         if not 200 <= status < 300:
             message = data.get("message", data) if isinstance(data, dict) else data
-            raise AdminError(url, f"{url}: HTTP {status}: {message}", status)
+            raise AdminError(url, f"{url}: HTTP {status}: {message}", status, data)
         return data
 
     def get(self, path: str) -> Answer:
@@ -128,6 +131,41 @@ class AdminClient:
     def ring_throttle(self, users_per_s: float) -> Answer:
         return self.call("PUT", "/v1/ring/throttle", {"users_per_s": users_per_s})
 
+    def gray_list(self) -> Answer:
+        return self.get("/v1/gray/releases")
+
+    def gray_status(self, name: str) -> Answer:
+        return self.get(_release_path(name))
+
+    def gray_history(self, name: str, limit: int) -> Answer:
+        return self.get(f"{_release_path(name)}/history?limit={limit}")
+
+    def gray_create(self, release: Any, dry_run: bool, reason: str | None) -> Answer:
+        body = {"release": release, **({"reason": reason} if reason else {})}
+        return self.call("POST", "/v1/gray/releases" + _dry(dry_run), body)
+
+    def gray_apply(
+        self, name: str, release: Any, dry_run: bool, reason: str | None, revision: int | None
+    ) -> Answer:
+        body = {"release": release, **_change_args(reason, revision)}
+        return self.call("PUT", _release_path(name) + _dry(dry_run), body)
+
+    def gray_verb(
+        self,
+        name: str,
+        verb: str,
+        args: Mapping[str, Any],
+        reason: str | None,
+        revision: int | None,
+    ) -> Answer:
+        body = {**args, **_change_args(reason, revision)}
+        return self.call("POST", f"{_release_path(name)}/{quote(verb, safe='')}", body)
+
+    def gray_delete(self, name: str, reason: str | None, revision: int | None) -> Answer:
+        query = f"?revision={revision}" if revision is not None else ""
+        body = {"reason": reason} if reason else None
+        return self.call("DELETE", _release_path(name) + query, body)
+
     @asynccontextmanager
     async def events(self, uid: str | None, count: int | None) -> AsyncIterator[EventStream]:
         """A tail of presence events; AdminError when it cannot start or breaks off."""
@@ -148,6 +186,22 @@ class AdminClient:
                 yield EventStream(url, resp.content.__aiter__())
         except _ERRORS as exc:
             raise AdminError(url, f"cannot reach {url}: {exc}") from None
+
+
+def _release_path(name: str) -> str:
+    return f"/v1/gray/releases/{quote(name, safe='')}"
+
+
+def _dry(dry_run: bool) -> str:
+    return "?dry_run=1" if dry_run else ""
+
+
+def _change_args(reason: str | None, revision: int | None) -> dict[str, Any]:
+    """What every gray change may carry: the operator's reason, the revision it read."""
+    out: dict[str, Any] = {"reason": reason} if reason else {}
+    if revision is not None:
+        out["revision"] = revision
+    return out
 
 
 def _stream_message(text: str) -> object:

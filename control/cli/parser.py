@@ -12,6 +12,22 @@ from control.cli.config_check import cmd_config_check
 from control.cli.connect import cmd_connect
 from control.cli.context import EXIT_USAGE
 from control.cli.explain import cmd_explain
+from control.cli.gray import (
+    cmd_gray_apply,
+    cmd_gray_create,
+    cmd_gray_delete,
+    cmd_gray_history,
+    cmd_gray_list,
+    cmd_gray_pause,
+    cmd_gray_promote,
+    cmd_gray_resume,
+    cmd_gray_rollback,
+    cmd_gray_set_percent,
+    cmd_gray_status,
+    cmd_gray_step,
+    history_limit,
+    revision_number,
+)
 from control.cli.nodes import cmd_drain, cmd_nodes, cmd_undrain
 from control.cli.presence import cmd_presence_count, cmd_presence_events, cmd_presence_who
 from control.cli.processes import cmd_access, cmd_controller, cmd_scheduler, cmd_up
@@ -109,6 +125,101 @@ def _ring_parsers(presence: Any) -> None:
     p.add_argument("users_per_s", metavar="USERS_PER_S", type=float)
     p.set_defaults(func=cmd_ring_throttle)
     for action in rsub.choices.values():
+        _admin_args(action)
+
+
+def _change_args(p: argparse.ArgumentParser) -> None:
+    """What every gray change takes: why (kept in the audit), and the revision it is for."""
+    p.add_argument("--reason", help="why, kept in the release's history")
+    p.add_argument(
+        "--revision",
+        type=revision_number,
+        help="change only if the release is still at this revision (else: conflict)",
+    )
+
+
+def _gray_parsers(sub: Any) -> None:
+    """``imctl gray ACTION``, each with --server, --token and --output."""
+    g = sub.add_parser(
+        "gray",
+        help="gray releases: create, step, pause, promote, roll back",
+        description="Gray releases of access-node versions, through the admin API: every "
+        "change is a compare-and-swap on the release's revision and leaves a history record.",
+    )
+    gsub = g.add_subparsers(dest="gray_command", metavar="ACTION", parser_class=_Parser)
+    gsub.required = True
+    for name, func, text in (
+        ("create", cmd_gray_create, "create the release a file holds"),
+        ("apply", cmd_gray_apply, "replace a release's rules with the file's"),
+    ):
+        p = gsub.add_parser(
+            name,
+            help=text,
+            description=text[0].upper() + text[1:] + " (YAML or JSON, one release in the "
+            "shape of an entry of gray.releases); every problem is listed at once.",
+        )
+        p.add_argument("-f", "--file", required=True, help="the release file (-: stdin)")
+        p.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="show the diff and the share of users that would move; write nothing",
+        )
+        p.add_argument("--reason", help="why, kept in the release's history")
+        if name == "apply":
+            p.add_argument("--revision", type=revision_number, help="apply only over this revision")
+        p.set_defaults(func=func)
+    p = gsub.add_parser("list", help="every release", description="Every release, by name.")
+    p.set_defaults(func=cmd_gray_list)
+    p = gsub.add_parser(
+        "status", help="one release", description="NAME's rules, percent, step and state."
+    )
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(func=cmd_gray_status)
+    p = gsub.add_parser(
+        "set-percent",
+        help="set the share of matching users",
+        description="Set NAME's percent to P (0-100, 0.01 steps). Raising it only adds "
+        "users; lowering it takes users out.",
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("percent", metavar="P", type=float)
+    _change_args(p)
+    p.set_defaults(func=cmd_gray_set_percent)
+    for name, func, text in (
+        ("step", cmd_gray_step, "raise the percent to the next of the release's steps"),
+        ("pause", cmd_gray_pause, "hold a running release (it keeps routing its users)"),
+        ("resume", cmd_gray_resume, "run a paused release again"),
+        ("promote", cmd_gray_promote, "set 100% and end the release as promoted"),
+    ):
+        p = gsub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        p.add_argument("name", metavar="NAME")
+        _change_args(p)
+        p.set_defaults(func=func)
+    p = gsub.add_parser(
+        "rollback",
+        help="take every user out of the release and end it",
+        description="Set NAME to 0% and end it (rolled_back); --over is how long its "
+        "connections get to leave the canary nodes.",
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--over", type=parse_duration, default=60.0, help="60s, 2m... (default 60s)")
+    _change_args(p)
+    p.set_defaults(func=cmd_gray_rollback)
+    p = gsub.add_parser(
+        "history",
+        help="who changed a release, when and why",
+        description="NAME's changes, oldest first: action, revisions, who, what, why.",
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--limit", type=history_limit, default=100, help="the last N (default 100)")
+    p.set_defaults(func=cmd_gray_history)
+    p = gsub.add_parser(
+        "delete", help="delete a release", description="Delete NAME (ended or not)."
+    )
+    p.add_argument("name", metavar="NAME")
+    _change_args(p)
+    p.set_defaults(func=cmd_gray_delete)
+    for action in gsub.choices.values():
         _admin_args(action)
 
 
@@ -227,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     _admin_args(e)
     e.set_defaults(func=cmd_presence_events)
     _ring_parsers(psub)
+
+    _gray_parsers(sub)
 
     p = sub.add_parser(
         "explain",

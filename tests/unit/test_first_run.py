@@ -85,6 +85,18 @@ VERBS = [
     ["explain", "--uid", "alice", "--platform", "ios", "--version", "1.0.0"],
     ["connect", "--uid", "alice"],
     ["config", "check", "x.yaml"],
+    ["gray", "create", "-f", "r.yaml", "--dry-run"],
+    ["gray", "apply", "-f", "r.yaml"],
+    ["gray", "list"],
+    ["gray", "status", "canary"],
+    ["gray", "set-percent", "canary", "25"],
+    ["gray", "step", "canary"],
+    ["gray", "pause", "canary"],
+    ["gray", "resume", "canary"],
+    ["gray", "promote", "canary"],
+    ["gray", "rollback", "canary", "--over", "30s"],
+    ["gray", "history", "canary"],
+    ["gray", "delete", "canary"],
 ]
 
 
