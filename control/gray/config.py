@@ -11,6 +11,15 @@ from control.gray.model import Release
 @dataclass(frozen=True)
 class GraySettings:
     releases: tuple[Release, ...] = setting((), "releases from config (the store adds more)")
+    prometheus_url: str = setting(
+        "",
+        "canary analysis reads a Prometheus server's HTTP API here (empty: the nodes' own "
+        "/metrics)",
+        pattern=r"(https?://\S+)?",
+    )
+    step_tick_s: float = setting(
+        5.0, "how often the leader controller looks at running step plans", gt=0, le=600
+    )
 
     def check(self, path: str) -> list[str]:
         names = [r.name for r in self.releases]

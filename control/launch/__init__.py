@@ -36,6 +36,7 @@ from control.common.tasks import Supervisor
 from control.launch.banner import banner as banner
 from control.launch.banner import banner_data as banner_data
 from control.launch.banner import imctl_command as imctl_command
+from control.launch.gray import attach_stepper
 from control.launch.ring import RingWiring, ring_mover, ring_spec
 from control.presence.cluster import PresenceCluster
 from control.presence.controller import Controller
@@ -382,6 +383,7 @@ def controller_part(
     controller = _controller(settings, b.kv, b.presence)
     app = controller_app(controller, metrics_readers=settings.admin.metrics_readers())
     b.attach(app)
+    attach_stepper(app, settings, b.kv, controller.supervisor, lambda: controller.election.leader)
     c = settings.controller
     return Part(
         "controller",
