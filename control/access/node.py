@@ -18,6 +18,7 @@ from control.access import protocol
 from control.access.config import NodeConfig
 from control.access.core import CoreContext, MessageCore, load_core
 from control.access.drain import DrainOrders, drain_schedule, follow
+from control.access.follow import ReleaseFollower
 from control.access.heartbeat import HeartbeatBatch
 from control.access.internal import InternalEndpoint, Pusher
 from control.access.metrics import AccessMetrics
@@ -34,6 +35,9 @@ from control.common.registry import (
     drain_requests,
 )
 from control.common.tasks import Supervisor, pause
+from control.gray.model import Release, Version
+from control.gray.store import GrayStore
+from control.gray.track import MoveReason, NodeTrack
 from control.presence.cluster import PresenceCluster
 from control.presence.model import Presence
 
@@ -101,6 +105,21 @@ class AccessNode:
             self.undrain,
         )
         self.drain_mirror: PrefixMirror[DrainRequest] | None = None
+        self.follower = ReleaseFollower(
+            NodeTrack(self.cfg.pool, self.cfg.version),
+            config.releases,
+            lambda: list(self.sessions.values()),
+            window_s=self.access.drain_s,
+            max_rate=self.access.drain_max_rate,
+            grace_s=self.access.reconnect_grace_s,
+            tell=self.tell_reconnect,
+            close=self._close_reconnect,
+            retire=lambda release: self.start_drain(self.access.drain_s, "promote"),
+            spawn=self.supervisor.errand,
+            clock=clock,
+            active=lambda: self.state == "up",
+        )
+        self.release_mirror: PrefixMirror[Release] | None = None
         self._drain_task: asyncio.Task[Any] | None = None
         self.drains = 0  # drains started, for any reason
         self._stopping = False
@@ -199,17 +218,27 @@ class AccessNode:
             "%s: draining %d connections over %.0fs (%s)", self.id, len(sessions), over_s, reason
         )
 
+        moved: MoveReason = "promote" if reason == "promote" else "drain"
+
         async def tell(session: Session, jitter_s: float) -> bool:
-            if session.conn not in self.sessions:
-                return False
-            await session.send(protocol.reconnect(round(jitter_s * 1000), reason))
-            return True
+            return await self.tell_reconnect(session, jitter_s, moved)
 
-        async def close(session: Session) -> None:
-            await session.close(protocol.CLOSE_RECONNECT, "reconnect")
-
-        await follow(plan, tell, close, self.access.reconnect_grace_s, self.clock)
+        await follow(plan, tell, self._close_reconnect, self.access.reconnect_grace_s, self.clock)
         log.warning("%s: drain done", self.id)
+
+    async def tell_reconnect(self, session: Session, jitter_s: float, reason: MoveReason) -> bool:
+        """A ``reconnect`` frame (False: the session is gone), counted as moved by reason."""
+        if session.conn not in self.sessions:
+            return False
+        await session.send(protocol.reconnect(round(jitter_s * 1000), reason))
+        self.metrics.moved.inc(self.id, reason)
+        return True
+
+    async def _close_reconnect(self, session: Session) -> None:
+        await session.close(protocol.CLOSE_RECONNECT, "reconnect")
+
+    def on_releases(self, releases: Mapping[str, Release]) -> None:
+        self.follower.seen(releases)
 
     # -- connections -------------------------------------------------------------------------
     def new_session(
@@ -220,9 +249,19 @@ class AccessNode:
         uid: str,
         device: str,
         platform: str,
+        app_version: Version | None = None,
     ) -> Session:
         return Session(
-            self.limits, ws, transport, conn, uid, device, platform, self.cfg.region, self.clock()
+            self.limits,
+            ws,
+            transport,
+            conn,
+            uid,
+            device,
+            platform,
+            self.cfg.region,
+            self.clock(),
+            app_version,
         )
 
     async def open(self, session: Session) -> bool:
@@ -348,6 +387,10 @@ class AccessNode:
             self.orders.seen, verify_s=self.config.registry.verify_s, only=self.id
         )
         self.drain_mirror = drains
+        releases = GrayStore(self.kv, self.config.prefix).mirror(
+            self.on_releases, verify_s=self.config.registry.verify_s
+        )
+        self.release_mirror = releases
         sup = self.supervisor
         sup.spawn("lease", registration.run)
         sup.spawn("load-report", self.membership.run_reports)
@@ -355,6 +398,7 @@ class AccessNode:
         sup.spawn("idle-sweep", self._idle_forever)
         sup.spawn("peers", peers.run)
         sup.spawn("drain-requests", drains.run)
+        sup.spawn("releases", releases.run)
         self.ready.set()
         log.info("%s: serving %s (region %s)", self.id, self.cfg.public_endpoint(), self.cfg.region)
 
