@@ -19,6 +19,7 @@ from control.common.errors import TicketError
 from control.common.guard import client_address
 from control.common.ops import add_json_fallbacks, add_ops_routes, json_error, lifecycle
 from control.common.ratelimit import TokenBuckets
+from control.gray.model import Version
 
 # Frames that spend the connection's frame budget and count as signs of life.
 _METERED = frozenset({WSMsgType.TEXT, WSMsgType.PING, WSMsgType.PONG})
@@ -30,9 +31,27 @@ def query_params(query_string: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for part in query_string.split("&"):
         name, _, value = part.partition("=")
-        if name in ("ticket", "platform") and name not in out:
+        if name in ("ticket", "platform", "version") and name not in out:
             out[name] = unquote_plus(value)
     return out
+
+
+_VERSIONS: dict[str, Version | None] = {}  # clients run a few hundred app versions at most
+
+
+def app_version(raw: str) -> Version | None:
+    """The client's app version (``?version=``, as it gave the scheduler), for following
+    releases; None when missing or malformed: such a session moves only on a rollback."""
+    if raw in _VERSIONS:
+        return _VERSIONS[raw]
+    try:
+        version: Version | None = Version.parse(raw)
+    except ValueError:
+        version = None
+    if len(_VERSIONS) >= 4096:
+        _VERSIONS.clear()
+    _VERSIONS[raw] = version
+    return version
 
 
 def close_reason(code: int | None) -> str:
@@ -140,8 +159,11 @@ class WebSocketEndpoint:
         if platform:
             # Client-chosen: only known names become counters and metric labels.
             platform = self.platforms.get(platform, "other")
+        version = app_version(params.get("version", ""))
         del params  # not kept alive by this frame for the connection's lifetime
-        session = node.new_session(ws, request.transport, conn, ticket.uid, ticket.device, platform)
+        session = node.new_session(
+            ws, request.transport, conn, ticket.uid, ticket.device, platform, version
+        )
         del ticket  # this frame lives as long as the connection: keep it small
         reason = "closed"
         try:

@@ -20,6 +20,7 @@ from control.common.config import (
 from control.common.errors import ConfigError
 from control.common.schema import setting
 from control.common.tickets import TicketKeys
+from control.gray.model import Release
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,8 @@ class NodeConfig:
     connections: ConnectionSettings = ConnectionSettings()
     #: who may read /metrics (admin.metrics_readers()); None for anyone
     metrics_readers: TokenTable | None = None
+    #: gray.releases from config (the node follows these and the stored ones)
+    releases: tuple[Release, ...] = ()
 
     @property
     def id(self) -> str:

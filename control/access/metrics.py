@@ -37,6 +37,13 @@ class AccessMetrics:
             ["node", "reason"],
             self.registry,
         )
+        self.moved = LoopCounter(
+            "imctl_access_moved_total",
+            "Connections told to reconnect elsewhere, by reason (drain, rollback, promote, "
+            "rebalance)",
+            ["node", "reason"],
+            self.registry,
+        )
         self.flush = Histogram(
             "imctl_access_heartbeat_flush_seconds",
             "Time to flush one heartbeat batch",

@@ -18,9 +18,20 @@ from control.access import protocol
 from control.access.config import NodeConfig
 from control.access.core import CoreContext, MessageCore, load_core
 from control.access.drain import DrainOrders, drain_schedule, follow
+from control.access.follow import ReleaseFollower
 from control.access.heartbeat import HeartbeatBatch
 from control.access.internal import InternalEndpoint, Pusher
 from control.access.metrics import AccessMetrics
+from control.access.rebalance import (
+    LIFETIME_S,
+    NAME,
+    RebalanceRequest,
+    loads_of,
+    rate_share,
+    ratio,
+    rebalance_requests,
+    shed_plan,
+)
 from control.access.registration import Membership
 from control.access.session import Roster, Session, SessionLimits
 from control.common.errors import BackendUnavailable, ImctlError
@@ -34,6 +45,9 @@ from control.common.registry import (
     drain_requests,
 )
 from control.common.tasks import Supervisor, pause
+from control.gray.model import Release, Version
+from control.gray.store import GrayStore
+from control.gray.track import MoveReason, NodeTrack
 from control.presence.cluster import PresenceCluster
 from control.presence.model import Presence
 
@@ -101,6 +115,23 @@ class AccessNode:
             self.undrain,
         )
         self.drain_mirror: PrefixMirror[DrainRequest] | None = None
+        self.follower = ReleaseFollower(
+            NodeTrack(self.cfg.pool, self.cfg.version),
+            config.releases,
+            lambda: list(self.sessions.values()),
+            window_s=self.access.drain_s,
+            max_rate=self.access.drain_max_rate,
+            grace_s=self.access.reconnect_grace_s,
+            tell=self.tell_reconnect,
+            close=self._close_reconnect,
+            retire=lambda release: self.start_drain(self.access.drain_s, "promote"),
+            spawn=self.supervisor.errand,
+            clock=clock,
+            active=lambda: self.state == "up",
+        )
+        self.release_mirror: PrefixMirror[Release] | None = None
+        self.rebalance_request: RebalanceRequest | None = None
+        self._rebalance_task: asyncio.Task[Any] | None = None
         self._drain_task: asyncio.Task[Any] | None = None
         self.drains = 0  # drains started, for any reason
         self._stopping = False
@@ -199,17 +230,66 @@ class AccessNode:
             "%s: draining %d connections over %.0fs (%s)", self.id, len(sessions), over_s, reason
         )
 
+        moved: MoveReason = "promote" if reason == "promote" else "drain"
+
         async def tell(session: Session, jitter_s: float) -> bool:
-            if session.conn not in self.sessions:
-                return False
-            await session.send(protocol.reconnect(round(jitter_s * 1000), reason))
-            return True
+            return await self.tell_reconnect(session, jitter_s, moved)
 
-        async def close(session: Session) -> None:
-            await session.close(protocol.CLOSE_RECONNECT, "reconnect")
-
-        await follow(plan, tell, close, self.access.reconnect_grace_s, self.clock)
+        await follow(plan, tell, self._close_reconnect, self.access.reconnect_grace_s, self.clock)
         log.warning("%s: drain done", self.id)
+
+    async def tell_reconnect(self, session: Session, jitter_s: float, reason: MoveReason) -> bool:
+        """A ``reconnect`` frame (False: the session is gone), counted as moved by reason."""
+        if session.conn not in self.sessions:
+            return False
+        await session.send(protocol.reconnect(round(jitter_s * 1000), reason))
+        self.metrics.moved.inc(self.id, reason)
+        return True
+
+    async def _close_reconnect(self, session: Session) -> None:
+        await session.close(protocol.CLOSE_RECONNECT, "reconnect")
+
+    def on_releases(self, releases: Mapping[str, Release]) -> None:
+        self.follower.seen(releases)
+
+    # -- rebalance ---------------------------------------------------------------------------
+    def on_rebalance(self, requests: Mapping[str, RebalanceRequest]) -> None:
+        wanted = requests.get(NAME)
+        if wanted == self.rebalance_request:
+            return
+        self.rebalance_request = wanted
+        if self._rebalance_task is not None:
+            self._rebalance_task.cancel()
+        if wanted is not None:
+            self._rebalance_task = self.supervisor.errand("rebalance", self.rebalance(wanted))
+
+    async def rebalance(self, req: RebalanceRequest, rounds: int = 20) -> int:
+        """Shed this node's share of the plan, round after round (the clients land where
+        the scheduler puts them, some back on hot nodes), until this region's max/mean is
+        within the ratio; the number told. Each round waits for the load reports."""
+        told = 0
+        settle = 2 * self.access.report_interval_s + self.access.reconnect_grace_s + 1.0
+        for _ in range(rounds):
+            if time.time() > req.at + LIFETIME_S or self.state != "up":
+                break
+            loads = loads_of({**self.peers, self.id: self.record()}.values())
+            if ratio(loads, self.cfg.region) <= req.until_ratio:
+                break
+            plan = shed_plan(loads, req.until_ratio)
+            rate = rate_share(plan, self.id, req.max_rate)
+            if rate > 0:
+                sessions = list(self.sessions.values())
+                random.shuffle(sessions)
+                shed = drain_schedule(sessions[: plan[self.id]], 0.0, rate)
+
+                async def tell(session: Session, jitter_s: float) -> bool:
+                    return await self.tell_reconnect(session, jitter_s, "rebalance")
+
+                grace = self.access.reconnect_grace_s
+                told += await follow(shed, tell, self._close_reconnect, grace, self.clock)
+            await asyncio.sleep(settle)
+        log.warning("%s: rebalance done (%d told)", self.id, told)
+        return told
 
     # -- connections -------------------------------------------------------------------------
     def new_session(
@@ -220,9 +300,19 @@ class AccessNode:
         uid: str,
         device: str,
         platform: str,
+        app_version: Version | None = None,
     ) -> Session:
         return Session(
-            self.limits, ws, transport, conn, uid, device, platform, self.cfg.region, self.clock()
+            self.limits,
+            ws,
+            transport,
+            conn,
+            uid,
+            device,
+            platform,
+            self.cfg.region,
+            self.clock(),
+            app_version,
         )
 
     async def open(self, session: Session) -> bool:
@@ -348,6 +438,13 @@ class AccessNode:
             self.orders.seen, verify_s=self.config.registry.verify_s, only=self.id
         )
         self.drain_mirror = drains
+        releases = GrayStore(self.kv, self.config.prefix).mirror(
+            self.on_releases, verify_s=self.config.registry.verify_s
+        )
+        self.release_mirror = releases
+        rebalances = rebalance_requests(self.kv, self.config.prefix).mirror(
+            self.on_rebalance, verify_s=self.config.registry.verify_s, only=NAME
+        )
         sup = self.supervisor
         sup.spawn("lease", registration.run)
         sup.spawn("load-report", self.membership.run_reports)
@@ -355,6 +452,8 @@ class AccessNode:
         sup.spawn("idle-sweep", self._idle_forever)
         sup.spawn("peers", peers.run)
         sup.spawn("drain-requests", drains.run)
+        sup.spawn("releases", releases.run)
+        sup.spawn("rebalance-requests", rebalances.run)
         self.ready.set()
         log.info("%s: serving %s (region %s)", self.id, self.cfg.public_endpoint(), self.cfg.region)
 

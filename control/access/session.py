@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from control.access import protocol
+from control.gray.model import UserContext, Version
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class Session:
     """One client connection."""
 
     __slots__ = (
+        "app_version",
         "conn",
         "cut_off",
         "device",
@@ -57,6 +59,7 @@ class Session:
         platform: str,
         region: str,
         now: float,
+        app_version: Version | None = None,
     ) -> None:
         self.limits = limits
         self.ws = ws
@@ -72,6 +75,16 @@ class Session:
         self.tokens = limits.frame_burst  # the frame budget, refilled since last_seen
         self.strikes = 0
         self.cut_off = False
+        #: the client's app version (``?version=`` on /ws); None when it named none
+        self.app_version = app_version
+
+    def context(self) -> UserContext | None:
+        """What a release rule looks at, for following releases (the user's region taken as
+        the node's: the scheduler places users in their own region first); None when the
+        app version is unknown."""
+        if self.app_version is None:
+            return None
+        return UserContext(self.uid, self.platform, self.app_version, self.region)
 
     def too_slow(self) -> bool:
         """True, and the connection cut, when the client has stopped reading: past the

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from aiohttp import web
 
+from control.access.rebalance import RebalanceRequest, check, rebalance_requests
 from control.admin.auth import ADMIN, require, who
 from control.common.errors import NotJson, parse_json
 from control.common.ops import json_error
@@ -75,3 +77,23 @@ async def undrain_node(request: web.Request) -> web.Response:
     node_id = request.match_info["node"]
     removed = await drain_requests(request.app[KV], request.app[ADMIN].prefix).delete(node_id)
     return web.json_response({"node": node_id, "draining": False, "was_draining": removed})
+
+
+@require("operator")
+async def rebalance_nodes(request: web.Request) -> web.Response:
+    """Write the cluster's rebalance request: the hot nodes of each region shed
+    connections by reconnect frames until max/mean <= until_ratio."""
+    try:
+        body = parse_json(await request.read()) if request.can_read_body else {}
+    except NotJson as exc:
+        return json_error(400, "bad_request", f"body is not JSON: {exc}", field="body")
+    if not isinstance(body, dict):
+        return json_error(400, "bad_request", "body must be a JSON object", field="body")
+    rate, until = body.get("max_rate", 100.0), body.get("until_ratio", 1.1)
+    problems = check(rate, until)
+    if problems:
+        return json_error(400, "bad_request", "; ".join(problems), field="body")
+    req = RebalanceRequest(float(rate), float(until), time.time(), who(request))
+    await rebalance_requests(request.app[KV], request.app[ADMIN].prefix).put(req)
+    log.warning("rebalance (max %g/s, until %g) requested by %s", req.max_rate, until, req.by)
+    return web.json_response({"rebalance": True, **to_data(req)})

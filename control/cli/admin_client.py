@@ -92,6 +92,10 @@ class AdminClient:
     def drain(self, node: str, over_s: float) -> Answer:
         return self.call("POST", f"/v1/nodes/{quote(node, safe='')}/drain", {"over_s": over_s})
 
+    def rebalance(self, max_rate: float, until_ratio: float) -> Answer:
+        body = {"max_rate": max_rate, "until_ratio": until_ratio}
+        return self.call("POST", "/v1/nodes/rebalance", body)
+
     def undrain(self, node: str) -> Answer:
         return self.call("DELETE", f"/v1/nodes/{quote(node, safe='')}/drain")
 

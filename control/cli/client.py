@@ -85,13 +85,18 @@ class Output:
 
 
 async def _open(
-    http: aiohttp.ClientSession, answer: Mapping[str, Any], platform: str, out: Output
+    http: aiohttp.ClientSession,
+    answer: Mapping[str, Any],
+    platform: str,
+    out: Output,
+    version: str = "",
 ) -> aiohttp.ClientWebSocketResponse | None:
     """A WebSocket to the answer's node, else to each fallback in order; None when none of
     them can be reached."""
     candidates = [answer, *answer.get("fallbacks", [])]
     for i, c in enumerate(candidates):
-        url = f"{c['endpoint']}?ticket={c['ticket']}&platform={platform}"
+        # The app version lets the node tell whether a release still takes this client.
+        url = f"{c['endpoint']}?ticket={c['ticket']}&platform={platform}&version={version}"
         try:
             return await http.ws_connect(url)
         except (aiohttp.ClientError, OSError) as exc:
@@ -160,7 +165,7 @@ async def run(
                 f"scheduler: node {answer['node']} ({answer['region']}, track "
                 f"{answer['track']}), fallbacks {[f['node'] for f in answer['fallbacks']]}"
             )
-            ws = await _open(http, answer, platform, out)
+            ws = await _open(http, answer, platform, out, version)
             if ws is not None:
                 failures = 0
                 async with ws:

@@ -1,4 +1,4 @@
-"""``imctl nodes`` and ``imctl access drain|undrain``: the access nodes a scheduler sees."""
+"""``imctl nodes`` and ``imctl access drain|undrain|rebalance``: the nodes a scheduler sees."""
 
 from __future__ import annotations
 
@@ -67,3 +67,14 @@ def cmd_undrain(args: argparse.Namespace) -> int:
     data = admin(args).undrain(args.node)
     was = "was draining" if data.get("was_draining") else "was not draining"
     return show(args, data, f"{args.node}: taking clients again ({was})")
+
+
+@operator_verb
+def cmd_rebalance(args: argparse.Namespace) -> int:
+    data = admin(args).rebalance(args.max_rate, args.until_ratio)
+    return show(
+        args,
+        data,
+        f"rebalance requested: hot nodes shed at most {args.max_rate:g}/s until max/mean <= "
+        f"{args.until_ratio:g} in each region (by {data.get('by')})",
+    )

@@ -28,7 +28,7 @@ from control.cli.gray import (
     history_limit,
     revision_number,
 )
-from control.cli.nodes import cmd_drain, cmd_nodes, cmd_undrain
+from control.cli.nodes import cmd_drain, cmd_nodes, cmd_rebalance, cmd_undrain
 from control.cli.presence import cmd_presence_count, cmd_presence_events, cmd_presence_who
 from control.cli.processes import cmd_access, cmd_controller, cmd_scheduler, cmd_up
 from control.cli.ring import (
@@ -292,6 +292,18 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("node", metavar="NODE")
     _admin_args(u)
     u.set_defaults(access_func=cmd_undrain)
+    r = asub.add_parser(
+        "rebalance",
+        help="spread connections after new nodes joined",
+        description="Hot nodes of each region shed connections (reconnect frames, as a drain "
+        "sends) until max/mean connections per node is within --until-ratio.",
+    )
+    r.add_argument(
+        "--max-rate", type=float, default=100.0, help="reconnects per second, cluster-wide"
+    )
+    r.add_argument("--until-ratio", type=float, default=1.1, help="stop at this max/mean")
+    _admin_args(r)
+    r.set_defaults(access_func=cmd_rebalance)
 
     p = sub.add_parser(
         "controller",

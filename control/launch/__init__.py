@@ -344,6 +344,7 @@ def access_part(
         flush_s=settings.presence.flush_s,
         connections=settings.connections,
         metrics_readers=settings.admin.metrics_readers(),
+        releases=settings.gray.releases,
     )
     node = AccessNode(node_config, kv, presence)
     app = access_app(node)

@@ -1,0 +1,206 @@
+"""Connections follow the release: real access nodes and a scheduler in-process, clients
+placed through the scheduler as apps are, a release changed in the store."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+
+from control.gray.model import Release, Target
+from control.gray.store import ReleaseStore
+from control.testing import until
+from tests.cluster import LocalCluster, cluster_settings
+from tests.servers import free_port
+from tests.tokens import as_user
+
+CANARY = {"n0", "n1"}
+RATE = 20.0  # reconnect frames per second per node
+
+
+def settings() -> Any:
+    nodes = [
+        {
+            "id": f"n{i}",
+            "region": "north",
+            "zone": "a",
+            "port": free_port(),
+            "capacity": 5000,
+            "pool": "canary" if f"n{i}" in CANARY else "default",
+        }
+        for i in range(4)
+    ]
+    return cluster_settings(
+        access={
+            "nodes": nodes,
+            "drain_s": 0.5,
+            "drain_max_rate": RATE,
+            "reconnect_grace_s": 0.5,
+        }
+    )
+
+
+async def ask(c: LocalCluster, http: aiohttp.ClientSession, uid: str) -> dict[str, Any]:
+    url = (
+        f"http://127.0.0.1:{c.settings.scheduler.port}/v1/endpoint"
+        f"?uid={uid}&device=phone&platform=ios&version=1.0&region=north"
+    )
+    async with http.get(url, headers=as_user(uid)) as resp:
+        assert resp.status == 200, await resp.text()
+        answer: dict[str, Any] = await resp.json()
+        return answer
+
+
+async def connect(http: aiohttp.ClientSession, answer: dict[str, Any]) -> Any:
+    url = f"{answer['endpoint']}?ticket={answer['ticket']}&platform=ios&version=1.0"
+    ws = await http.ws_connect(url)
+    assert (await ws.receive_json(timeout=5))["t"] == "welcome"
+    return ws
+
+
+async def placed(
+    c: LocalCluster, http: aiohttp.ClientSession, release: Release, users: int
+) -> dict[str, tuple[str, Any]]:
+    store = ReleaseStore(c.kv, c.settings.cluster.prefix)
+    await store.create(release, by="test")
+    # The scheduler routes by it once its mirror has it.
+    probe = next(f"u{i}" for i in range(1000) if release.rule.matches(*_ctx(f"u{i}")))
+    await until(lambda: _track(c, http, probe), within=10)
+    out: dict[str, tuple[str, Any]] = {}
+    for i in range(users):
+        answer = await ask(c, http, f"u{i}")
+        out[f"u{i}"] = (answer["node"], await connect(http, answer))
+    return out
+
+
+def _ctx(uid: str) -> tuple[Any, int]:
+    from control.gray.model import UserContext, Version, hash64
+
+    return UserContext(uid, "ios", Version.parse("1.0"), "north"), hash64(uid)
+
+
+async def _track(c: LocalCluster, http: aiohttp.ClientSession, uid: str) -> bool:
+    return (await ask(c, http, uid))["node"] in CANARY
+
+
+@pytest.mark.timeout(60)
+async def test_rollback_moves_every_canary_session_at_a_bounded_rate(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with LocalCluster(settings(), scheduler=True) as c:
+        release = Release(name="r1", target=Target(pool="canary"), percent=40)
+        clients = await placed(c, http, release, 80)
+        canary = {uid for uid, (node, _) in clients.items() if node in CANARY}
+        assert 15 <= len(canary) <= 50, len(canary)
+        told: dict[str, float] = {}
+        landed: dict[str, str] = {}
+
+        async def follow(uid: str) -> None:
+            ws = clients[uid][1]
+            frame = await ws.receive_json(timeout=20)
+            assert frame == {"t": "reconnect", "after_ms": frame["after_ms"], "reason": "rollback"}
+            told[uid] = time.monotonic()
+            await asyncio.sleep(frame["after_ms"] / 1000)
+            await ws.close()
+            for _ in range(50):  # the scheduler may not have seen the rollback yet
+                answer = await ask(c, http, uid)
+                if answer["node"] not in CANARY:
+                    break
+                await asyncio.sleep(0.1)
+            landed[uid] = answer["node"]
+            await (await connect(http, answer)).close()
+
+        store = ReleaseStore(c.kv, c.settings.cluster.prefix)
+        stored = await store.get("r1")
+        assert stored is not None
+        back = dataclasses.replace(release, percent=0, state="rolled_back")
+        start = time.monotonic()
+        await store.change("r1", stored.revision, back, action="rollback", by="test")
+        await asyncio.wait_for(asyncio.gather(*(follow(uid) for uid in canary)), 30)
+        assert set(told) == canary and set(landed) == canary
+        assert not set(landed.values()) & CANARY
+        # Bounded: no node tells more than RATE a second (the two canary nodes walk apart).
+        for node in CANARY:
+            mine = sorted(t for uid, t in told.items() if clients[uid][0] == node)
+            if len(mine) > 2:
+                assert (mine[-1] - mine[0]) >= (len(mine) - 1) / RATE * 0.8, (node, mine)
+        assert max(told.values()) - start < 10
+        # Nobody on a stable node was told anything.
+        for node, ws in clients.values():
+            if node not in CANARY:
+                assert ws.closed is False
+                with pytest.raises(asyncio.TimeoutError):
+                    await ws.receive_json(timeout=0.01)
+        moved = sum(c.node(n).metrics.moved.value(n, "rollback") for n in CANARY)
+        assert moved == len(canary)
+        for _, ws in clients.values():
+            await ws.close()
+
+
+@pytest.mark.timeout(60)
+async def test_raising_the_percent_moves_nobody_lowering_it_moves_the_users_outside(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with LocalCluster(settings(), scheduler=True) as c:
+        release = Release(name="r1", target=Target(pool="canary"), percent=10)
+        clients = await placed(c, http, release, 80)
+        canary = {uid for uid, (node, _) in clients.items() if node in CANARY}
+        assert canary
+        store = ReleaseStore(c.kv, c.settings.cluster.prefix)
+        stored = await store.get("r1")
+        assert stored is not None
+        up = dataclasses.replace(release, percent=25)
+        stored = await store.change("r1", stored.revision, up, action="set-percent", by="t")
+        for n in c.settings.access.nodes:
+            follower = c.node(n.id).follower
+            await until(lambda f=follower: f.releases["r1"].percent == 25, within=10)  # type: ignore[misc]
+            assert not follower.moving
+        for _, ws in clients.values():
+            with pytest.raises(asyncio.TimeoutError):
+                await ws.receive_json(timeout=0.01)
+        # Down to 0 (still running): every canary user is now outside.
+        down = dataclasses.replace(up, percent=0)
+        await store.change("r1", stored.revision, down, action="set-percent", by="t")
+        frames = await asyncio.gather(
+            *(clients[uid][1].receive_json(timeout=10) for uid in sorted(canary))
+        )
+        assert {f["reason"] for f in frames} == {"rollback"}
+        for _, ws in clients.values():
+            await ws.close()
+
+
+@pytest.mark.timeout(60)
+async def test_promote_retires_the_old_stable_nodes_by_reconnect_frames(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with LocalCluster(settings(), scheduler=True) as c:
+        release = Release(name="r1", target=Target(pool="canary"), percent=50)
+        clients = await placed(c, http, release, 30)
+        stable = {uid for uid, (node, _) in clients.items() if node not in CANARY}
+        assert stable
+        store = ReleaseStore(c.kv, c.settings.cluster.prefix)
+        stored = await store.get("r1")
+        assert stored is not None
+        done = dataclasses.replace(release, percent=100, state="promoted")
+        await store.change("r1", stored.revision, done, action="promote", by="t")
+        frames = await asyncio.gather(
+            *(clients[uid][1].receive_json(timeout=10) for uid in sorted(stable))
+        )
+        assert {(f["t"], f["reason"]) for f in frames} == {("reconnect", "promote")}
+        assert {c.node(n).state for n in ("n2", "n3")} == {"draining"}
+        assert {c.node(n).state for n in CANARY} == {"up"}
+        for uid in sorted(stable):  # they come back on the promoted pool
+            await clients[uid][1].close()
+            answer = await ask(c, http, uid)
+            for _ in range(50):
+                if answer["node"] in CANARY:
+                    break
+                await asyncio.sleep(0.1)
+                answer = await ask(c, http, uid)
+            assert answer["node"] in CANARY
+        for _, ws in clients.values():
+            await ws.close()
