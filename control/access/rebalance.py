@@ -10,6 +10,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from control.common.keys import Keys
 from control.common.kv import KeyValueStore
 from control.common.records import RecordStore, RecordType, dump_json
 from control.common.registry import NodeRecord
@@ -86,7 +87,7 @@ REBALANCE_REQUESTS: RecordType[RebalanceRequest] = RecordType(
 
 
 def rebalance_requests(kv: KeyValueStore, prefix: str) -> RecordStore[RebalanceRequest]:
-    return RecordStore(kv, prefix.rstrip("/") + "/rebalance/", REBALANCE_REQUESTS)
+    return RecordStore(kv, Keys(prefix).rebalance, REBALANCE_REQUESTS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ Everything lives under the cluster's prefix (``cluster.prefix``, default ``/imct
                                     the zero-padded revision of the write (keys sort by time)
     <prefix>/controller/leader      the presence controller's identity on its lease
     <prefix>/presence/ring          RingSpec JSON (the status cluster ring)
+    <prefix>/rebalance/cluster      RebalanceRequest JSON, written by the admin API
 
 The directories end in ``/`` so a range or watch over one never reaches a sibling whose
 name merely starts the same (``nodes/`` and ``nodes-old/``).
@@ -51,6 +52,11 @@ class Keys:
     def controller(self) -> str:
         """The directory of the controller's election key."""
         return self.root + "/controller/"
+
+    @property
+    def rebalance(self) -> str:
+        """The directory of rebalance requests (one, named ``cluster``)."""
+        return self.root + "/rebalance/"
 
     @property
     def presence(self) -> str:
