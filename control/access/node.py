@@ -22,21 +22,13 @@ from control.access.follow import ReleaseFollower
 from control.access.heartbeat import HeartbeatBatch
 from control.access.internal import InternalEndpoint, Pusher
 from control.access.metrics import AccessMetrics
-from control.access.rebalance import (
-    LIFETIME_S,
-    NAME,
-    RebalanceRequest,
-    loads_of,
-    rate_share,
-    ratio,
-    rebalance_requests,
-    shed_plan,
-)
+from control.access.rebalance import loads_of, rate_share, ratio, shed_plan
 from control.access.registration import Membership
 from control.access.session import Roster, Session, SessionLimits
 from control.common.errors import BackendUnavailable, ImctlError
 from control.common.kv import KeyValueStore
 from control.common.mirror import PrefixMirror
+from control.common.rebalance import LIFETIME_S, NAME, RebalanceRequest, rebalance_requests
 from control.common.registry import (
     DrainRequest,
     NodeRecord,

@@ -8,10 +8,10 @@ from typing import Any
 
 from aiohttp import web
 
-from control.access.rebalance import RebalanceRequest, check, rebalance_requests
 from control.admin.auth import ADMIN, require, who
 from control.common.errors import NotJson, parse_json
 from control.common.ops import json_error
+from control.common.rebalance import RebalanceRequest, check, rebalance_requests
 from control.common.records import to_data
 from control.common.registry import (
     DRAIN_DEFAULT_S,

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from control.access.rebalance import RebalanceRequest, rebalance_requests
+from control.common.rebalance import RebalanceRequest, rebalance_requests
 from control.testing import until
 from tests.cluster import LocalCluster, cluster_settings
 from tests.servers import free_port

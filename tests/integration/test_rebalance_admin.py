@@ -10,11 +10,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from control.access.rebalance import rebalance_requests
 from control.admin.config import AdminConfig
 from control.admin.routes import mount
 from control.common.auth import Grant, TokenTable
 from control.common.kv.embedded import EmbeddedKV
+from control.common.rebalance import rebalance_requests
 from control.scheduler.state import KV
 
 PREFIX = "/t"

@@ -6,14 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from control.access.rebalance import (
-    NodeLoad,
-    RebalanceRequest,
-    check,
-    rate_share,
-    ratio,
-    shed_plan,
-)
+from control.access.rebalance import NodeLoad, rate_share, ratio, shed_plan
+from control.common.rebalance import RebalanceRequest, check
 
 
 def loads(*conns: int, region: str = "north") -> dict[str, NodeLoad]:
