@@ -201,6 +201,8 @@ class EndpointHandler:
                 503, "no_capacity", "no access node can take this client now", retry_after=retry
             )
         self._count(decision.strategy, decision.placement, "ok")
+        track = "canary" if decision.strategy == "gray" else "stable"
+        self.metrics.assignments.inc(decision.release or "none", track)
         ttl = self.ttl
         sign = self.keys.signer(q.uid, q.device, int(time.time()) + ttl)
         fragments = self.engine.snapshot.fragments
