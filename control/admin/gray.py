@@ -43,6 +43,7 @@ from control.gray.verbs import (
     step_position,
     transition,
 )
+from control.scheduler.served import propagation, served_records
 from control.scheduler.state import KV
 
 log = logging.getLogger(__name__)
@@ -317,7 +318,20 @@ async def delete_release(request: web.Request) -> web.Response:
     return web.json_response({"deleted": name, "revision": stored.revision})
 
 
+@require("viewer")
+@answering
+async def release_propagation(request: web.Request) -> web.Response:
+    """Which release revision each scheduler serves; per release, who serves the current
+    one and who lags."""
+    stored = await _store(request).list()
+    kv = request.app.get(KV)  # None: an admin app without a scheduler (a test's)
+    records = {} if kv is None else (await served_records(kv, request.app[ADMIN].prefix).list())[0]
+    current = {s.release.name: s.revision for s in stored}
+    return web.json_response(propagation(current, records.values()))
+
+
 def add_gray_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/gray/propagation", release_propagation)
     app.router.add_get("/v1/gray/releases", list_releases)
     app.router.add_post("/v1/gray/releases", create_release)
     app.router.add_get("/v1/gray/releases/{name}", release_status)

@@ -189,13 +189,33 @@ def status_text(answer: Any) -> str:
         ["who", who],
         ["salt", r["salt"] or f"{r['name']} (the name)"],
     ]
+    spread = answer.get("propagation")
+    if spread is not None and (spread["serving"] or spread["lagging"]):  # none: no line
+        rows.append(["serving", _propagation_line(spread)])
     head = f"release {r['name']}: {r['state']} (revision {answer['revision']})"
     return head + "\n\n" + "\n".join(f"{k:<9} {v}" for k, v in rows)
 
 
+def _propagation_line(spread: Any) -> str:
+    """Which schedulers serve the current revision, and which lag (on what)."""
+    serving, lagging = spread["serving"], spread["lagging"]
+    total = len(serving) + len(lagging)
+    line = f"{len(serving)} of {total} schedulers on revision {spread['revision']}"
+    if lagging:
+        behind = ", ".join(f"{s['id']} on {s['revision'] or 'none'}" for s in lagging)
+        line += f"; lagging: {behind}"
+    return line
+
+
 @operator_verb
 def cmd_gray_status(args: argparse.Namespace) -> int:
-    answer = admin(args).gray_status(args.name)
+    client = admin(args)
+    answer = client.gray_status(args.name)
+    try:
+        spread = client.get("/v1/gray/propagation")["releases"].get(args.name)
+    except AdminError:  # a server without the route: the status without that line
+        spread = None
+    answer = {**answer, "propagation": spread}
     return show(args, answer, status_text(answer))
 
 

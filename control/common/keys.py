@@ -10,6 +10,8 @@ Everything lives under the cluster's prefix (``cluster.prefix``, default ``/imct
     <prefix>/controller/leader      the presence controller's identity on its lease
     <prefix>/presence/ring          RingSpec JSON (the status cluster ring)
     <prefix>/rebalance/cluster      RebalanceRequest JSON, written by the admin API
+    <prefix>/schedulers/<id>        ServedReleases JSON on the scheduler's lease: the release
+                                    revisions its snapshot serves (propagation)
 
 The directories end in ``/`` so a range or watch over one never reaches a sibling whose
 name merely starts the same (``nodes/`` and ``nodes-old/``).
@@ -61,6 +63,14 @@ class Keys:
     @property
     def presence(self) -> str:
         return self.root + "/presence/"
+
+    @property
+    def schedulers(self) -> str:
+        """The directory of the schedulers' served-release records (one per scheduler)."""
+        return self.root + "/schedulers/"
+
+    def scheduler(self, scheduler_id: str) -> str:
+        return self.schedulers + scheduler_id
 
     def node(self, node_id: str) -> str:
         return self.nodes + node_id

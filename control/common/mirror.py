@@ -52,11 +52,13 @@ class PrefixMirror(Generic[T]):
         self.clock = clock
         self.items: dict[str, T] = {}
         self.revision = 0
+        self.revisions: dict[str, int] = {}  # name -> the mod_revision of its item
         self.synced = asyncio.Event()
         self.resumes = 0
         self.relists = 0
         self.foreign = 0  # events dropped for a key outside the prefix
         self._foreign_logged_at: float | None = None
+        self._listed: dict[str, int] = {}  # the last listing's revisions by name
 
     def _name(self, key: str) -> str:
         return key[len(self.prefix) :]
@@ -78,15 +80,18 @@ class PrefixMirror(Generic[T]):
     async def _list(self) -> tuple[dict[str, T], int]:
         entries, revision = await self.kv.range(self.prefix)
         items: dict[str, T] = {}
+        self._listed = {}
         for entry in entries:
             value = self.parse(entry.key, entry.value)
             if value is not None:
                 items[self._name(entry.key)] = value
+                self._listed[self._name(entry.key)] = entry.mod_revision
         return items, revision
 
     async def sync(self) -> None:
         """Adopt a full listing."""
         self.items, self.revision = await self._list()
+        self.revisions = self._listed
         self.relists += 1
         self.on_change(dict(self.items))
         self.synced.set()
@@ -111,8 +116,10 @@ class PrefixMirror(Generic[T]):
             value = self.parse(event.key, event.value) if event.kind == "put" else None
             if value is None:
                 self.items.pop(name, None)
+                self.revisions.pop(name, None)
             else:
                 self.items[name] = value
+                self.revisions[name] = event.revision
             self.revision = max(self.revision, event.revision)
             self.on_change(dict(self.items))
 
@@ -126,6 +133,7 @@ class PrefixMirror(Generic[T]):
         items, revision = await self._list()
         if items == self.items:
             return True
+        self.revisions = self._listed
         log.warning(
             "watch on %s differs from a listing (copy rev %d, listing rev %d); re-listed",
             self.prefix,

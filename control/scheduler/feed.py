@@ -58,6 +58,9 @@ class SnapshotFeed:
         )
         self.synced = asyncio.Event()  # both mirrors listed and a snapshot built from them
         self.due: float | None = None  # when the next build is due (clock time)
+        # The store revision of each release the serving snapshot holds (0: config only).
+        self.served: dict[str, int] = {}
+        self.on_build: Callable[[], None] = lambda: None  # told after each build
         self._wake = asyncio.Event()
 
     @property
@@ -100,6 +103,9 @@ class SnapshotFeed:
             self.metrics.rebuild_failures.inc()
             return None
         self.metrics.observe_snapshot(self.engine.snapshot.nodes, self.engine.snapshot.held)
+        revisions = self.gray.revisions
+        self.served = {r.name: revisions.get(r.name, 0) for r in self.engine.releases()}
+        self.on_build()
         log.debug("%s", message)
         remaining = self.engine.hold_remaining()
         if remaining is not None:

@@ -34,6 +34,7 @@ class Decision(NamedTuple):
     track: str
     strategy: Strategy
     fallbacks: tuple[NodeRecord, ...]
+    release: str = ""  # the release that took the user ("" none), even on gray_fallback
 
 
 # -- stage 1: health -------------------------------------------------------------------------
@@ -185,7 +186,8 @@ def decide(
         return None
     node, region, placement = placed
     extra = fallbacks(groups, ranking, node, pending, rng, fallback_count)
-    return Decision(node, region, placement, track, strategy, extra)
+    name = release.name if release is not None else ""
+    return Decision(node, region, placement, track, strategy, extra, name)
 
 
 # -- explaining a decision -------------------------------------------------------------------

@@ -3,6 +3,7 @@ operator endpoints; control/launch.py mounts the admin API (control/admin/) into
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -36,6 +37,7 @@ from control.scheduler.feed import FEED, SnapshotFeed
 from control.scheduler.geo import GeoReloader, build_region_map, open_geo
 from control.scheduler.proximity import client_ip
 from control.scheduler.request import parse_endpoint_query
+from control.scheduler.served import ServedPublisher, scheduler_id
 from control.scheduler.state import (
     AUTH,
     CONFIG,
@@ -199,6 +201,8 @@ class EndpointHandler:
                 503, "no_capacity", "no access node can take this client now", retry_after=retry
             )
         self._count(decision.strategy, decision.placement, "ok")
+        track = "canary" if decision.strategy == "gray" else "stable"
+        self.metrics.assignments.inc(decision.release or "none", track)
         ttl = self.ttl
         sign = self.keys.signer(q.uid, q.device, int(time.time()) + ttl)
         fragments = self.engine.snapshot.fragments
@@ -233,14 +237,19 @@ def build_engine(config: SchedulerConfig, geo: GeoDatabase | None = None) -> Eng
     )
 
 
+PUBLISHER = web.AppKey("served_publisher", ServedPublisher)
+
+
 def create_app(
     config: SchedulerConfig,
     kv: KeyValueStore,
     presence: PresenceCluster,
     mounts: Sequence[Callable[[web.Application], None]] = (),
+    name: str | None = None,
 ) -> web.Application:
     """The scheduler application on backends its caller opens and closes (launch.py).
-    ``mounts`` add routes of the layers above (the admin API) before the JSON fallbacks."""
+    ``mounts`` add routes of the layers above (the admin API) before the JSON fallbacks;
+    ``name`` is the id its served-releases record goes under (default: host, pid, random)."""
     app = web.Application()
     metrics = SchedulerMetrics()
     geo = open_geo(config.regions.geoip)
@@ -266,6 +275,15 @@ def create_app(
         rebuild_s=config.scheduler.rebuild_s,
         verify_s=config.registry.verify_s,
     )
+    publisher = ServedPublisher(
+        kv,
+        config.cluster.prefix,
+        name or scheduler_id(),
+        lambda: feed.served,
+        config.registry.lease_ttl_s,
+    )
+    feed.on_build = publisher.changed
+    app[PUBLISHER] = publisher
     app[AUTH] = auth
     app[CONFIG] = config
     app[ENGINE] = engine
@@ -277,17 +295,23 @@ def create_app(
     engine.rebuild()
     metrics.observe_snapshot(engine.snapshot.nodes, engine.snapshot.held)
 
+    async def publish(stop: asyncio.Event) -> None:
+        await feed.synced.wait()  # publish what the first full snapshot serves, not {}
+        await publisher.run(stop)
+
     async def tasks_ctx(app: web.Application) -> AsyncIterator[None]:
         state.backend = kv.name
         state.supervisor.spawn("node-mirror", feed.nodes.run)
         state.supervisor.spawn("gray-mirror", feed.gray.run)
         state.supervisor.spawn("snapshot-feed", feed.run)
+        state.supervisor.spawn("served-releases", publish)
         if reloader is not None:
             state.supervisor.spawn("geoip-reload", reloader.run)
         if auth.jwks is not None:
             state.supervisor.spawn("jwks-refresh", auth.jwks.run)
         yield
         await state.supervisor.close(timeout=3.0)
+        await publisher.close()  # its task may have been cancelled before its own close
         await auth.close()
         if reloader is not None:
             reloader.close()

@@ -34,6 +34,13 @@ class SchedulerMetrics:
             ["strategy", "placement", "result"],
             self.registry,
         )
+        self.assignments = LoopCounter(
+            "imctl_scheduler_assignments_total",
+            "Clients assigned, by the release that took them (none: no release) and the "
+            "track they landed on (canary, or stable: no release or a full canary)",
+            ["release", "track"],
+            self.registry,
+        )
         self.latency = LoopHistogram(
             "imctl_scheduler_decision_seconds",
             "Time to answer GET /v1/endpoint, parsing to response",
