@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -17,7 +17,13 @@ from control.common.kv.embedded import EmbeddedKV
 from control.common.kv.etcd import EtcdKV
 from control.presence.cluster import PresenceCluster
 from control.presence.shards import build_cluster
-from control.testing import EtcdServer, RedisServer, describe_task, leftover_tasks
+from control.testing import (
+    EtcdServer,
+    PrometheusServer,
+    RedisServer,
+    describe_task,
+    leftover_tasks,
+)
 
 # How long a test's own tasks get, after its fixtures are torn down, to finish a
 # cancellation already under way before they count as left behind.
@@ -140,3 +146,22 @@ async def presence(request: pytest.FixtureRequest) -> AsyncIterator[PresenceClus
     )
     yield cluster
     await cluster.close()
+
+
+@pytest.fixture
+def prometheus_server(tmp_path: Path) -> Iterator[Callable[[Iterable[str]], PrometheusServer]]:
+    """Starts a real Prometheus of the test's own scraping the ``host:port`` targets given
+    (known before the nodes listen: it scrapes them once they do); stopped at teardown."""
+    started: list[PrometheusServer] = []
+
+    def start(targets: Iterable[str]) -> PrometheusServer:
+        server = PrometheusServer(tmp_path / f"prometheus{len(started)}", targets)
+        started.append(server)
+        server.start()
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()

@@ -210,10 +210,21 @@ def _matcher(ids: Iterable[str]) -> str:
     return "|".join(sorted(escaped))
 
 
+def _increase(metric: str, sel: str, w: str) -> str:
+    """A counter's increase over the window, series by series. A node creates a labelled
+    series at its first event (the first failed handshake of a kind), so a series absent at
+    the window's start began inside it, at 0: its whole value is the increase. ``increase``
+    alone sees only what came after its first scrape, and nothing of a burst before it (a
+    canary failing would read as healthy). (If Prometheus itself is younger than the
+    window, such a series counts from the node's start: both pools alike.)"""
+    series = f"{metric}{{{sel}}}"
+    return f"(increase({series}[{w}]) and {series} offset {w}) or {series}"
+
+
 class PrometheusSource:
-    """A Prometheus server's HTTP API (``/api/v1/query``): ``increase`` of the nodes'
-    counters over the window, nodes picked by their ``node`` label. Down, or answering an
-    error: FiguresMissing."""
+    """A Prometheus server's HTTP API (``/api/v1/query``): the increase of the nodes'
+    counters over the window (:func:`_increase`), nodes picked by their ``node`` label.
+    Down, or answering an error: FiguresMissing."""
 
     def __init__(
         self,
@@ -250,15 +261,15 @@ class PrometheusSource:
         sel = f'node=~"{_matcher(ids)}"'
         w = f"{max(1, math.ceil(window_s))}s"
         by_result = await self._vector(
-            http, f"sum by (result) (increase(imctl_access_handshakes_total{{{sel}}}[{w}]))"
+            http, f"sum by (result) ({_increase('imctl_access_handshakes_total', sel, w)})"
         )
         by_reason = await self._vector(
-            http, f"sum by (reason) (increase(imctl_access_closes_total{{{sel}}}[{w}]))"
+            http, f"sum by (reason) ({_increase('imctl_access_closes_total', sel, w)})"
         )
         by_code = await self._vector(
-            http, f"sum by (code) (increase(imctl_access_frame_errors_total{{{sel}}}[{w}]))"
+            http, f"sum by (code) ({_increase('imctl_access_frame_errors_total', sel, w)})"
         )
-        frames = await self._vector(http, f"sum(increase(imctl_access_frames_total{{{sel}}}[{w}]))")
+        frames = await self._vector(http, f"sum({_increase('imctl_access_frames_total', sel, w)})")
         conns = await self._vector(http, f"count(imctl_access_connections{{{sel}}}) or vector(0)")
         conn_sum = await self._vector(http, f"sum(imctl_access_connections{{{sel}}})")
         results = {labels.get("result", ""): v for labels, v in by_result}
