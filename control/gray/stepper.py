@@ -25,6 +25,7 @@ from control.common.errors import ImctlError
 from control.common.tasks import pause
 from control.gray.analysis import Analysis, Verdict, judge
 from control.gray.figures import FiguresMissing, FiguresSource
+from control.gray.metrics import GrayMetrics
 from control.gray.model import Release
 from control.gray.store import ReleaseConflict, ReleaseMissing, ReleaseStore, StoredRelease
 from control.gray.verbs import next_step, transition
@@ -78,12 +79,14 @@ class Stepper:
         *,
         leader: Callable[[], bool] = lambda: True,
         by: str = STEPPER,
+        metrics: GrayMetrics | None = None,
     ) -> None:
         self.store = store
         self.figures = figures
         self.clock = clock
         self.leader = leader
         self.by = by
+        self.metrics = metrics
         # name -> (revision, when) of the last verdict that changed nothing (a plan at its
         # last step that passes): judged again an interval later, not every tick.
         self._quiet: dict[str, tuple[int, float]] = {}
@@ -92,7 +95,10 @@ class Stepper:
         """One sentence per release it looked at and acted on (or why it could not)."""
         if not self.leader():
             return ["not the leader: not stepping"]
-        running = [s for s in await self.store.list() if s.release.state == "running"]
+        listing = await self.store.list()
+        if self.metrics is not None:
+            self.metrics.releases(s.release for s in listing)
+        running = [s for s in listing if s.release.state == "running"]
         running = [s for s in running if s.release.steps]
         if not running:
             return []
@@ -122,6 +128,8 @@ class Stepper:
         verdict: Verdict | None = None
         if release.percent > 0 and not problems:
             verdict = await self._judge(release, analysis)
+            if self.metrics is not None:
+                self.metrics.verdict(release.name, verdict)
         decision = decide(release, verdict, problems)
         if decision.verb is None:
             self._quiet[release.name] = (stored.revision, now)

@@ -384,7 +384,14 @@ def controller_part(
     controller = _controller(settings, b.kv, b.presence)
     app = controller_app(controller, metrics_readers=settings.admin.metrics_readers())
     b.attach(app)
-    attach_stepper(app, settings, b.kv, controller.supervisor, lambda: controller.election.leader)
+    attach_stepper(
+        app,
+        settings,
+        b.kv,
+        controller.supervisor,
+        lambda: controller.election.leader,
+        controller.metrics.registry,
+    )
     c = settings.controller
     return Part(
         "controller",

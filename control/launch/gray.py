@@ -8,11 +8,13 @@ import functools
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from control.common.kv import KeyValueStore
 from control.common.registry import Registry
 from control.common.tasks import Supervisor
 from control.gray.figures import FiguresSource, NodeMetricsSource, PrometheusSource
+from control.gray.metrics import GrayMetrics
 from control.gray.stepper import Stepper
 from control.gray.store import ReleaseStore
 from control.settings import Settings
@@ -37,10 +39,14 @@ def attach_stepper(
     kv: KeyValueStore,
     supervisor: Supervisor,
     leader: Callable[[], bool],
+    registry: CollectorRegistry | None = None,
 ) -> Stepper:
     """Start the stepper on ``supervisor`` once ``app`` (the controller's) has started."""
     stepper = Stepper(
-        ReleaseStore(kv, settings.cluster.prefix), figures_source(settings, kv), leader=leader
+        ReleaseStore(kv, settings.cluster.prefix),
+        figures_source(settings, kv),
+        leader=leader,
+        metrics=GrayMetrics(registry) if registry is not None else None,
     )
 
     async def run(app: web.Application) -> AsyncIterator[None]:

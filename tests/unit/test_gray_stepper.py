@@ -202,3 +202,34 @@ async def test_a_follower_does_nothing(kv: EmbeddedKV) -> None:
     clock.now += 600
     assert await stepper.run_once() == ["not the leader: not stepping"]
     assert len(await store.history("r1")) == 1
+
+
+async def test_release_state_percent_and_verdicts_are_metrics(kv: EmbeddedKV) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from control.gray.metrics import GrayMetrics
+
+    sick = PoolFigures(
+        nodes=1, connections=200, handshakes=200, closes=100, abnormal_closes=90, frames=1000
+    )
+    store, stepper, clock = await setup(kv, FakeFigures(sick), release(5.0))
+    registry = CollectorRegistry()
+    stepper.metrics = GrayMetrics(registry)
+    value = registry.get_sample_value
+    await stepper.run_once()  # not due yet: shown, not judged
+    assert value("imctl_gray_release_percent", {"release": "r1"}) == 5.0
+    assert value("imctl_gray_release_state", {"release": "r1", "state": "running"}) == 1.0
+    assert value("imctl_gray_analysis_total", {"release": "r1", "verdict": "breach"}) is None
+    clock.now += 60
+    await stepper.run_once()  # judged: a breach, rolled back
+    assert value("imctl_gray_analysis_total", {"release": "r1", "verdict": "breach"}) == 1.0
+    ratio = {"release": "r1", "metric": "abnormal_close_rate"}
+    assert value("imctl_gray_analysis_ratio", ratio) == 30.0
+    await stepper.run_once()  # the next tick shows the rollback
+    assert value("imctl_gray_release_state", {"release": "r1", "state": "rolled_back"}) == 1.0
+    assert value("imctl_gray_release_percent", {"release": "r1"}) == 0.0
+    stored = await store.get("r1")
+    assert stored is not None
+    await store.delete("r1", stored.revision, by="t")
+    await stepper.run_once()  # a deleted release leaves the metrics
+    assert value("imctl_gray_release_percent", {"release": "r1"}) is None
