@@ -13,8 +13,9 @@ CLIENT_AUTH: dict[str, Any] = {"mode": "jwt", "keys": {KID: SECRET}, "audience":
 TRUST: dict[str, Any] = {"mode": "trust"}  # uid= as given: for tests about something else
 
 
-def token(uid: str, ttl: float = 300, **claims: Any) -> str:
-    """A token CLIENT_AUTH accepts for ``uid``."""
+def token(uid: str, ttl: float = 86_400, **claims: Any) -> str:
+    """A token CLIENT_AUTH accepts for ``uid``; a day, so that one minted when a module is
+    collected still holds when its tests run late in a slow suite."""
     return mint(uid, SECRET, KID, ttl, audience=AUDIENCE, **claims)
 
 
