@@ -28,6 +28,7 @@ from control.common.schema import build
 from control.gray.audit import diff
 from control.gray.model import NAME_PATTERN, Release
 from control.gray.preview import moves
+from control.gray.stable import as_data as stable_data
 from control.gray.store import (
     ReleaseConflict,
     ReleaseExists,
@@ -243,17 +244,17 @@ async def create_release(request: web.Request) -> web.Response:
     return _answer(stored, status=201)
 
 
-async def _write(
+async def _change(
     request: web.Request,
     stored: StoredRelease,
     new: Release,
     action: str,
     reason: str,
     figures: Mapping[str, Any] | None = None,
-) -> web.Response:
+) -> tuple[StoredRelease, bool]:
     """CAS ``new`` over ``stored`` (nothing written when it changes nothing)."""
     if new == stored.release:
-        return _answer(stored, changed=False)
+        return stored, False
     by = who(request)
     written = await _store(request).change(
         new.name, stored.revision, new, action=action, by=by, why=reason, figures=figures
@@ -267,7 +268,19 @@ async def _write(
         written.revision,
         reason or "-",
     )
-    return _answer(written)
+    return written, True
+
+
+async def _write(
+    request: web.Request,
+    stored: StoredRelease,
+    new: Release,
+    action: str,
+    reason: str,
+    figures: Mapping[str, Any] | None = None,
+) -> web.Response:
+    written, changed = await _change(request, stored, new, action, reason, figures)
+    return _answer(written, changed=changed)
 
 
 @require("operator")
@@ -296,9 +309,21 @@ async def release_verb(request: web.Request) -> web.Response:
     if args is None:
         raise VerbRefused(404, "not_found", f"no verb {verb!r} (one of: {', '.join(VERB_ARGS)})")
     body = await _body(request, _COMMON | args)
-    stored = await _current(_store(request), name, body.get("revision"))
+    store = _store(request)
+    stored = await _current(store, name, body.get("revision"))
     step = transition(stored.release, verb, {k: v for k, v in body.items() if k in args})
-    return await _write(request, stored, step.release, verb, body.get("reason", ""), step.figures)
+    reason = body.get("reason", "")
+    written, changed = await _change(request, stored, step.release, verb, reason, step.figures)
+    if verb != "promote":
+        return _answer(written, changed=changed)
+    # Promoted; now its target becomes the stable version (a crash between the two writes
+    # is finished by the controller's stepper: control/gray/stable.py).
+    handed = await store.stable.hand_over(
+        written.release, written.revision, by=who(request), why=reason
+    )
+    log.warning("gray: the stable version is now %s (from %s)", handed.stable.target, name)
+    body = {"release": to_data(written.release), "revision": written.revision}
+    return web.json_response({**body, "changed": changed, "stable": stable_data(handed)})
 
 
 @require("operator")

@@ -4,8 +4,9 @@ An access node serves one track: the release whose target selects it (by pool or
 while that release fences its nodes (running, paused, rolled back), else the stable track.
 A session on a release's node belongs there only while the release still takes its user;
 a session on a stable node never moves for a release (raising a percent only adds users,
-and moves nobody already placed). When a release is promoted, the nodes its target does
-not select are the old stable fleet: they are retired (drained), never cut.
+and moves nobody already placed). When a promote hands the stable track to its target,
+the nodes that target does not select are the old stable fleet: they are retired (drained),
+never cut (control/gray/stable.py decides which).
 """
 
 from __future__ import annotations
@@ -62,20 +63,3 @@ def misplaced(rules: RuleSet, on: Release | None, user: UserContext | None) -> b
         return False
     chosen = rules.first(user)
     return chosen is None or chosen.name != on.name
-
-
-def promoted_away(
-    before: Mapping[str, Release], after: Mapping[str, Release], node: NodeTrack
-) -> Release | None:
-    """A release that has just been promoted (routing before, promoted now) whose target
-    does not select ``node``: this node is of the old stable fleet and retires."""
-    for name in sorted(after):
-        new, old = after[name], before.get(name)
-        if (
-            new.state == "promoted"
-            and old is not None
-            and old.routes
-            and not new.target.selects(node.pool, node.version)
-        ):
-            return new
-    return None

@@ -174,33 +174,50 @@ async def test_raising_the_percent_moves_nobody_lowering_it_moves_the_users_outs
 
 
 @pytest.mark.timeout(60)
-async def test_promote_retires_the_old_stable_nodes_by_reconnect_frames(
+async def test_promote_makes_the_target_stable_and_retires_the_old_nodes_at_the_rate(
     http: aiohttp.ClientSession,
 ) -> None:
     async with LocalCluster(settings(), scheduler=True) as c:
         release = Release(name="r1", target=Target(pool="canary"), percent=50)
-        clients = await placed(c, http, release, 30)
+        clients = await placed(c, http, release, 40)
         stable = {uid for uid, (node, _) in clients.items() if node not in CANARY}
-        assert stable
+        assert len(stable) > 4
         store = ReleaseStore(c.kv, c.settings.cluster.prefix)
         stored = await store.get("r1")
         assert stored is not None
         done = dataclasses.replace(release, percent=100, state="promoted")
-        await store.change("r1", stored.revision, done, action="promote", by="t")
-        frames = await asyncio.gather(
-            *(clients[uid][1].receive_json(timeout=10) for uid in sorted(stable))
-        )
+        promoted = await store.change("r1", stored.revision, done, action="promote", by="t")
+        await store.stable.hand_over(done, promoted.revision, by="t")
+        told: dict[str, float] = {}
+
+        async def told_at(uid: str) -> dict[str, Any]:
+            frame: dict[str, Any] = await clients[uid][1].receive_json(timeout=10)
+            told[uid] = time.monotonic()
+            return frame
+
+        frames = await asyncio.gather(*(told_at(uid) for uid in sorted(stable)))
         assert {(f["t"], f["reason"]) for f in frames} == {("reconnect", "promote")}
+        for node in ("n2", "n3"):  # each old node tells at most RATE a second
+            mine = sorted(t for uid, t in told.items() if clients[uid][0] == node)
+            if len(mine) > 2:
+                assert (mine[-1] - mine[0]) >= (len(mine) - 1) / RATE * 0.8, (node, mine)
         assert {c.node(n).state for n in ("n2", "n3")} == {"draining"}
         assert {c.node(n).state for n in CANARY} == {"up"}
-        for uid in sorted(stable):  # they come back on the promoted pool
-            await clients[uid][1].close()
-            answer = await ask(c, http, uid)
-            for _ in range(50):
-                if answer["node"] in CANARY:
-                    break
-                await asyncio.sleep(0.1)
-                answer = await ask(c, http, uid)
-            assert answer["node"] in CANARY
+        # The old nodes come back (their drains cancelled): the stable version is the
+        # promoted pool now, so nobody is sent to them, not even users never in the release.
+        for n in ("n2", "n3"):
+            c.node(n).undrain()
+
+        async def back_up() -> bool:  # as the scheduler sees them
+            url = f"http://127.0.0.1:{c.settings.scheduler.port}/v1/nodes"
+            async with http.get(url) as resp:
+                nodes = {n["id"]: n for n in (await resp.json())["nodes"]}
+            return all(nodes[n]["state"] == "up" for n in ("n2", "n3"))
+
+        await until(back_up, within=10)
+        never = [f"v{i}" for i in range(400) if not release.rule.matches(*_ctx(f"v{i}"))][:40]
+        assert len(never) == 40
+        for uid in never:
+            assert (await ask(c, http, uid))["node"] in CANARY, uid
         for _, ws in clients.values():
             await ws.close()
