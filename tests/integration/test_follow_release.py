@@ -221,3 +221,50 @@ async def test_promote_makes_the_target_stable_and_retires_the_old_nodes_at_the_
             assert (await ask(c, http, uid))["node"] in CANARY, uid
         for _, ws in clients.values():
             await ws.close()
+
+
+@pytest.mark.timeout(60)
+async def test_rollback_over_spreads_the_moves_over_its_window(
+    http: aiohttp.ClientSession,
+) -> None:
+    """``rollback --over W``: each canary node spreads its clients' reconnect frames over
+    W (not its own 0.5 s drain window): all told within W, and no faster than W allows."""
+    async with LocalCluster(settings(), scheduler=True) as c:
+        store = ReleaseStore(c.kv, c.settings.cluster.prefix)
+        for name, over in (("r1", 2.0), ("r2", 4.0)):
+            release = Release(name=name, target=Target(pool="canary"), percent=40)
+            clients = await placed(c, http, release, 60)
+            canary = {uid for uid, (node, _) in clients.items() if node in CANARY}
+            assert len(canary) >= 10, len(canary)
+            stored = await store.get(name)
+            assert stored is not None
+            back = dataclasses.replace(release, percent=0, state="rolled_back")
+            back = dataclasses.replace(back, rollback_over_s=over)
+            told: dict[str, float] = {}
+
+            async def told_at(uid: str, ws: Any) -> None:
+                for _ in range(int((over + 10) / 0.5)):  # pinging: the idle sweep is 3 s
+                    await ws.send_json({"t": "ping"})
+                    until_ = time.monotonic() + 0.5
+                    while (left := until_ - time.monotonic()) > 0:
+                        try:
+                            frame = await ws.receive_json(timeout=left)
+                        except TimeoutError:
+                            break
+                        if frame["t"] == "reconnect":
+                            assert frame["reason"] == "rollback"
+                            told[uid] = time.monotonic()
+                            return
+
+            start = time.monotonic()
+            await store.change(name, stored.revision, back, action="rollback", by="t")
+            await asyncio.gather(*(told_at(uid, clients[uid][1]) for uid in canary))
+            assert max(told.values()) - start < over + 1.0, (over, told)  # within the window
+            for node in CANARY:  # and spread over it: each node's n at over/n apart
+                mine = sorted(t for uid, t in told.items() if clients[uid][0] == node)
+                if len(mine) > 2:
+                    spread = (len(mine) - 1) * over / len(mine)
+                    assert mine[-1] - mine[0] >= spread * 0.8, (node, over, mine)
+            for _, ws in clients.values():
+                await ws.close()
+            await store.delete(name, (await store.get(name)).revision, by="t")  # type: ignore[union-attr]
