@@ -242,7 +242,9 @@ async def test_rollback_over_spreads_the_moves_over_its_window(
             back = dataclasses.replace(back, rollback_over_s=over)
             told: dict[str, float] = {}
 
-            async def told_at(uid: str, ws: Any) -> None:
+            async def told_at(
+                uid: str, ws: Any, over: float = over, told: dict[str, float] = told
+            ) -> None:
                 for _ in range(int((over + 10) / 0.5)):  # pinging: the idle sweep is 3 s
                     await ws.send_json({"t": "ping"})
                     until_ = time.monotonic() + 0.5
