@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from control.admin.auth import ADMIN, require, who
-from control.common.errors import BadRequest, NotJson, parse_json
+from control.common.errors import BadRequest, ImctlError, NotJson, parse_json
 from control.common.ops import Handler, json_error
 from control.common.records import to_data
 from control.common.schema import build
@@ -29,6 +29,8 @@ from control.gray.audit import diff
 from control.gray.model import NAME_PATTERN, Release
 from control.gray.preview import moves
 from control.gray.stable import as_data as stable_data
+from control.gray.stepper import ADVANCE, ANALYSIS, STEPPER
+from control.gray.track import track_loads
 from control.gray.store import (
     ReleaseConflict,
     ReleaseExists,
@@ -45,7 +47,7 @@ from control.gray.verbs import (
     transition,
 )
 from control.scheduler.served import propagation, served_records
-from control.scheduler.state import KV
+from control.scheduler.state import ENGINE, KV, PRESENCE
 
 log = logging.getLogger(__name__)
 
@@ -195,16 +197,42 @@ async def list_releases(request: web.Request) -> web.Response:
 @answering
 async def release_status(request: web.Request) -> web.Response:
     name = _name(request)
-    stored = await _current(_store(request), name, None)
+    store = _store(request)
+    stored = await _current(store, name, None)
     release = stored.release
+    trail = await store.history(name, HISTORY_MAX)
+    judged = [r for r in trail if r.by == STEPPER and r.action in (ADVANCE, ANALYSIS)]
     return web.json_response(
         {
             "release": to_data(release),
             "revision": stored.revision,
             "state": release.state,
             "step": dict(step_position(release)),
+            "last_analysis": to_data(judged[-1]) if judged else None,
+            "tracks": await _tracks(request, release),
         }
     )
+
+
+async def _tracks(request: web.Request, release: Release) -> dict[str, Any] | None:
+    """Nodes, connections (their load reports) and online entries (presence counters by
+    node, exact) on each track, from this scheduler's snapshot; None without one."""
+    engine = request.app.get(ENGINE)
+    if engine is None:
+        return None
+    presence = request.app.get(PRESENCE)
+    online: dict[str, int] | None = None
+    if presence is not None:
+        try:
+            online = dict((await presence.counts()).by_node)
+        except ImctlError as exc:  # a shard away: the load reports still answer
+            log.warning("gray status: presence counts unavailable: %s", exc)
+    snap = engine.snapshot
+    loads = track_loads(release, snap.nodes.values(), snap.stable, online)
+    return {
+        "stable_target": None if snap.stable is None else to_data(snap.stable),
+        **{track: to_data(load) for track, load in loads.items()},
+    }
 
 
 @require("viewer")

@@ -167,6 +167,7 @@ def test_create_dry_run_then_create_list_and_status(
         "interval  600s\n"
         "who       regions north\n"
         "salt      canary (the name)\n"
+        "analysis  none yet\n"
     )
     assert as_json(capsys, server, "list")["releases"][0]["revision"] == 1
 

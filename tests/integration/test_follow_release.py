@@ -35,12 +35,14 @@ def settings() -> Any:
         for i in range(4)
     ]
     return cluster_settings(
+        # Clients here do not ping: a 9 s idle cutoff outlasts each test's waits.
+        heartbeat={"interval_s": 3, "misses": 3},
         access={
             "nodes": nodes,
             "drain_s": 0.5,
             "drain_max_rate": RATE,
             "reconnect_grace_s": 0.5,
-        }
+        },
     )
 
 
@@ -96,6 +98,21 @@ async def test_rollback_moves_every_canary_session_at_a_bounded_rate(
         clients = await placed(c, http, release, 80)
         canary = {uid for uid, (node, _) in clients.items() if node in CANARY}
         assert 15 <= len(canary) <= 50, len(canary)
+        # The status counts each track: connections from the load reports, online
+        # entries from presence.
+        url = f"http://127.0.0.1:{c.settings.scheduler.port}/v1/gray/releases/r1"
+        wanted = {
+            "canary": {"nodes": 2, "connections": len(canary), "online": len(canary)},
+            "stable": {"nodes": 2, "connections": 80 - len(canary), "online": 80 - len(canary)},
+            "other": {"nodes": 0, "connections": 0, "online": 0},
+            "stable_target": None,
+        }
+
+        async def counted() -> bool:
+            async with http.get(url) as resp:
+                return bool((await resp.json())["tracks"] == wanted)
+
+        await until(counted, within=10, what="per-track counts")
         told: dict[str, float] = {}
         landed: dict[str, str] = {}
 
