@@ -30,7 +30,6 @@ from control.gray.model import NAME_PATTERN, Release
 from control.gray.preview import moves
 from control.gray.stable import as_data as stable_data
 from control.gray.stepper import ADVANCE, ANALYSIS, STEPPER
-from control.gray.track import track_loads
 from control.gray.store import (
     ReleaseConflict,
     ReleaseExists,
@@ -38,6 +37,7 @@ from control.gray.store import (
     ReleaseStore,
     StoredRelease,
 )
+from control.gray.track import track_loads
 from control.gray.verbs import (
     VERB_ARGS,
     VerbRefused,
