@@ -1,8 +1,10 @@
 """Connections follow the releases: the node mirrors the releases and, when a change moves
 users out of its track (a percent lowered, a rollback), tells the sessions now outside to
-reconnect, at the drain's bounded rate with its jitter, so they ask the scheduler again.
-When a release is promoted, a node its target does not select retires (drains). The
-decisions are control/gray/track.py's; this module only walks them."""
+reconnect, at the drain's bounded rate with its jitter, so they ask the scheduler again. A
+rollback's moves are spread over its ``rollback_over_s`` (the node's drain window when
+0), never faster than ``max_rate``. When a promote makes another target the stable
+version, a node of the old stable fleet retires (drains). The decisions are
+control/gray/track.py's and control/gray/stable.py's; this module only walks them."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from typing import Any
 from control.access.drain import drain_schedule, follow
 from control.access.session import Session
 from control.gray.model import Release, RuleSet
-from control.gray.track import MoveReason, NodeTrack, merged, misplaced, promoted_away, serving
+from control.gray.stable import CURRENT, Stable, retiring
+from control.gray.track import MoveReason, NodeTrack, merged, misplaced, serving
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ class ReleaseFollower:
         grace_s: float,
         tell: Tell,
         close: Close,
-        retire: Callable[[Release], object],
+        retire: Callable[[Stable], object],
         spawn: Callable[[str, Coroutine[Any, Any, int]], asyncio.Task[Any]],
         clock: Callable[[], float],
         active: Callable[[], bool] = lambda: True,
@@ -54,7 +57,8 @@ class ReleaseFollower:
         self.releases: dict[str, Release] = {}
         self.rules = RuleSet(())
         self.on: Release | None = None
-        self.synced = False
+        self.stable: Stable | None = None  # the stable record (None: no promote yet)
+        self.retired: Stable | None = None  # the stable record this node retired under
         self.moving: set[str] = set()  # conns in a walk, told or waiting for their turn
         self._walk: asyncio.Task[Any] | None = None
 
@@ -64,34 +68,54 @@ class ReleaseFollower:
 
     def seen(self, stored: Mapping[str, Release]) -> None:
         releases = merged(self.config_releases, stored)
-        now = {r.name: r for r in releases}
-        promoted = promoted_away(self.releases, now, self.node) if self.synced else None
-        self.releases, self.synced = now, True
+        self.releases = {r.name: r for r in releases}
         self.rules = RuleSet(releases)
         self.on = serving(releases, self.node)
-        if promoted is not None:
-            log.warning("release %s promoted: this node retires", promoted.name)
-            self.retire(promoted)
+        if self._retires():
             return
         if not self.active():
             return  # draining already: every session is told anyway
         leaving = [s for s in self.sessions() if s.conn not in self.moving and self.out(s)]
         if leaving:
+            window = self.window_s
+            if self.on is not None and self.on.state == "rolled_back" and self.on.rollback_over_s:
+                window = self.on.rollback_over_s
             self.moving.update(s.conn for s in leaving)
-            self._walk = self.spawn("follow", self._chain(self._walk, leaving))
+            self._walk = self.spawn("follow", self._chain(self._walk, leaving, window))
 
-    async def _chain(self, before: asyncio.Task[Any] | None, leaving: list[Session]) -> int:
+    def stable_seen(self, records: Mapping[str, Stable]) -> None:
+        """The stable record changed (a promote handed the stable track over)."""
+        self.stable = records.get(CURRENT)
+        self._retires()
+
+    def _retires(self) -> bool:
+        """Retire (once per hand-over) when the stable target leaves this node out."""
+        target = None if self.stable is None else self.stable.target
+        if not retiring(target, self.on, self.node.pool, self.node.version):
+            return False
+        if self.retired != self.stable and self.active():
+            assert self.stable is not None  # retiring() holds only with a target
+            self.retired = self.stable
+            log.warning("release %s promoted: this node retires", self.stable.release)
+            self.retire(self.stable)
+        return True
+
+    async def _chain(
+        self, before: asyncio.Task[Any] | None, leaving: list[Session], window_s: float
+    ) -> int:
         if before is not None and not before.done():
             await asyncio.wait([before])
         try:
-            return await self.walk(leaving)
+            return await self.walk(leaving, window_s)
         finally:
             self.moving.difference_update(s.conn for s in leaving)
 
-    async def walk(self, leaving: list[Session]) -> int:
-        """Tell ``leaving`` to reconnect over the window at the bounded rate; the number told."""
+    async def walk(self, leaving: list[Session], window_s: float | None = None) -> int:
+        """Tell ``leaving`` to reconnect over ``window_s`` (the node's drain window when
+        None) at no more than ``max_rate``: the rate wins; the number told."""
         reason: MoveReason = "rollback"
-        plan = drain_schedule(leaving, self.window_s, self.max_rate)
+        window = self.window_s if window_s is None else window_s
+        plan = drain_schedule(leaving, window, self.max_rate)
         log.warning(
             "%d connections leave this node's track over %.0fs at most %g/s",
             len(leaving),

@@ -38,6 +38,7 @@ from control.common.registry import (
 )
 from control.common.tasks import Supervisor, pause
 from control.gray.model import Release, Version
+from control.gray.stable import StableStore
 from control.gray.store import GrayStore
 from control.gray.track import MoveReason, NodeTrack
 from control.presence.cluster import PresenceCluster
@@ -116,7 +117,7 @@ class AccessNode:
             grace_s=self.access.reconnect_grace_s,
             tell=self.tell_reconnect,
             close=self._close_reconnect,
-            retire=lambda release: self.start_drain(self.access.drain_s, "promote"),
+            retire=lambda stable: self.start_drain(self.access.drain_s, "promote"),
             spawn=self.supervisor.errand,
             clock=clock,
             active=lambda: self.state == "up",
@@ -434,6 +435,9 @@ class AccessNode:
             self.on_releases, verify_s=self.config.registry.verify_s
         )
         self.release_mirror = releases
+        stable = StableStore(self.kv, self.config.prefix).mirror(
+            self.follower.stable_seen, verify_s=self.config.registry.verify_s
+        )
         rebalances = rebalance_requests(self.kv, self.config.prefix).mirror(
             self.on_rebalance, verify_s=self.config.registry.verify_s, only=NAME
         )
@@ -445,6 +449,7 @@ class AccessNode:
         sup.spawn("peers", peers.run)
         sup.spawn("drain-requests", drains.run)
         sup.spawn("releases", releases.run)
+        sup.spawn("stable-release", stable.run)
         sup.spawn("rebalance-requests", rebalances.run)
         self.ready.set()
         log.info("%s: serving %s (region %s)", self.id, self.cfg.public_endpoint(), self.cfg.region)

@@ -21,13 +21,15 @@ from typing import Any
 from aiohttp import web
 
 from control.admin.auth import ADMIN, require, who
-from control.common.errors import BadRequest, NotJson, parse_json
+from control.common.errors import BadRequest, ImctlError, NotJson, parse_json
 from control.common.ops import Handler, json_error
 from control.common.records import to_data
 from control.common.schema import build
 from control.gray.audit import diff
 from control.gray.model import NAME_PATTERN, Release
 from control.gray.preview import moves
+from control.gray.stable import as_data as stable_data
+from control.gray.stepper import ADVANCE, ANALYSIS, STEPPER
 from control.gray.store import (
     ReleaseConflict,
     ReleaseExists,
@@ -35,6 +37,7 @@ from control.gray.store import (
     ReleaseStore,
     StoredRelease,
 )
+from control.gray.track import track_loads
 from control.gray.verbs import (
     VERB_ARGS,
     VerbRefused,
@@ -44,7 +47,7 @@ from control.gray.verbs import (
     transition,
 )
 from control.scheduler.served import propagation, served_records
-from control.scheduler.state import KV
+from control.scheduler.state import ENGINE, KV, PRESENCE
 
 log = logging.getLogger(__name__)
 
@@ -194,16 +197,42 @@ async def list_releases(request: web.Request) -> web.Response:
 @answering
 async def release_status(request: web.Request) -> web.Response:
     name = _name(request)
-    stored = await _current(_store(request), name, None)
+    store = _store(request)
+    stored = await _current(store, name, None)
     release = stored.release
+    trail = await store.history(name, HISTORY_MAX)
+    judged = [r for r in trail if r.by == STEPPER and r.action in (ADVANCE, ANALYSIS)]
     return web.json_response(
         {
             "release": to_data(release),
             "revision": stored.revision,
             "state": release.state,
             "step": dict(step_position(release)),
+            "last_analysis": to_data(judged[-1]) if judged else None,
+            "tracks": await _tracks(request, release),
         }
     )
+
+
+async def _tracks(request: web.Request, release: Release) -> dict[str, Any] | None:
+    """Nodes, connections (their load reports) and online entries (presence counters by
+    node, exact) on each track, from this scheduler's snapshot; None without one."""
+    engine = request.app.get(ENGINE)
+    if engine is None:
+        return None
+    presence = request.app.get(PRESENCE)
+    online: dict[str, int] | None = None
+    if presence is not None:
+        try:
+            online = dict((await presence.counts()).by_node)
+        except ImctlError as exc:  # a shard away: the load reports still answer
+            log.warning("gray status: presence counts unavailable: %s", exc)
+    snap = engine.snapshot
+    loads = track_loads(release, snap.nodes.values(), snap.stable, online)
+    return {
+        "stable_target": None if snap.stable is None else to_data(snap.stable),
+        **{track: to_data(load) for track, load in loads.items()},
+    }
 
 
 @require("viewer")
@@ -243,17 +272,17 @@ async def create_release(request: web.Request) -> web.Response:
     return _answer(stored, status=201)
 
 
-async def _write(
+async def _change(
     request: web.Request,
     stored: StoredRelease,
     new: Release,
     action: str,
     reason: str,
     figures: Mapping[str, Any] | None = None,
-) -> web.Response:
+) -> tuple[StoredRelease, bool]:
     """CAS ``new`` over ``stored`` (nothing written when it changes nothing)."""
     if new == stored.release:
-        return _answer(stored, changed=False)
+        return stored, False
     by = who(request)
     written = await _store(request).change(
         new.name, stored.revision, new, action=action, by=by, why=reason, figures=figures
@@ -267,7 +296,19 @@ async def _write(
         written.revision,
         reason or "-",
     )
-    return _answer(written)
+    return written, True
+
+
+async def _write(
+    request: web.Request,
+    stored: StoredRelease,
+    new: Release,
+    action: str,
+    reason: str,
+    figures: Mapping[str, Any] | None = None,
+) -> web.Response:
+    written, changed = await _change(request, stored, new, action, reason, figures)
+    return _answer(written, changed=changed)
 
 
 @require("operator")
@@ -296,9 +337,21 @@ async def release_verb(request: web.Request) -> web.Response:
     if args is None:
         raise VerbRefused(404, "not_found", f"no verb {verb!r} (one of: {', '.join(VERB_ARGS)})")
     body = await _body(request, _COMMON | args)
-    stored = await _current(_store(request), name, body.get("revision"))
+    store = _store(request)
+    stored = await _current(store, name, body.get("revision"))
     step = transition(stored.release, verb, {k: v for k, v in body.items() if k in args})
-    return await _write(request, stored, step.release, verb, body.get("reason", ""), step.figures)
+    reason = body.get("reason", "")
+    written, changed = await _change(request, stored, step.release, verb, reason, step.figures)
+    if verb != "promote":
+        return _answer(written, changed=changed)
+    # Promoted; now its target becomes the stable version (a crash between the two writes
+    # is finished by the controller's stepper: control/gray/stable.py).
+    handed = await store.stable.hand_over(
+        written.release, written.revision, by=who(request), why=reason
+    )
+    log.warning("gray: the stable version is now %s (from %s)", handed.stable.target, name)
+    body = {"release": to_data(written.release), "revision": written.revision}
+    return web.json_response({**body, "changed": changed, "stable": stable_data(handed)})
 
 
 @require("operator")

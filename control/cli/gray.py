@@ -189,11 +189,36 @@ def status_text(answer: Any) -> str:
         ["who", who],
         ["salt", r["salt"] or f"{r['name']} (the name)"],
     ]
+    tracks = answer.get("tracks")
+    if tracks:  # an older server sends none
+        for track in ("canary", "stable", "other"):
+            if track != "other" or tracks[track]["nodes"]:
+                rows.append([track, _track_line(tracks[track])])
+    judged = answer.get("last_analysis")
+    if "last_analysis" in answer:
+        rows.append(["analysis", _analysis_line(judged)])
     spread = answer.get("propagation")
     if spread is not None and (spread["serving"] or spread["lagging"]):  # none: no line
         rows.append(["serving", _propagation_line(spread)])
     head = f"release {r['name']}: {r['state']} (revision {answer['revision']})"
     return head + "\n\n" + "\n".join(f"{k:<9} {v}" for k, v in rows)
+
+
+def _track_line(load: Any) -> str:
+    """A track's nodes, connections (load reports) and online entries (presence)."""
+    online = "?" if load["online"] is None else f"{load['online']:,}"
+    nodes = f"{load['nodes']} node{'s' * (load['nodes'] != 1)}"
+    return f"{nodes}, {load['connections']:,} connections, {online} online"
+
+
+def _analysis_line(record: Any) -> str:
+    """The stepper's newest decision: when, what, why."""
+    if record is None:
+        return "none yet"
+    at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record["at"]))
+    verdict = record["figures"].get("verdict")
+    said = f" ({verdict})" if verdict else ""
+    return f"{at} {record['action']}{said}: {record['why'] or '-'}"
 
 
 def _propagation_line(spread: Any) -> str:

@@ -7,6 +7,7 @@ Everything lives under the cluster's prefix (``cluster.prefix``, default ``/imct
     <prefix>/gray/<name>            Release JSON, compare-and-swap on its revision
     <prefix>/gray-audit/<name>/<rev>  one AuditRecord per change of the release, keyed by
                                     the zero-padded revision of the write (keys sort by time)
+    <prefix>/gray-stable/current    Stable JSON: the stable track's target, set by promote
     <prefix>/controller/leader      the presence controller's identity on its lease
     <prefix>/presence/ring          RingSpec JSON (the status cluster ring)
     <prefix>/rebalance/cluster      RebalanceRequest JSON, written by the admin API
@@ -49,6 +50,11 @@ class Keys:
     @property
     def gray_audit(self) -> str:
         return self.root + "/gray-audit/"
+
+    @property
+    def gray_stable(self) -> str:
+        """The directory of the stable record (one, named ``current``)."""
+        return self.root + "/gray-stable/"
 
     @property
     def controller(self) -> str:

@@ -198,6 +198,13 @@ class Release:
     step_interval_s: float = setting(600.0, "seconds between steps", gt=0)
     analysis: Mapping[str, Any] = setting(MappingProxyType({}), "canary analysis settings")
     state: ReleaseState = setting("running", "draft|running|paused|promoted|rolled_back")
+    rollback_over_s: float = setting(
+        0.0,
+        "set by rollback --over: seconds its connections take to leave the canary nodes "
+        "(0: each node's own drain window); the nodes' drain_max_rate is the ceiling",
+        ge=0,
+        le=86400,
+    )
 
     def check(self, path: str) -> list[str]:
         problems = []

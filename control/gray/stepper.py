@@ -27,6 +27,7 @@ from control.gray.analysis import Analysis, Verdict, judge
 from control.gray.figures import FiguresMissing, FiguresSource
 from control.gray.metrics import GrayMetrics
 from control.gray.model import Release
+from control.gray.stable import hand_over_due
 from control.gray.store import ReleaseConflict, ReleaseMissing, ReleaseStore, StoredRelease
 from control.gray.verbs import next_step, transition
 
@@ -98,17 +99,35 @@ class Stepper:
         listing = await self.store.list()
         if self.metrics is not None:
             self.metrics.releases(s.release for s in listing)
+        done: list[str] = []
+        handed = await self._hand_over(listing)
+        if handed:
+            done.append(handed)
         running = [s for s in listing if s.release.state == "running"]
         running = [s for s in running if s.release.steps]
         if not running:
-            return []
+            return done
         await self.figures.sample()
-        done: list[str] = []
         for stored in running:
             said = await self._look(stored)
             if said:
                 done.append(said)
         return done
+
+    async def _hand_over(self, listing: list[StoredRelease]) -> str:
+        """Finish a promote that stopped before handing the stable version over."""
+        current = await self.store.stable.get()
+        due = hand_over_due(
+            ((s.release, s.revision) for s in listing), None if current is None else current.stable
+        )
+        if due is None:
+            return ""
+        release, revision = due
+        why = "promote finished: the stable version hand-over was missing"
+        await self.store.stable.hand_over(release, revision, by=self.by, why=why)
+        said = f"{release.name}: stable version handed over to {release.target}"
+        log.warning("%s", said)
+        return said
 
     async def _since(self, stored: StoredRelease) -> float:
         """When the release last changed (its newest audit record)."""

@@ -42,6 +42,7 @@ from control.gray.audit import (
     diff,
 )
 from control.gray.model import Release
+from control.gray.stable import StableStore
 
 __all__ = [
     "RELEASES",
@@ -149,6 +150,8 @@ class ReleaseStore:
         self.keys = Keys(prefix)
         self.records = RecordStore(kv, self.keys.gray, RELEASES)
         self.clock = clock
+        #: the stable version beside the releases (promote hands it over)
+        self.stable = StableStore(kv, prefix, clock=clock)
 
     # ---- reads
 
@@ -180,6 +183,12 @@ class ReleaseStore:
             if written not in records:  # the writer stopped between its two writes
                 await self._write_audit(read.stored.revision, read.change)
                 records[written] = read.change
+        stable = await self.stable.get()
+        if stable is not None and stable.stable.release == name:
+            handed = audit_name(stable.revision)
+            if handed not in records:  # the hand-over's writer stopped before its record
+                await self.stable.write_audit(stable)
+                records[handed] = stable.stable.audit(stable.revision)
         return [records[key] for key in sorted(records)[-limit:]]
 
     # ---- changes

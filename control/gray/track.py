@@ -4,8 +4,9 @@ An access node serves one track: the release whose target selects it (by pool or
 while that release fences its nodes (running, paused, rolled back), else the stable track.
 A session on a release's node belongs there only while the release still takes its user;
 a session on a stable node never moves for a release (raising a percent only adds users,
-and moves nobody already placed). When a release is promoted, the nodes its target does
-not select are the old stable fleet: they are retired (drained), never cut.
+and moves nobody already placed). When a promote hands the stable track to its target,
+the nodes that target does not select are the old stable fleet: they are retired (drained),
+never cut (control/gray/stable.py decides which).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from control.gray.model import Release, RuleSet, UserContext
+from control.common.registry import NodeRecord
+from control.gray.model import Release, RuleSet, Target, UserContext
 
 #: why a session is told to reconnect (the access node's moved-connections metric)
 MoveReason = Literal["drain", "rollback", "promote", "rebalance"]
@@ -64,18 +66,39 @@ def misplaced(rules: RuleSet, on: Release | None, user: UserContext | None) -> b
     return chosen is None or chosen.name != on.name
 
 
-def promoted_away(
-    before: Mapping[str, Release], after: Mapping[str, Release], node: NodeTrack
-) -> Release | None:
-    """A release that has just been promoted (routing before, promoted now) whose target
-    does not select ``node``: this node is of the old stable fleet and retires."""
-    for name in sorted(after):
-        new, old = after[name], before.get(name)
-        if (
-            new.state == "promoted"
-            and old is not None
-            and old.routes
-            and not new.target.selects(node.pool, node.version)
-        ):
-            return new
-    return None
+@dataclass(frozen=True, slots=True)
+class TrackLoad:
+    """One track's share of the fleet, for ``imctl gray status``."""
+
+    nodes: int = 0
+    connections: int = 0  # the nodes' load reports (as of each one's last report)
+    online: int | None = 0  # presence entries on those nodes (exact); None: not known
+
+
+def track_loads(
+    release: Release,
+    nodes: Iterable[NodeRecord],
+    stable: Target | None,
+    online_by_node: Mapping[str, int] | None,
+) -> dict[str, TrackLoad]:
+    """Canary (the nodes the release's target selects), stable (the nodes the stable target
+    selects, every other node before a promote) and ``other`` (nodes of other releases, or
+    an old stable fleet retiring). Pure."""
+    tally: dict[str, list[int]] = {}
+    for node in nodes:
+        if release.target.selects(node.pool, node.version):
+            track = "canary"
+        elif stable is None or stable.selects(node.pool, node.version):
+            track = "stable"
+        else:
+            track = "other"
+        counts = tally.setdefault(track, [0, 0, 0])
+        counts[0] += 1
+        counts[1] += node.conns
+        counts[2] += (online_by_node or {}).get(node.id, 0)
+    known = online_by_node is not None
+    loads = {}
+    for track in ("canary", "stable", "other"):
+        count, conns, online = tally.get(track, [0, 0, 0])
+        loads[track] = TrackLoad(count, conns, online if known else None)
+    return loads

@@ -143,11 +143,10 @@ def transition(current: Release, verb: str, args: Mapping[str, Any]) -> Transiti
     if verb == "promote":
         return Transition(verb, replace(current, percent=100.0, state="promoted"))
     over = rollback_window(args.get("over_s", ROLLBACK_DEFAULT_S))
-    # The drain of its connections over `over_s` is the rollback's follower's to do (next
-    # round); the audit record carries the window it was asked for.
-    return Transition(
-        verb, replace(current, percent=0.0, state="rolled_back"), MappingProxyType({"over_s": over})
-    )
+    # The release carries the window: every node holding its clients spreads their
+    # reconnect frames over it (control/access/follow.py); the audit keeps it too.
+    back = replace(current, percent=0.0, state="rolled_back", rollback_over_s=over)
+    return Transition(verb, back, MappingProxyType({"over_s": over}))
 
 
 def check_create(new: Release) -> None:

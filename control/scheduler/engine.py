@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 
 from control.common.registry import NodeRecord, PreservationPolicy, PreservingView
-from control.gray.model import Release, UserContext
+from control.gray.model import Release, Target, UserContext
 from control.scheduler.pipeline import Decision, decide
 from control.scheduler.proximity import RegionMap
 from control.scheduler.snapshot import Pending, Snapshot
@@ -36,6 +36,7 @@ class Engine:
         self.pending = Pending(pending_window_s, clock)
         self._observed: Mapping[str, NodeRecord] = {}
         self._stored: Mapping[str, Release] = {}
+        self._stable: Target | None = None
         self.builds = 0
         self.message = "static nodes only"
         self.snapshot = Snapshot.build(self.static, self.config_releases)
@@ -45,6 +46,10 @@ class Engine:
 
     def set_releases(self, stored: Mapping[str, Release]) -> None:
         self._stored = stored
+
+    def set_stable(self, target: Target | None) -> None:
+        """The stable target from the store (None: no promote yet)."""
+        self._stable = target
 
     def releases(self) -> tuple[Release, ...]:
         """Config releases in their order, then stored ones by name; a stored release
@@ -66,6 +71,7 @@ class Engine:
             revision=self.builds,
             held=preserved.held_since is not None,
             previous=self.snapshot,
+            stable=self._stable,
         )
         self.pending.sync(self.snapshot.nodes)
         self.message = preserved.message

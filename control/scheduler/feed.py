@@ -20,6 +20,7 @@ from control.common.kv import KeyValueStore
 from control.common.mirror import PrefixMirror
 from control.common.registry import NodeRecord, Registry
 from control.gray.model import Release
+from control.gray.stable import Stable, StableStore, stable_target
 from control.gray.store import GrayStore
 from control.scheduler.engine import Engine
 from control.scheduler.state import SchedulerMetrics
@@ -56,7 +57,10 @@ class SnapshotFeed:
         self.gray: PrefixMirror[Release] = GrayStore(kv, prefix).mirror(
             self._on_releases, verify_s=verify_s
         )
-        self.synced = asyncio.Event()  # both mirrors listed and a snapshot built from them
+        self.stable: PrefixMirror[Stable] = StableStore(kv, prefix).mirror(
+            self._on_stable, verify_s=verify_s
+        )
+        self.synced = asyncio.Event()  # every mirror listed and a snapshot built from them
         self.due: float | None = None  # when the next build is due (clock time)
         # The store revision of each release the serving snapshot holds (0: config only).
         self.served: dict[str, int] = {}
@@ -64,8 +68,10 @@ class SnapshotFeed:
         self._wake = asyncio.Event()
 
     @property
-    def mirrors(self) -> dict[str, PrefixMirror[NodeRecord] | PrefixMirror[Release]]:
-        return {"nodes": self.nodes, "gray": self.gray}
+    def mirrors(
+        self,
+    ) -> dict[str, PrefixMirror[NodeRecord] | PrefixMirror[Release] | PrefixMirror[Stable]]:
+        return {"nodes": self.nodes, "gray": self.gray, "stable": self.stable}
 
     def _on_nodes(self, nodes: Mapping[str, NodeRecord]) -> None:
         self.engine.set_nodes(nodes)
@@ -73,6 +79,10 @@ class SnapshotFeed:
 
     def _on_releases(self, releases: Mapping[str, Release]) -> None:
         self.engine.set_releases(releases)
+        self.changed()
+
+    def _on_stable(self, records: Mapping[str, Stable]) -> None:
+        self.engine.set_stable(stable_target(records))
         self.changed()
 
     def changed(self) -> None:
@@ -115,6 +125,7 @@ class SnapshotFeed:
     async def run(self, stop: asyncio.Event) -> None:
         await self.nodes.synced.wait()
         await self.gray.synced.wait()
+        await self.stable.synced.wait()
         self.build()
         self.synced.set()
         self.metrics.ready.set(1)

@@ -303,6 +303,7 @@ def create_app(
         state.backend = kv.name
         state.supervisor.spawn("node-mirror", feed.nodes.run)
         state.supervisor.spawn("gray-mirror", feed.gray.run)
+        state.supervisor.spawn("stable-mirror", feed.stable.run)
         state.supervisor.spawn("snapshot-feed", feed.run)
         state.supervisor.spawn("served-releases", publish)
         if reloader is not None:

@@ -50,6 +50,7 @@ class Snapshot:
     # '"node":…,"endpoint":…' per node, escaped once per snapshot instead of per answer
     fragments: Mapping[str, str] = field(default_factory=dict)
     rules: RuleSet = field(default_factory=lambda: RuleSet(()))
+    stable: Target | None = None  # the stable target a promote set (None: none yet)
 
     @classmethod
     def build(
@@ -59,9 +60,11 @@ class Snapshot:
         revision: int = 0,
         held: bool = False,
         previous: Snapshot | None = None,
+        stable: Target | None = None,
     ) -> Snapshot:
         """``previous`` lends its escaped node fragments (endpoints rarely change, and a
-        registry of 1,000 nodes reporting load rebuilds many times a second)."""
+        registry of 1,000 nodes reporting load rebuilds many times a second). ``stable``:
+        the stable target a promote set (None: every node no release fences)."""
         releases = tuple(releases)
         routing = tuple(r for r in releases if r.routes)
         usable = [n for n in nodes.values() if n.state == "up" and n.weight > 0]
@@ -77,9 +80,13 @@ class Snapshot:
             return found or []
 
         fenced = {n.id for r in releases if r.fences for n in selected(r.target)}
-        tracks: dict[str, Mapping[str, Group]] = {
-            STABLE: MappingProxyType(_group(n for n in usable if n.id not in fenced))
-        }
+        unfenced = [n for n in usable if n.id not in fenced]
+        if stable is not None:
+            # The old stable fleet retires; should the stable target have no usable node
+            # at all (its nodes all down), serving from the old fleet beats refusing.
+            chosen = [n for n in unfenced if stable.selects(n.pool, n.version)]
+            unfenced = chosen or unfenced
+        tracks: dict[str, Mapping[str, Group]] = {STABLE: MappingProxyType(_group(unfenced))}
         for release in routing:
             tracks[release.name] = MappingProxyType(_group(selected(release.target)))
         old = previous.fragments if previous is not None else {}
@@ -99,6 +106,7 @@ class Snapshot:
             tracks=MappingProxyType(tracks),
             fragments=MappingProxyType(fragments),
             rules=RuleSet(routing),
+            stable=stable,
         )
 
 

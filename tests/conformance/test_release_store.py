@@ -42,8 +42,9 @@ class CrashingKV(KeyValueStore):
 
     name = "crashing"
 
-    def __init__(self, inner: KeyValueStore) -> None:
+    def __init__(self, inner: KeyValueStore, dies_after: str = "/gray/") -> None:
         self.inner = inner
+        self.dies_after = dies_after  # the directory whose next swap is the last
         self.armed = False
         self.dead = False
 
@@ -71,7 +72,7 @@ class CrashingKV(KeyValueStore):
     ) -> tuple[bool, int]:
         self._alive()
         ok, revision = await self.inner.compare_and_swap(key, value, expected, lease)
-        if ok and self.armed and "/gray/" in key:
+        if ok and self.armed and self.dies_after in key:
             self.armed, self.dead = False, True
         return ok, revision
 
@@ -301,6 +302,49 @@ async def test_the_mirror_sees_releases_not_their_audit(kv: KeyValueStore, prefi
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
+
+
+async def test_promote_hands_the_stable_version_over_audited(
+    kv: KeyValueStore, prefix: str
+) -> None:
+    """The stable version is one record beside the releases: a hand-over is a
+    compare-and-swap that a newer promotion wins, audited in the promoted release's trail
+    (written by the next reader when its writer died before the record)."""
+    store = store_of(kv, prefix)
+    assert await store.stable.get() is None
+    created = await store.create(R1, by="alice")
+    done = dataclasses.replace(R1, percent=100, state="promoted")
+    promoted = await store.change("r1", created.revision, done, action="promote", by="bob")
+    handed = await store.stable.hand_over(done, promoted.revision, by="bob", why="5.13 is good")
+    assert handed.stable.target == Target(pool="canary") and handed.revision > promoted.revision
+    assert (handed.stable.release, handed.stable.release_revision) == ("r1", promoted.revision)
+    assert await store.stable.get() == handed
+    # An older promotion never takes the record back.
+    assert await store.stable.hand_over(done, promoted.revision - 1, by="eve") == handed
+    trail = await store.history("r1")
+    assert [(r.action, r.by) for r in trail] == [
+        ("create", "alice"),
+        ("promote", "bob"),
+        ("stable", "bob"),
+    ]
+    assert trail[-1].changes["stable"] == (None, {"pool": "canary"})
+    assert (trail[-1].revision, trail[-1].why) == (handed.revision, "5.13 is good")
+
+    # The next release promoted by a writer that died after its swap of the stable
+    # record: the history reader writes the hand-over's record.
+    r2 = Release(name="r2", target=Target(version="6.0"), percent=100, state="promoted")
+    crashing = CrashingKV(kv, dies_after="/gray-stable/")
+    crashing.arm()
+    with pytest.raises(BackendUnavailable):
+        await ReleaseStore(crashing, prefix).stable.hand_over(r2, handed.revision + 5, by="carol")
+    now = await store.stable.get()
+    assert now is not None and now.stable.target == Target(version="6.0")
+    assert now.stable.previous == {"pool": "canary"}
+    assert now.stable.previous_revision == handed.revision
+    [record] = await store.history("r2")
+    assert (record.action, record.by, record.revision) == ("stable", "carol", now.revision)
+    assert record.changes["stable"] == ({"pool": "canary"}, {"version": "6.0"})
+    assert record.from_revision == handed.revision
 
 
 def test_audit_records_compare_by_value() -> None:

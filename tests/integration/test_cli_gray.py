@@ -110,7 +110,7 @@ def test_a_release_file_with_problems_lists_every_one(
     assert err == (
         f"imctl: {path}: the release has 5 problems:\n"
         "  - release.colour: unknown key (expected one of: analysis, exclude, include, name, "
-        "percent, salt, state, step_interval_s, steps, target)\n"
+        "percent, rollback_over_s, salt, state, step_interval_s, steps, target)\n"
         "  - release.name: 'Canary One' does not match [a-z0-9][a-z0-9-]{0,62}\n"
         "  - release.target: set exactly one of pool or version\n"
         "  - release.percent: must be <= 100, got 120.0\n"
@@ -167,6 +167,7 @@ def test_create_dry_run_then_create_list_and_status(
         "interval  600s\n"
         "who       regions north\n"
         "salt      canary (the name)\n"
+        "analysis  none yet\n"
     )
     assert as_json(capsys, server, "list")["releases"][0]["revision"] == 1
 

@@ -35,12 +35,14 @@ def settings() -> Any:
         for i in range(4)
     ]
     return cluster_settings(
+        # Clients here do not ping: a 9 s idle cutoff outlasts each test's waits.
+        heartbeat={"interval_s": 3, "misses": 3},
         access={
             "nodes": nodes,
             "drain_s": 0.5,
             "drain_max_rate": RATE,
             "reconnect_grace_s": 0.5,
-        }
+        },
     )
 
 
@@ -96,6 +98,21 @@ async def test_rollback_moves_every_canary_session_at_a_bounded_rate(
         clients = await placed(c, http, release, 80)
         canary = {uid for uid, (node, _) in clients.items() if node in CANARY}
         assert 15 <= len(canary) <= 50, len(canary)
+        # The status counts each track: connections from the load reports, online
+        # entries from presence.
+        url = f"http://127.0.0.1:{c.settings.scheduler.port}/v1/gray/releases/r1"
+        wanted = {
+            "canary": {"nodes": 2, "connections": len(canary), "online": len(canary)},
+            "stable": {"nodes": 2, "connections": 80 - len(canary), "online": 80 - len(canary)},
+            "other": {"nodes": 0, "connections": 0, "online": 0},
+            "stable_target": None,
+        }
+
+        async def counted() -> bool:
+            async with http.get(url) as resp:
+                return bool((await resp.json())["tracks"] == wanted)
+
+        await until(counted, within=10, what="per-track counts")
         told: dict[str, float] = {}
         landed: dict[str, str] = {}
 
@@ -174,33 +191,99 @@ async def test_raising_the_percent_moves_nobody_lowering_it_moves_the_users_outs
 
 
 @pytest.mark.timeout(60)
-async def test_promote_retires_the_old_stable_nodes_by_reconnect_frames(
+async def test_promote_makes_the_target_stable_and_retires_the_old_nodes_at_the_rate(
     http: aiohttp.ClientSession,
 ) -> None:
     async with LocalCluster(settings(), scheduler=True) as c:
         release = Release(name="r1", target=Target(pool="canary"), percent=50)
-        clients = await placed(c, http, release, 30)
+        clients = await placed(c, http, release, 40)
         stable = {uid for uid, (node, _) in clients.items() if node not in CANARY}
-        assert stable
+        assert len(stable) > 4
         store = ReleaseStore(c.kv, c.settings.cluster.prefix)
         stored = await store.get("r1")
         assert stored is not None
         done = dataclasses.replace(release, percent=100, state="promoted")
-        await store.change("r1", stored.revision, done, action="promote", by="t")
-        frames = await asyncio.gather(
-            *(clients[uid][1].receive_json(timeout=10) for uid in sorted(stable))
-        )
+        promoted = await store.change("r1", stored.revision, done, action="promote", by="t")
+        await store.stable.hand_over(done, promoted.revision, by="t")
+        told: dict[str, float] = {}
+
+        async def told_at(uid: str) -> dict[str, Any]:
+            frame: dict[str, Any] = await clients[uid][1].receive_json(timeout=10)
+            told[uid] = time.monotonic()
+            return frame
+
+        frames = await asyncio.gather(*(told_at(uid) for uid in sorted(stable)))
         assert {(f["t"], f["reason"]) for f in frames} == {("reconnect", "promote")}
+        for node in ("n2", "n3"):  # each old node tells at most RATE a second
+            mine = sorted(t for uid, t in told.items() if clients[uid][0] == node)
+            if len(mine) > 2:
+                assert (mine[-1] - mine[0]) >= (len(mine) - 1) / RATE * 0.8, (node, mine)
         assert {c.node(n).state for n in ("n2", "n3")} == {"draining"}
         assert {c.node(n).state for n in CANARY} == {"up"}
-        for uid in sorted(stable):  # they come back on the promoted pool
-            await clients[uid][1].close()
-            answer = await ask(c, http, uid)
-            for _ in range(50):
-                if answer["node"] in CANARY:
-                    break
-                await asyncio.sleep(0.1)
-                answer = await ask(c, http, uid)
-            assert answer["node"] in CANARY
+        # The old nodes come back (their drains cancelled): the stable version is the
+        # promoted pool now, so nobody is sent to them, not even users never in the release.
+        for n in ("n2", "n3"):
+            c.node(n).undrain()
+
+        async def back_up() -> bool:  # as the scheduler sees them
+            url = f"http://127.0.0.1:{c.settings.scheduler.port}/v1/nodes"
+            async with http.get(url) as resp:
+                nodes = {n["id"]: n for n in (await resp.json())["nodes"]}
+            return all(nodes[n]["state"] == "up" for n in ("n2", "n3"))
+
+        await until(back_up, within=10)
+        never = [f"v{i}" for i in range(400) if not release.rule.matches(*_ctx(f"v{i}"))][:40]
+        assert len(never) == 40
+        for uid in never:
+            assert (await ask(c, http, uid))["node"] in CANARY, uid
         for _, ws in clients.values():
             await ws.close()
+
+
+@pytest.mark.timeout(60)
+async def test_rollback_over_spreads_the_moves_over_its_window(
+    http: aiohttp.ClientSession,
+) -> None:
+    """``rollback --over W``: each canary node spreads its clients' reconnect frames over
+    W (not its own 0.5 s drain window): all told within W, and no faster than W allows."""
+    async with LocalCluster(settings(), scheduler=True) as c:
+        store = ReleaseStore(c.kv, c.settings.cluster.prefix)
+        for name, over in (("r1", 2.0), ("r2", 4.0)):
+            release = Release(name=name, target=Target(pool="canary"), percent=40)
+            clients = await placed(c, http, release, 60)
+            canary = {uid for uid, (node, _) in clients.items() if node in CANARY}
+            assert len(canary) >= 10, len(canary)
+            stored = await store.get(name)
+            assert stored is not None
+            back = dataclasses.replace(release, percent=0, state="rolled_back")
+            back = dataclasses.replace(back, rollback_over_s=over)
+            told: dict[str, float] = {}
+
+            async def told_at(
+                uid: str, ws: Any, over: float = over, told: dict[str, float] = told
+            ) -> None:
+                for _ in range(int((over + 10) / 0.5)):  # pinging: the idle sweep is 3 s
+                    await ws.send_json({"t": "ping"})
+                    until_ = time.monotonic() + 0.5
+                    while (left := until_ - time.monotonic()) > 0:
+                        try:
+                            frame = await ws.receive_json(timeout=left)
+                        except TimeoutError:
+                            break
+                        if frame["t"] == "reconnect":
+                            assert frame["reason"] == "rollback"
+                            told[uid] = time.monotonic()
+                            return
+
+            start = time.monotonic()
+            await store.change(name, stored.revision, back, action="rollback", by="t")
+            await asyncio.gather(*(told_at(uid, clients[uid][1]) for uid in canary))
+            assert max(told.values()) - start < over + 1.0, (over, told)  # within the window
+            for node in CANARY:  # and spread over it: each node's n at over/n apart
+                mine = sorted(t for uid, t in told.items() if clients[uid][0] == node)
+                if len(mine) > 2:
+                    spread = (len(mine) - 1) * over / len(mine)
+                    assert mine[-1] - mine[0] >= spread * 0.8, (node, over, mine)
+            for _, ws in clients.values():
+                await ws.close()
+            await store.delete(name, (await store.get(name)).revision, by="t")  # type: ignore[union-attr]

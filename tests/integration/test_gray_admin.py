@@ -267,6 +267,26 @@ async def test_the_verbs_walk_a_release_to_its_end(
     assert [r["action"] for r in history["history"]] == ["rollback", "delete"]
 
 
+async def test_promote_makes_the_target_the_stable_version_in_the_history(
+    client: TestClient[Any, Any], store: ReleaseStore
+) -> None:
+    await seed(store)
+    base = "/v1/gray/releases/canary"
+    status, answer = await call(client, "POST", f"{base}/promote", {"reason": "all green"})
+    assert status == 200 and answer["release"]["state"] == "promoted"
+    assert answer["stable"]["target"] == {"pool": "canary"}
+    stored = await store.stable.get()
+    assert stored is not None and stored.stable.target.pool == "canary"
+    assert (stored.stable.release_revision, stored.revision) == (
+        answer["revision"],
+        answer["stable"]["revision"],
+    )
+    status, history = await call(client, "GET", f"{base}/history")
+    trail = [(r["action"], r["by"], r["why"]) for r in history["history"]]
+    assert trail[-2:] == [("promote", "sre", "all green"), ("stable", "sre", "all green")]
+    assert history["history"][-1]["changes"] == {"stable": [None, {"pool": "canary"}]}
+
+
 async def test_verb_refusals_are_clear_and_write_nothing(
     client: TestClient[Any, Any], store: ReleaseStore
 ) -> None:

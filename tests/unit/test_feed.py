@@ -135,7 +135,9 @@ async def test_run_builds_once_both_mirrors_listed_then_follows_changes() -> Non
     engine = Engine(RegionMap(known=("r",)))
     f = SnapshotFeed(engine, kv, "/imctl", SchedulerMetrics(), rebuild_s=0.01, verify_s=10)
     stop = asyncio.Event()
-    tasks = [asyncio.create_task(run(stop)) for run in (f.nodes.run, f.gray.run, f.run)]
+    tasks = [
+        asyncio.create_task(run(stop)) for run in (f.nodes.run, f.gray.run, f.stable.run, f.run)
+    ]
     try:
         await asyncio.wait_for(f.synced.wait(), 5)
         assert "live" in f.engine.snapshot.nodes

@@ -233,3 +233,20 @@ async def test_release_state_percent_and_verdicts_are_metrics(kv: EmbeddedKV) ->
     await store.delete("r1", stored.revision, by="t")
     await stepper.run_once()  # a deleted release leaves the metrics
     assert value("imctl_gray_release_percent", {"release": "r1"}) is None
+
+
+async def test_a_promote_that_stopped_before_the_hand_over_is_finished(kv: EmbeddedKV) -> None:
+    """The promote's writer died between its two writes: the leader's next tick makes the
+    promoted target the stable version (once), and the history says so."""
+    store, stepper, _ = await setup(kv, FakeFigures(HEALTHY), release(50.0, steps=()))
+    stored = await store.get("r1")
+    assert stored is not None
+    done = release(100.0, steps=(), state="promoted")
+    await store.change("r1", stored.revision, done, action="promote", by="alice")
+    assert await store.stable.get() is None
+    said = await stepper.run_once()
+    assert said == ["r1: stable version handed over to Target(pool='canary', version='')"]
+    stable = await store.stable.get()
+    assert stable is not None and stable.stable.target == Target(pool="canary")
+    assert await stepper.run_once() == []  # done once
+    assert [r.action for r in await store.history("r1")] == ["create", "promote", "stable"]

@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from control.gray.model import Release, RuleSet, Target, UserContext, Version
-from control.gray.track import NodeTrack, merged, misplaced, promoted_away, serving
+from control.gray.stable import Stable, hand_over_due, retiring
+from control.gray.track import NodeTrack, merged, misplaced, serving
 
 CANARY = NodeTrack("canary", "2.0")
 STABLE = NodeTrack("default", "1.0")
@@ -70,14 +71,29 @@ def test_paused_still_serves_and_a_deleted_release_leaves_a_stable_node() -> Non
     assert serving((), CANARY) is None
 
 
-def test_promote_retires_the_nodes_the_target_does_not_select() -> None:
+def test_the_stable_target_retires_the_nodes_it_does_not_select() -> None:
     r = release(50)
     done = dataclasses.replace(r, percent=100, state="promoted")
-    assert promoted_away({"r1": r}, {"r1": done}, STABLE) == done
-    assert promoted_away({"r1": r}, {"r1": done}, CANARY) is None
-    # Only the change retires: a node that finds it promoted already stays.
-    assert promoted_away({"r1": done}, {"r1": done}, STABLE) is None
-    assert promoted_away({}, {"r1": done}, STABLE) is None
+    target = done.target
+    # No promote yet: nobody retires.
+    assert not retiring(None, None, STABLE.pool, STABLE.version)
+    assert retiring(target, None, STABLE.pool, STABLE.version)
+    assert not retiring(target, None, CANARY.pool, CANARY.version)
+    # A node a release still fences (a next canary) is that release's, not retired.
+    nxt = Release(name="r2", target=Target(version="1.0"), percent=5)
+    assert not retiring(target, serving((nxt,), STABLE), STABLE.pool, STABLE.version)
+
+
+def test_the_newest_promotion_is_handed_over_once() -> None:
+    a = dataclasses.replace(release(100, name="a"), state="promoted")
+    b = Release(name="b", target=Target(version="3.0"), percent=100, state="promoted")
+    running = release(5, name="c")
+    assert hand_over_due([(running, 9)], None) is None
+    assert hand_over_due([(a, 4), (b, 7), (running, 9)], None) == (b, 7)
+    done = Stable(target=b.target, release="b", release_revision=7)
+    assert hand_over_due([(a, 4), (b, 7)], done) is None
+    older = Stable(target=a.target, release="a", release_revision=4)
+    assert hand_over_due([(a, 4), (b, 7)], older) == (b, 7)
 
 
 def test_merged_keeps_the_schedulers_order() -> None:

@@ -139,6 +139,27 @@ def test_rolled_back_canary_takes_nobody() -> None:
     assert d is None
 
 
+def test_a_promoted_target_is_the_stable_track_and_the_old_fleet_takes_nobody() -> None:
+    done = Release(name="c", target=Target(version="2.0"), percent=100, state="promoted")
+    nodes = {"old": node("old", version="1.0"), "new": node("new", version="2.0")}
+    nodes["new2"] = node("new2", version="2.0", zone="b")
+    snap = Snapshot.build(nodes, [done], stable=Target(version="2.0"))
+    rm = RegionMap(known=("r1",))
+    for i in range(200):  # users the release never took (it routes nobody now)
+        d = decide(snap, user(f"u{i}"), rm.ranking("r1"), NoPending(), random.Random(i), 2)
+        assert d is not None and d.node.id != "old" and d.track == STABLE
+        assert all(f.id != "old" for f in d.fallbacks)
+    # A next canary on the old version is fenced as any canary; the stable track stays.
+    nxt = Release(name="n", target=Target(version="1.0"), percent=0)
+    snap = Snapshot.build(nodes, [done, nxt], stable=Target(version="2.0"))
+    assert {n.id for n in snap.tracks[STABLE]["r1"].nodes} == {"new", "new2"}
+    # The stable target with no usable node: the other nodes serve rather than nobody.
+    down = {**nodes, "new": node("new", version="2.0", state="draining")}
+    down.pop("new2")
+    snap = Snapshot.build(down, [done], stable=Target(version="2.0"))
+    assert {n.id for n in snap.tracks[STABLE]["r1"].nodes} == {"old"}
+
+
 def test_fallbacks_prefer_other_zones_then_regions() -> None:
     nodes = {
         "a1": node("a1", zone="a"),

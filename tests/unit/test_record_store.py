@@ -18,6 +18,7 @@ from control.common.records import RecordType
 from control.common.registry import DRAIN_REQUESTS, NODE_RECORDS, DrainRequest, NodeRecord
 from control.gray.audit import ACTION_PATTERN, AUDITS, AuditRecord
 from control.gray.model import NAME_PATTERN, Exclude, Include, Release, Target, VersionRange
+from control.gray.stable import STABLES, Stable
 from control.gray.store import RELEASES
 from control.presence.ring import MAX_WEIGHT, SHARD_ID_PATTERN, RingSpec, ShardSpec
 from control.presence.ringstore import (
@@ -98,6 +99,21 @@ FIELDS: dict[type, dict[str, st.SearchStrategy[Any]]] = {
         "step_interval_s": st.floats(min_value=0.5, max_value=1e6, allow_nan=False),
         "analysis": st.dictionaries(NAMES, st.integers() | TEXT, max_size=3),
         "state": st.sampled_from(["draft", "running", "paused", "promoted", "rolled_back"]),
+        "rollback_over_s": st.floats(min_value=0, max_value=86_400, allow_nan=False),
+    },
+    Stable: {
+        "target": st.one_of(
+            NAMES.map(lambda p: Target(pool=p)), NAMES.map(lambda v: Target(version=v))
+        ),
+        "release": st.from_regex(NAME_PATTERN, fullmatch=True),
+        "release_revision": st.integers(min_value=1, max_value=10**12),
+        "previous": st.one_of(
+            st.just({}), NAMES.map(lambda p: {"pool": p}), NAMES.map(lambda v: {"version": v})
+        ),
+        "previous_revision": COUNTS,
+        "at": NUMBERS,
+        "by": TEXT,
+        "why": TEXT,
     },
     AuditRecord: {
         "release": st.from_regex(NAME_PATTERN, fullmatch=True),
@@ -139,6 +155,7 @@ TYPES: list[tuple[type, RecordType[Any]]] = [
     (Leader, LEADERS),
     (Release, RELEASES),
     (AuditRecord, AUDITS),
+    (Stable, STABLES),
     (RingSpec, RING_SPECS),
     (MoverControl, MOVER_CONTROLS),
     (MoverProgress, MOVER_PROGRESS),
