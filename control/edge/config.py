@@ -49,7 +49,12 @@ class EdgeSettings:
         "them: clients reconnect through the new one (0: never)",
         ge=0,
     )
-    maxconn: int = setting(100_000, "HAProxy's connection cap", ge=1)
+    maxconn: int = setting(
+        0,
+        "HAProxy's connection cap (0: HAProxy derives it from its descriptor limit; a cap "
+        "the limit cannot hold makes HAProxy refuse the configuration)",
+        ge=0,
+    )
 
     def check(self, path: str) -> list[str]:
         problems = []

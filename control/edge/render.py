@@ -125,8 +125,9 @@ def render(view: EdgeView, config: EdgeConfig) -> Rendering:
     lines = [
         f"# Written by imctl from the node registry at {config.prefix}: edits are overwritten.",
         "global",
-        f"    maxconn {edge.maxconn}",
     ]
+    if edge.maxconn:
+        lines.append(f"    maxconn {edge.maxconn}")
     if edge.hard_stop_after_s:
         lines.append(f"    hard-stop-after {edge.hard_stop_after_s}s")
     lines += [
