@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
+import subprocess
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
 from control.common.proxyproto import SIGNATURE, build
+from control.launch import access_part
 from control.testing import Pinger, free_port, until
 from tests.cluster import LocalCluster, cluster_settings
 
@@ -161,3 +166,53 @@ async def refusals(c: LocalCluster, port: int, pinger: Pinger) -> None:
         c.settings.access.node("n0").port, b"GET /metrics HTTP/1.0\r\n\r\n"
     )
     assert b'imctl_proxy_refused_total{reason="timeout"} 1.0' in metrics
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, made by openssl."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+        + ["-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_tls_starts_after_the_header(certificate: tuple[Path, Path]) -> None:
+    """TLS passed through by the balancer: the header, then TLS on the same transport
+    (a certificate made here; the node's own tls section is another part's)."""
+    cert, key = certificate
+    server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ssl.load_cert_chain(cert, key)
+    client_ssl = ssl.create_default_context(cafile=str(cert))
+    settings = proxied_settings()
+    c = LocalCluster(settings)
+    await c.kv.connect()
+    part = access_part(settings, "n0", c.kv, c.presence)
+    assert part.proxy is not None
+    part.proxy = replace(part.proxy, ssl=server_ssl)
+    c.process.parts = [part]
+    assert await c.process.start() is None
+    try:
+        port = settings.access.node("n0").proxy_port
+        async with (
+            Relay(port) as relay,
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0), ssl=client_ssl)
+            ) as http,
+        ):
+            url = f"wss://127.0.0.1:{relay.port}/ws?ticket=" + c.ticket("tess", "phone", "n0")
+            ws = await http.ws_connect(url)
+            assert (await ws.receive_json(timeout=5))["t"] == "welcome"
+            (session,) = c.node("n0").sessions.values()
+            assert session.transport.get_extra_info("peername")[0] == "127.0.0.2"
+            assert session.transport.get_extra_info("sslcontext") is server_ssl
+            await ws.send_json({"t": "ping"})
+            assert (await ws.receive_json(timeout=5))["t"] == "pong"
+            await ws.close()
+    finally:
+        await c.__aexit__(None, None, None)
