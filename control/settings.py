@@ -31,6 +31,7 @@ from control.common.config import (
 from control.common.errors import ConfigError
 from control.common.schema import build, setting
 from control.common.secrets import weakness
+from control.edge.config import EdgeSettings
 from control.gray.config import GraySettings
 from control.presence.config import ControllerSettings, PresenceSettings
 from control.scheduler.config import (
@@ -60,6 +61,7 @@ class Settings:
     presence: PresenceSettings = setting(PresenceSettings(), "")
     controller: ControllerSettings = setting(ControllerSettings(), "")
     connections: ConnectionSettings = setting(ConnectionSettings(), "")
+    edge: EdgeSettings = setting(EdgeSettings(), "")
     log_level: Literal["debug", "info", "warning", "error"] = setting("info", "log level")
     log_format: Literal["text", "json"] = setting(
         "text", "text for people, json (one object a line) for log shippers"

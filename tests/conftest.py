@@ -19,6 +19,7 @@ from control.presence.cluster import PresenceCluster
 from control.presence.shards import build_cluster
 from control.testing import (
     EtcdServer,
+    HaproxyServer,
     PrometheusServer,
     RedisServer,
     describe_task,
@@ -165,3 +166,11 @@ def prometheus_server(tmp_path: Path) -> Iterator[Callable[[Iterable[str]], Prom
     finally:
         for server in started:
             server.stop()
+
+
+@pytest.fixture(scope="module")
+def haproxy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HaproxyServer]:
+    """A real HAProxy (master-worker, master CLI socket) for the module; stopped after."""
+    with HaproxyServer(tmp_path_factory.mktemp("haproxy")) as server:
+        assert isinstance(server, HaproxyServer)
+        yield server

@@ -14,6 +14,7 @@ from control.common.config import (
     REGION_PATTERN,
     ConnectionSettings,
     HeartbeatSettings,
+    Network,
     RegistrySettings,
     is_loopback,
 )
@@ -34,7 +35,19 @@ class AccessNodeSettings:
     version: str = setting("1.0", "software version")
     host: str = setting("127.0.0.1", "listen address")
     port: int = setting(9100, "listen port (WebSocket and internal API)", ge=0, le=65535)
-    endpoint: str = setting("", "public WebSocket URL (default ws://host:port/ws)")
+    endpoint: str = setting(
+        "",
+        "public WebSocket URL clients are given (default ws://host:port/ws); behind the load "
+        "balancer, this node's address on it (ws://<edge.public_host>:<port>/ws, or "
+        "wss://<SNI name>:<edge.tls_port>/ws), which `imctl lb render` routes to proxy_port",
+    )
+    proxy_port: int = setting(
+        0,
+        "port of the listener for the load balancer (on host): each connection must come "
+        "from access.balancers and start with a PROXY v2 header naming the client (0: none)",
+        ge=0,
+        le=65535,
+    )
     internal: str = setting("", "internal API base URL (default http://host:port)")
     capacity: int = setting(10_000, "hard connection cap", ge=1)
     weight: float = setting(1.0, "relative share of new clients", ge=0)
@@ -44,6 +57,13 @@ class AccessNodeSettings:
 
     def internal_url(self) -> str:
         return self.internal or f"http://{self.host}:{self.port}"
+
+    def proxy_address(self) -> str:
+        """host:port the balancer relays this node's clients to; "" when none."""
+        if not self.proxy_port:
+            return ""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.proxy_port}"
 
 
 @dataclass(frozen=True)
@@ -62,6 +82,12 @@ class AccessSettings:
         ("ios", "android", "web", "windows", "macos", "linux", "harmonyos", "miniprogram"),
         "platforms presence records as they are (counts and labels by platform); a client "
         "naming another is counted as 'other', so clients cannot grow them without bound",
+    )
+    balancers: tuple[Network, ...] = setting(
+        (),
+        "load balancers (CIDR, e.g. 127.0.0.1/32) that may connect to a node's proxy_port; "
+        "their PROXY v2 header names the client, whose address logs, handshake budgets and "
+        "presence then see",
     )
     handshake_rate_per_s: float = setting(500.0, "WebSocket upgrades per second", gt=0)
     handshake_burst: float = setting(1000.0, "upgrade burst", ge=1)
@@ -99,11 +125,21 @@ class AccessSettings:
         for i, nid in enumerate(ids):
             if ids.index(nid) != i:
                 problems.append(f"{path}.nodes[{i}].id: duplicate node id {nid!r}")
+        for i, n in enumerate(self.nodes):
+            if n.proxy_port and not self.balancers:
+                problems.append(f"{path}.nodes[{i}].proxy_port: needs {path}.balancers")
+            if n.proxy_port and n.proxy_port == n.port:
+                problems.append(f"{path}.nodes[{i}].proxy_port: the same as port {n.port}")
         # Nodes on loopback share this machine; elsewhere each node is its own host.
-        ports = [(n.host, n.port) for n in self.nodes if n.port and is_loopback(n.host)]
-        for i, hp in enumerate(ports):
-            if ports.index(hp) != i:
-                problems.append(f"{path}.nodes[{i}].port: {hp[0]}:{hp[1]} used twice")
+        seen: dict[tuple[str, int], str] = {}
+        for i, n in enumerate(self.nodes):
+            for key, port in (("port", n.port), ("proxy_port", n.proxy_port)):
+                if not port or not is_loopback(n.host):
+                    continue
+                where = f"{path}.nodes[{i}].{key}"
+                if (n.host, port) in seen:
+                    problems.append(f"{where}: {n.host}:{port} used twice")
+                seen.setdefault((n.host, port), where)
         return problems
 
     def node(self, node_id: str) -> AccessNodeSettings:

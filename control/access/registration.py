@@ -56,6 +56,7 @@ class Membership:
             epoch=self.epoch,
             weight=c.weight,
             internal=c.internal_url(),
+            proxy=c.proxy_address(),
         )
 
     def peer_url(self, node_id: str) -> str | None:

@@ -28,6 +28,7 @@ from control.cli.gray import (
     history_limit,
     revision_number,
 )
+from control.cli.lb import cmd_lb_render, cmd_lb_watch
 from control.cli.nodes import cmd_drain, cmd_nodes, cmd_rebalance, cmd_undrain
 from control.cli.presence import cmd_presence_count, cmd_presence_events, cmd_presence_who
 from control.cli.processes import cmd_access, cmd_controller, cmd_scheduler, cmd_up
@@ -417,6 +418,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", help="config file (default: the packaged local.yaml, as imctl up)")
     p.set_defaults(func=cmd_token)
+
+    p = sub.add_parser(
+        "lb",
+        help="HAProxy in front of the access nodes",
+        description="Render HAProxy's configuration from the node registry, or keep it "
+        "current and reload HAProxy when the nodes change.",
+    )
+    lsub = p.add_subparsers(dest="lb_command", metavar="ACTION", parser_class=_Parser)
+    lsub.required = True
+    r = lsub.add_parser(
+        "render",
+        help="write HAProxy's configuration once",
+        description="Write the configuration for the nodes in the registry now (etcd; with "
+        "the embedded backend, the registry of a running `imctl up` through its admin API).",
+    )
+    r.add_argument("--config", required=True, help="config file")
+    r.add_argument("--output", metavar="PATH", help="file to write (default: stdout)")
+    r.add_argument("--server", type=server_url, help="scheduler URL (embedded backend)")
+    r.add_argument("--token", help="admin bearer token (default: $IMCTL_TOKEN)")
+    r.set_defaults(func=cmd_lb_render)
+    w = lsub.add_parser(
+        "watch",
+        help="keep HAProxy's configuration current and reload it",
+        description="Follow the registry (etcd), rewrite edge.config_path when the nodes "
+        "change and reload HAProxy through its master socket (edge.master_socket), at most "
+        "every edge.reload_interval_s; with no master socket it starts and owns HAProxy.",
+    )
+    w.add_argument("--config", required=True, help="config file")
+    w.set_defaults(func=cmd_lb_watch)
 
     p = sub.add_parser(
         "config", help="work with config files", description="Check configuration files."

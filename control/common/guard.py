@@ -157,6 +157,7 @@ class ConnectionGuard:
         self.refused: dict[str, int] = {}
         self.malformed: dict[str, int] = {}
         self.accept_errors = 0
+        self.proxy_refusals: dict[str, int] = {}
 
     def admit(self, address: str) -> bool:
         held = self.by_address.get(address, 0)
@@ -194,6 +195,11 @@ class ConnectionGuard:
                 f"malformed:{kind}", "malformed HTTP request (%s) from %s", kind, address
             )
 
+    def proxy_refused(self, reason: str, address: str, detail: str) -> None:
+        """A balancer's connection closed before it was one (common/proxied.py)."""
+        self.proxy_refusals[reason] = self.proxy_refusals.get(reason, 0) + 1
+        self.log.event(f"proxy:{reason}", "refused a relayed connection (%s) %s", reason, detail)
+
     def accept_failed(self, exc: BaseException | None) -> None:
         self.accept_errors += 1
         self.log.event(
@@ -224,6 +230,15 @@ class ConnectionGuard:
         for kind, n in self.malformed.items():
             malformed.add_metric([kind], n)
         yield malformed
+        proxy = CounterMetricFamily(
+            "imctl_proxy_refused",
+            "Connections to the PROXY v2 listener closed before their header was taken, by "
+            "reason (not_balancer, missing, malformed, truncated, timeout, tls, reset)",
+            labels=["reason"],
+        )
+        for reason, n in self.proxy_refusals.items():
+            proxy.add_metric([reason], n)
+        yield proxy
         yield CounterMetricFamily(
             "imctl_accept_errors", "accept() failures (descriptors exhausted)", self.accept_errors
         )
@@ -364,8 +379,16 @@ class GuardedSite(web.BaseSite):
             return Connection(guard, server, loop=loop, keepalive_timeout=idle, access_log=None)
 
         self._listening = await loop.create_server(
-            connection, self._host, self._port, backlog=self._backlog, reuse_address=True
+            self.protocol(connection),
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=True,
         )
+
+    def protocol(self, connection: Callable[[], Connection]) -> Callable[[], asyncio.Protocol]:
+        """What each accepted connection starts as (common/proxied.py reads a header first)."""
+        return connection
 
     async def stop(self) -> None:
         if self._listening is not None:

@@ -45,6 +45,7 @@ class NodeRecord:
     weight: float = 1.0
     reported_at: float = 0.0
     internal: str = ""  # base URL of the node's internal API (push, kick), "" if none
+    proxy: str = ""  # host:port of its PROXY v2 listener for the load balancer, "" if none
 
     def to_json(self) -> bytes:
         return dump_json(self)
@@ -63,7 +64,7 @@ class NodeRecord:
         for name in ("id", "endpoint", "region"):
             if not isinstance(fields.get(name), str) or not fields[name]:
                 raise ValueError(f"node record: {name} must be a non-empty string")
-        for name in ("zone", "pool", "version", "internal"):
+        for name in ("zone", "pool", "version", "internal", "proxy"):
             if name in fields and not isinstance(fields[name], str):
                 raise ValueError(f"node record: {name} must be a string")
         record = cls(**fields)

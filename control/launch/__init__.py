@@ -32,6 +32,7 @@ from control.common.guard import ConnectionGuard, GuardedSite, install_loop_hand
 from control.common.kv import KeyValueStore
 from control.common.kv.embedded import EmbeddedKV
 from control.common.ops import METRICS
+from control.common.proxied import ProxiedSite, ProxyPolicy
 from control.common.tasks import Supervisor
 from control.launch.banner import banner as banner
 from control.launch.banner import banner_data as banner_data
@@ -73,6 +74,9 @@ class Part:
     unwatch: Callable[[], Awaitable[None]] | None = None
     # The ring follower of the presence cluster this part owns (or of imctl up's shared one).
     ring: Supervisor | None = None
+    # A second listener for the load balancer (PROXY v2 first on every connection).
+    proxy_port: int = 0
+    proxy: ProxyPolicy | None = None
 
     def supervisors(self) -> list[Supervisor]:
         return [s for s in (self.supervisor, self.ring) if s is not None]
@@ -108,6 +112,15 @@ class Process:
                 await site.start()
             except OSError as exc:
                 return f"cannot listen on {part.host}:{part.port} for {part.name}: {exc.strerror}"
+            if part.proxy is not None and part.proxy_port:
+                relayed = ProxiedSite(runner, guard, part.host, part.proxy_port, part.proxy)
+                try:
+                    await relayed.start()
+                except OSError as exc:
+                    return (
+                        f"cannot listen on {part.host}:{part.proxy_port} for {part.name}'s "
+                        f"load balancer: {exc.strerror}"
+                    )
         return None
 
     def failures(self) -> list[str]:
@@ -357,7 +370,15 @@ def access_part(
         supervisor=node.supervisor,
         node=node,
         ring=b.ring.supervisor if b.ring else None,
+        proxy_port=cfg.proxy_port,
+        proxy=proxy_policy(settings) if cfg.proxy_port else None,
     )
+
+
+def proxy_policy(settings: Settings) -> ProxyPolicy:
+    """Who may relay clients to a node's proxy_port; the header's deadline is the one for a
+    request head (connections.idle_timeout_s)."""
+    return ProxyPolicy(settings.access.balancers, settings.connections.idle_timeout_s)
 
 
 def _controller(settings: Settings, kv: KeyValueStore, presence: PresenceCluster) -> Controller:
