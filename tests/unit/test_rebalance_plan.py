@@ -64,7 +64,7 @@ def test_one_rate_is_cut_into_whole_slices_by_quota() -> None:
 def test_rates_add_up_to_at_most_the_cluster_limit(quotas: dict[str, int], rate: float) -> None:
     rates = rates_for(quotas, rate)
     assert sum(rates.values()) <= rate
-    assert all(0 < r and quotas[n] > 0 for n, r in rates.items())
+    assert all(r > 0 and quotas[n] > 0 for n, r in rates.items())
     if rate >= 1:
         assert all(r == int(r) and r <= quotas[n] for n, r in rates.items())
     if any(q > 0 for q in quotas.values()):
