@@ -67,6 +67,50 @@ class AccessNodeSettings:
 
 
 @dataclass(frozen=True)
+class AutoRebalanceSettings:
+    """The leader controller's automatic rebalance: a region whose max/mean connections per
+    node stays above ``trigger_ratio`` for ``hot_for_s`` (no drain, no release moving
+    clients) is rebalanced as ``imctl access rebalance`` would, down to ``until_ratio``.
+    Every timing here derives from ``check_s``."""
+
+    enabled: bool = setting(False, "rebalance automatically")
+    trigger_ratio: float = setting(
+        1.5, "max/mean connections per node in a region that starts a rebalance", gt=1, le=100
+    )
+    until_ratio: float = setting(1.1, "max/mean the rebalance brings it to", ge=1, le=100)
+    max_rate: float = setting(
+        100.0, "reconnect frames a second over the whole cluster at most", gt=0, le=100_000
+    )
+    check_s: float = setting(10.0, "how often the loads are looked at", gt=0, le=3600)
+
+    @property
+    def hot_for_s(self) -> float:
+        """A region must stay above the trigger this long (three looks): one look at a
+        moment's imbalance (clients landing after a drain) starts nothing."""
+        return 3 * self.check_s
+
+    @property
+    def rest_s(self) -> float:
+        """After a rebalance ends, the automatic mode waits this long before it may start
+        another (one that gave up short of its ratio does not start again at once)."""
+        return 6 * self.check_s
+
+    def check(self, path: str) -> list[str]:
+        if self.trigger_ratio <= self.until_ratio:
+            return [
+                f"{path}.trigger_ratio: must be above until_ratio ({self.trigger_ratio:g} <= "
+                f"{self.until_ratio:g}): the gap between them keeps the rebalance from "
+                "flapping"
+            ]
+        return []
+
+
+@dataclass(frozen=True)
+class RebalanceSettings:
+    auto: AutoRebalanceSettings = setting(AutoRebalanceSettings(), "automatic rebalance")
+
+
+@dataclass(frozen=True)
 class AccessSettings:
     nodes: tuple[AccessNodeSettings, ...] = setting((), "access nodes of this cluster")
     max_frame_bytes: int = setting(65_536, "largest client frame accepted", ge=64)
@@ -115,6 +159,7 @@ class AccessSettings:
         pattern=r"[A-Za-z_][\w.]*:[A-Za-z_]\w*",
     )
     core_options: Mapping[str, Any] = setting(MappingProxyType({}), "passed to the core")
+    rebalance: RebalanceSettings = setting(RebalanceSettings(), "rebalance after scale-out")
 
     def check(self, path: str) -> list[str]:
         problems = []

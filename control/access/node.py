@@ -22,13 +22,13 @@ from control.access.follow import ReleaseFollower
 from control.access.heartbeat import HeartbeatBatch
 from control.access.internal import InternalEndpoint, Pusher
 from control.access.metrics import AccessMetrics
-from control.access.rebalance import loads_of, rate_share, ratio, shed_plan
+from control.access.rebalance import Shedder
 from control.access.registration import Membership
 from control.access.session import Roster, Session, SessionLimits
 from control.common.errors import BackendUnavailable, ImctlError
 from control.common.kv import KeyValueStore
 from control.common.mirror import PrefixMirror
-from control.common.rebalance import LIFETIME_S, NAME, RebalanceRequest, rebalance_requests
+from control.common.rebalance import NAME, RebalancePlan, rebalance_plans
 from control.common.registry import (
     DrainRequest,
     NodeRecord,
@@ -123,8 +123,18 @@ class AccessNode:
             active=lambda: self.state == "up",
         )
         self.release_mirror: PrefixMirror[Release] | None = None
-        self.rebalance_request: RebalanceRequest | None = None
-        self._rebalance_task: asyncio.Task[Any] | None = None
+        self.shedder = Shedder(
+            self.id,
+            lambda: list(self.sessions.values()),
+            max_rate=self.access.drain_max_rate,
+            grace_s=self.access.reconnect_grace_s,
+            tell=self.tell_reconnect,
+            close=self._close_reconnect,
+            spawn=self.supervisor.errand,
+            active=lambda: self.state == "up",
+            clock=clock,
+        )
+        self.plan_mirror: PrefixMirror[RebalancePlan] | None = None
         self._drain_task: asyncio.Task[Any] | None = None
         self.drains = 0  # drains started, for any reason
         self._stopping = False
@@ -244,45 +254,6 @@ class AccessNode:
 
     def on_releases(self, releases: Mapping[str, Release]) -> None:
         self.follower.seen(releases)
-
-    # -- rebalance ---------------------------------------------------------------------------
-    def on_rebalance(self, requests: Mapping[str, RebalanceRequest]) -> None:
-        wanted = requests.get(NAME)
-        if wanted == self.rebalance_request:
-            return
-        self.rebalance_request = wanted
-        if self._rebalance_task is not None:
-            self._rebalance_task.cancel()
-        if wanted is not None:
-            self._rebalance_task = self.supervisor.errand("rebalance", self.rebalance(wanted))
-
-    async def rebalance(self, req: RebalanceRequest, rounds: int = 20) -> int:
-        """Shed this node's share of the plan, round after round (the clients land where
-        the scheduler puts them, some back on hot nodes), until this region's max/mean is
-        within the ratio; the number told. Each round waits for the load reports."""
-        told = 0
-        settle = 2 * self.access.report_interval_s + self.access.reconnect_grace_s + 1.0
-        for _ in range(rounds):
-            if time.time() > req.at + LIFETIME_S or self.state != "up":
-                break
-            loads = loads_of({**self.peers, self.id: self.record()}.values())
-            if ratio(loads, self.cfg.region) <= req.until_ratio:
-                break
-            plan = shed_plan(loads, req.until_ratio)
-            rate = rate_share(plan, self.id, req.max_rate)
-            if rate > 0:
-                sessions = list(self.sessions.values())
-                random.shuffle(sessions)
-                shed = drain_schedule(sessions[: plan[self.id]], 0.0, rate)
-
-                async def tell(session: Session, jitter_s: float) -> bool:
-                    return await self.tell_reconnect(session, jitter_s, "rebalance")
-
-                grace = self.access.reconnect_grace_s
-                told += await follow(shed, tell, self._close_reconnect, grace, self.clock)
-            await asyncio.sleep(settle)
-        log.warning("%s: rebalance done (%d told)", self.id, told)
-        return told
 
     # -- connections -------------------------------------------------------------------------
     def new_session(
@@ -438,9 +409,10 @@ class AccessNode:
         stable = StableStore(self.kv, self.config.prefix).mirror(
             self.follower.stable_seen, verify_s=self.config.registry.verify_s
         )
-        rebalances = rebalance_requests(self.kv, self.config.prefix).mirror(
-            self.on_rebalance, verify_s=self.config.registry.verify_s, only=NAME
+        plans = rebalance_plans(self.kv, self.config.prefix).mirror(
+            self.shedder.seen, verify_s=self.config.registry.verify_s, only=NAME
         )
+        self.plan_mirror = plans
         sup = self.supervisor
         sup.spawn("lease", registration.run)
         sup.spawn("load-report", self.membership.run_reports)
@@ -450,7 +422,7 @@ class AccessNode:
         sup.spawn("drain-requests", drains.run)
         sup.spawn("releases", releases.run)
         sup.spawn("stable-release", stable.run)
-        sup.spawn("rebalance-requests", rebalances.run)
+        sup.spawn("rebalance-plans", plans.run)
         self.ready.set()
         log.info("%s: serving %s (region %s)", self.id, self.cfg.public_endpoint(), self.cfg.region)
 

@@ -81,8 +81,9 @@ async def undrain_node(request: web.Request) -> web.Response:
 
 @require("operator")
 async def rebalance_nodes(request: web.Request) -> web.Response:
-    """Write the cluster's rebalance request: the hot nodes of each region shed
-    connections by reconnect frames until max/mean <= until_ratio."""
+    """Write the cluster's rebalance request: the leader controller plans its rounds (each
+    hot node's quota and whole-number slice of max_rate, from one snapshot of the loads)
+    and the hot nodes shed by reconnect frames until max/mean <= until_ratio."""
     try:
         body = parse_json(await request.read()) if request.can_read_body else {}
     except NotJson as exc:

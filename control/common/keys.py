@@ -10,7 +10,10 @@ Everything lives under the cluster's prefix (``cluster.prefix``, default ``/imct
     <prefix>/gray-stable/current    Stable JSON: the stable track's target, set by promote
     <prefix>/controller/leader      the presence controller's identity on its lease
     <prefix>/presence/ring          RingSpec JSON (the status cluster ring)
-    <prefix>/rebalance/cluster      RebalanceRequest JSON, written by the admin API
+    <prefix>/rebalance/cluster      RebalanceRequest JSON, written by the admin API (or the
+                                    controller's automatic mode)
+    <prefix>/rebalance-plan/cluster RebalancePlan JSON: the round the leader controller
+                                    planned, followed by the access nodes
     <prefix>/schedulers/<id>        ServedReleases JSON on the scheduler's lease: the release
                                     revisions its snapshot serves (propagation)
 
@@ -65,6 +68,11 @@ class Keys:
     def rebalance(self) -> str:
         """The directory of rebalance requests (one, named ``cluster``)."""
         return self.root + "/rebalance/"
+
+    @property
+    def rebalance_plan(self) -> str:
+        """The directory of the rebalance round being shed (one, named ``cluster``)."""
+        return self.root + "/rebalance-plan/"
 
     @property
     def presence(self) -> str:

@@ -38,6 +38,7 @@ from control.launch.banner import banner as banner
 from control.launch.banner import banner_data as banner_data
 from control.launch.banner import imctl_command as imctl_command
 from control.launch.gray import attach_stepper
+from control.launch.rebalance import attach_rebalancer
 from control.launch.ring import RingWiring, ring_mover, ring_spec
 from control.presence.cluster import PresenceCluster
 from control.presence.controller import Controller
@@ -412,6 +413,9 @@ def controller_part(
         controller.supervisor,
         lambda: controller.election.leader,
         controller.metrics.registry,
+    )
+    attach_rebalancer(
+        app, settings, b.kv, controller.supervisor, lambda: controller.election.leader
     )
     c = settings.controller
     return Part(
