@@ -23,6 +23,7 @@ from control.common.config import (
     ClientAuthSettings,
     ClusterSettings,
     ConnectionSettings,
+    CorsSettings,
     HeartbeatSettings,
     RegistrySettings,
     TicketSettings,
@@ -60,6 +61,7 @@ class Settings:
     presence: PresenceSettings = setting(PresenceSettings(), "")
     controller: ControllerSettings = setting(ControllerSettings(), "")
     connections: ConnectionSettings = setting(ConnectionSettings(), "")
+    cors: CorsSettings = setting(CorsSettings(), "")
     log_level: Literal["debug", "info", "warning", "error"] = setting("info", "log level")
     log_format: Literal["text", "json"] = setting(
         "text", "text for people, json (one object a line) for log shippers"

@@ -13,8 +13,10 @@ from control.common.config import (
     ID_PATTERN,
     REGION_PATTERN,
     ConnectionSettings,
+    CorsSettings,
     HeartbeatSettings,
     RegistrySettings,
+    TlsSettings,
     is_loopback,
 )
 from control.common.errors import ConfigError
@@ -34,16 +36,20 @@ class AccessNodeSettings:
     version: str = setting("1.0", "software version")
     host: str = setting("127.0.0.1", "listen address")
     port: int = setting(9100, "listen port (WebSocket and internal API)", ge=0, le=65535)
-    endpoint: str = setting("", "public WebSocket URL (default ws://host:port/ws)")
-    internal: str = setting("", "internal API base URL (default http://host:port)")
+    endpoint: str = setting(
+        "", "public WebSocket URL (default ws://host:port/ws, wss:// with access.tls)"
+    )
+    internal: str = setting(
+        "", "internal API base URL (default http://host:port, https:// with access.tls)"
+    )
     capacity: int = setting(10_000, "hard connection cap", ge=1)
     weight: float = setting(1.0, "relative share of new clients", ge=0)
 
-    def public_endpoint(self) -> str:
-        return self.endpoint or f"ws://{self.host}:{self.port}/ws"
+    def public_endpoint(self, tls: bool = False) -> str:
+        return self.endpoint or f"{'wss' if tls else 'ws'}://{self.host}:{self.port}/ws"
 
-    def internal_url(self) -> str:
-        return self.internal or f"http://{self.host}:{self.port}"
+    def internal_url(self, tls: bool = False) -> str:
+        return self.internal or f"{'https' if tls else 'http'}://{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,11 @@ class AccessSettings:
         pattern=r"[A-Za-z_][\w.]*:[A-Za-z_]\w*",
     )
     core_options: Mapping[str, Any] = setting(MappingProxyType({}), "passed to the core")
+    tls: TlsSettings = setting(
+        TlsSettings(),
+        "the nodes' certificate (one path for every node; each host may hold its own "
+        "files there): WSS for clients, HTTPS for the internal API and /metrics",
+    )
 
     def check(self, path: str) -> list[str]:
         problems = []
@@ -133,6 +144,17 @@ class NodeConfig:
     metrics_readers: TokenTable | None = None
     #: gray.releases from config (the node follows these and the stored ones)
     releases: tuple[Release, ...] = ()
+    #: cors: the web origins whose pages may open a WebSocket (empty: Origin not checked)
+    cors: CorsSettings = CorsSettings()
+
+    @property
+    def endpoint(self) -> str:
+        """The WebSocket URL clients are given (wss:// when the node serves TLS)."""
+        return self.node.public_endpoint(self.access.tls.enabled)
+
+    @property
+    def internal_url(self) -> str:
+        return self.node.internal_url(self.access.tls.enabled)
 
     @property
     def id(self) -> str:

@@ -38,6 +38,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from ssl import SSLContext
 from typing import Any, cast
 
 from aiohttp import http_exceptions, web
@@ -331,7 +332,7 @@ def client_address(request: web.BaseRequest) -> str:
 class GuardedSite(web.BaseSite):
     """``web.TCPSite`` with guarded connections: the runner stops it with its other sites."""
 
-    __slots__ = ("_guard", "_host", "_listening", "_owner", "_port")
+    __slots__ = ("_guard", "_host", "_listening", "_owner", "_port", "_ssl")
 
     def __init__(
         self,
@@ -340,9 +341,11 @@ class GuardedSite(web.BaseSite):
         host: str,
         port: int,
         backlog: int = 4096,
+        ssl: SSLContext | None = None,
     ) -> None:
         super().__init__(runner, backlog=backlog)
         self._owner = runner
+        self._ssl = ssl  # HTTPS/WSS; its certificate may be reloaded in place (common/tls.py)
         self._guard = guard
         self._host = host
         self._port = port
@@ -350,7 +353,7 @@ class GuardedSite(web.BaseSite):
 
     @property
     def name(self) -> str:
-        return f"http://{self._host}:{self._port}"
+        return f"{'https' if self._ssl is not None else 'http'}://{self._host}:{self._port}"
 
     async def start(self) -> None:
         await super().start()
@@ -364,7 +367,15 @@ class GuardedSite(web.BaseSite):
             return Connection(guard, server, loop=loop, keepalive_timeout=idle, access_log=None)
 
         self._listening = await loop.create_server(
-            connection, self._host, self._port, backlog=self._backlog, reuse_address=True
+            connection,
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=True,
+            ssl=self._ssl,
+            # The guard's deadline starts once the handshake is done: a peer that never
+            # finishes one (or speaks plain HTTP) must not hold its socket for asyncio's 60 s.
+            ssl_handshake_timeout=idle if self._ssl is not None else None,
         )
 
     async def stop(self) -> None:
