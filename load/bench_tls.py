@@ -150,9 +150,9 @@ def main() -> None:
     for i in range(args.runs):
         order = ("plain", "tls") if i % 2 == 0 else ("tls", "plain")  # alternate the phase
         for kind in order:
-            runs[kind].append(
-                one_run(tmp, tls if kind == "tls" else None, args.idle, args.handshakes)
-            )
+            result = one_run(tmp, tls if kind == "tls" else None, args.idle, args.handshakes)
+            runs[kind].append(result)
+            print(kind, json.dumps(result), file=sys.stderr, flush=True)  # kept if cut short
     med = {
         k: {m: statistics.median(r[m] for r in v) for m in ("handshakes_per_s", "kb_per_conn")}
         for k, v in runs.items()
