@@ -23,6 +23,7 @@ from control.common.config import (
     ClientAuthSettings,
     ClusterSettings,
     ConnectionSettings,
+    CorsSettings,
     HeartbeatSettings,
     RegistrySettings,
     TicketSettings,
@@ -62,6 +63,7 @@ class Settings:
     controller: ControllerSettings = setting(ControllerSettings(), "")
     connections: ConnectionSettings = setting(ConnectionSettings(), "")
     edge: EdgeSettings = setting(EdgeSettings(), "")
+    cors: CorsSettings = setting(CorsSettings(), "")
     log_level: Literal["debug", "info", "warning", "error"] = setting("info", "log level")
     log_format: Literal["text", "json"] = setting(
         "text", "text for people, json (one object a line) for log shippers"

@@ -1,10 +1,12 @@
 """A client process for the access benchmarks: opens N WebSockets, reports, then holds them
-idle until stdin closes. Usage: python -m load.ws_clients URL_FILE START COUNT CONCURRENCY"""
+idle until stdin closes. Usage: python -m load.ws_clients URL_FILE START COUNT CONCURRENCY
+[CAFILE] (CAFILE: a private CA trusted for wss:// URLs)"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -15,10 +17,12 @@ import aiohttp
 async def main() -> None:
     urls = json.loads(Path(sys.argv[1]).read_text())  # noqa: ASYNC240 - once, at start
     start, count, concurrency = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    cafile = sys.argv[5] if len(sys.argv) > 5 else ""
+    tls = ssl.create_default_context(cafile=cafile) if cafile else True
     sem = asyncio.Semaphore(concurrency)
     conns: list[aiohttp.ClientWebSocketResponse] = []
     failures = 0
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ssl=tls)) as http:
 
         async def one(i: int) -> None:
             nonlocal failures

@@ -91,6 +91,8 @@ class WebSocketEndpoint:
         )
         self._seq = itertools.count(1)
         self._tag = f"{node.epoch:x}{secrets.token_hex(2)}"
+        # The web pages that may connect (cors.origins); empty: Origin is not checked.
+        self.origins = frozenset(node.config.cors.origins)
 
     def _refuse(
         self, result: str, status: int, code: str, message: str, **extra: Any
@@ -107,6 +109,16 @@ class WebSocketEndpoint:
         # its turn. Every refusal closes the connection: a pipelined flood pays for a new
         # connection per answer, and those are capped per address (common/guard.py).
         node = self.node
+        if self.origins:
+            # A browser always names its page's origin; native apps send none and pass.
+            origin = request.headers.get("Origin")
+            if origin is not None and origin not in self.origins:
+                return self._refuse(
+                    "bad_origin",
+                    403,
+                    "forbidden_origin",
+                    "pages of this origin may not connect (not in cors.origins)",
+                )
         params = query_params(request.query_string)
         try:
             ticket = self.keys.verify(params.get("ticket", ""), node.id, time.time())

@@ -13,9 +13,11 @@ from control.common.config import (
     ID_PATTERN,
     REGION_PATTERN,
     ConnectionSettings,
+    CorsSettings,
     HeartbeatSettings,
     Network,
     RegistrySettings,
+    TlsSettings,
     is_loopback,
 )
 from control.common.errors import ConfigError
@@ -37,9 +39,10 @@ class AccessNodeSettings:
     port: int = setting(9100, "listen port (WebSocket and internal API)", ge=0, le=65535)
     endpoint: str = setting(
         "",
-        "public WebSocket URL clients are given (default ws://host:port/ws); behind the load "
-        "balancer, this node's address on it (ws://<edge.public_host>:<port>/ws, or "
-        "wss://<SNI name>:<edge.tls_port>/ws), which `imctl lb render` routes to proxy_port",
+        "public WebSocket URL clients are given (default ws://host:port/ws, wss:// with "
+        "access.tls); behind the load balancer, this node's address on it "
+        "(ws://<edge.public_host>:<port>/ws, or wss://<SNI name>:<edge.tls_port>/ws), which "
+        "`imctl lb render` routes to proxy_port",
     )
     proxy_port: int = setting(
         0,
@@ -48,15 +51,17 @@ class AccessNodeSettings:
         ge=0,
         le=65535,
     )
-    internal: str = setting("", "internal API base URL (default http://host:port)")
+    internal: str = setting(
+        "", "internal API base URL (default http://host:port, https:// with access.tls)"
+    )
     capacity: int = setting(10_000, "hard connection cap", ge=1)
     weight: float = setting(1.0, "relative share of new clients", ge=0)
 
-    def public_endpoint(self) -> str:
-        return self.endpoint or f"ws://{self.host}:{self.port}/ws"
+    def public_endpoint(self, tls: bool = False) -> str:
+        return self.endpoint or f"{'wss' if tls else 'ws'}://{self.host}:{self.port}/ws"
 
-    def internal_url(self) -> str:
-        return self.internal or f"http://{self.host}:{self.port}"
+    def internal_url(self, tls: bool = False) -> str:
+        return self.internal or f"{'https' if tls else 'http'}://{self.host}:{self.port}"
 
     def proxy_address(self) -> str:
         """host:port the balancer relays this node's clients to; "" when none."""
@@ -160,6 +165,11 @@ class AccessSettings:
     )
     core_options: Mapping[str, Any] = setting(MappingProxyType({}), "passed to the core")
     rebalance: RebalanceSettings = setting(RebalanceSettings(), "rebalance after scale-out")
+    tls: TlsSettings = setting(
+        TlsSettings(),
+        "the nodes' certificate (one path for every node; each host may hold its own "
+        "files there): WSS for clients, HTTPS for the internal API and /metrics",
+    )
 
     def check(self, path: str) -> list[str]:
         problems = []
@@ -214,6 +224,17 @@ class NodeConfig:
     metrics_readers: TokenTable | None = None
     #: gray.releases from config (the node follows these and the stored ones)
     releases: tuple[Release, ...] = ()
+    #: cors: the web origins whose pages may open a WebSocket (empty: Origin not checked)
+    cors: CorsSettings = CorsSettings()
+
+    @property
+    def endpoint(self) -> str:
+        """The WebSocket URL clients are given (wss:// when the node serves TLS)."""
+        return self.node.public_endpoint(self.access.tls.enabled)
+
+    @property
+    def internal_url(self) -> str:
+        return self.node.internal_url(self.access.tls.enabled)
 
     @property
     def id(self) -> str:

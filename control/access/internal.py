@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from ssl import SSLContext
 from typing import Any
 
 import aiohttp
@@ -123,8 +124,10 @@ class Pusher:
         timeout_s: float = 2.0,
         chunk: int = CHUNK,
         keepalive_s: float = 2.0,
+        ssl: SSLContext | None = None,
     ) -> None:
         self.presence = presence
+        self.ssl = ssl  # for peers' https:// internal URLs (access.tls.ca); None: the system's
         self.node_url = node_url
         self.token = token
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -139,7 +142,11 @@ class Pusher:
             self._http = aiohttp.ClientSession(
                 timeout=self.timeout,
                 headers={"Authorization": f"Bearer {self.token}"},
-                connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=self.keepalive_s),
+                connector=aiohttp.TCPConnector(
+                    limit=256,
+                    keepalive_timeout=self.keepalive_s,
+                    ssl=self.ssl if self.ssl is not None else True,
+                ),
             )
         return self._http
 

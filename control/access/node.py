@@ -37,6 +37,7 @@ from control.common.registry import (
     drain_requests,
 )
 from control.common.tasks import Supervisor, pause
+from control.common.tls import client_context
 from control.gray.model import Release, Version
 from control.gray.stable import StableStore
 from control.gray.store import GrayStore
@@ -84,6 +85,7 @@ class AccessNode:
             self.membership.peer_url,
             self.access.internal_token,
             keepalive_s=config.push_keepalive_s,
+            ssl=client_context(self.access.tls.ca) if self.access.tls.enabled else None,
         )
         self.internal = InternalEndpoint(
             self.access.internal_token, self.roster, self.metrics, self.kick_local
@@ -424,7 +426,7 @@ class AccessNode:
         sup.spawn("stable-release", stable.run)
         sup.spawn("rebalance-plans", plans.run)
         self.ready.set()
-        log.info("%s: serving %s (region %s)", self.id, self.cfg.public_endpoint(), self.cfg.region)
+        log.info("%s: serving %s (region %s)", self.id, self.config.endpoint, self.cfg.region)
 
     async def stop(self, drain_s: float = 0.0) -> None:
         """Drain (when asked), close what is left, leave the registry, stop the tasks.

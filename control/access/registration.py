@@ -45,7 +45,7 @@ class Membership:
         c = self.config.node
         return NodeRecord(
             id=c.id,
-            endpoint=c.public_endpoint(),
+            endpoint=self.config.endpoint,
             region=c.region,
             zone=c.zone,
             pool=c.pool,
@@ -55,13 +55,13 @@ class Membership:
             state="draining" if self.draining() else "up",
             epoch=self.epoch,
             weight=c.weight,
-            internal=c.internal_url(),
+            internal=self.config.internal_url,
             proxy=c.proxy_address(),
         )
 
     def peer_url(self, node_id: str) -> str | None:
         if node_id == self.id:
-            return self.config.node.internal_url()
+            return self.config.internal_url
         peer = self.peers.get(node_id)
         return peer.internal if peer is not None and peer.internal else None
 

@@ -13,12 +13,14 @@ from urllib.parse import quote, urlencode
 
 import aiohttp
 
+from control.common.tls import CertificateError, client_context
+
 # A decoded JSON answer, of whatever shape the server sent: a verb reading a field that is
 # not there (KeyError, TypeError...) has met another kind of server.
 Answer = Any
 
 CALL_TIMEOUT_S = 10.0  # a whole request/answer; a tail of events has no total limit
-_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
+_ERRORS = (aiohttp.ClientError, OSError, TimeoutError, CertificateError)
 
 
 class AdminError(Exception):
@@ -43,10 +45,16 @@ class EventStream(NamedTuple):
 class AdminClient:
     """Calls one scheduler's admin API at ``server`` (a base URL) with ``token``."""
 
-    def __init__(self, server: str, token: str | None, timeout_s: float = CALL_TIMEOUT_S) -> None:
+    def __init__(
+        self, server: str, token: str | None, timeout_s: float = CALL_TIMEOUT_S, cafile: str = ""
+    ) -> None:
         self.server = server
         self.token = token
         self.timeout_s = timeout_s
+        self.cafile = cafile  # a private CA for an https:// server ("": the system's)
+
+    def _connector(self) -> aiohttp.TCPConnector:
+        return aiohttp.TCPConnector(ssl=client_context(self.cafile) if self.cafile else True)
 
     def url(self, path: str) -> str:
         return self.server + path
@@ -59,7 +67,7 @@ class AdminClient:
     async def _request(self, method: str, url: str, body: Any) -> tuple[int, Answer]:
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
+            aiohttp.ClientSession(timeout=timeout, connector=self._connector()) as session,
             session.request(method, url, headers=self._headers(), json=body) as resp,
         ):
             try:
@@ -181,7 +189,7 @@ class AdminClient:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s)
         try:
             async with (
-                aiohttp.ClientSession(timeout=timeout) as session,
+                aiohttp.ClientSession(timeout=timeout, connector=self._connector()) as session,
                 session.get(url, headers=self._headers()) as resp,
             ):
                 if resp.status != 200:

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import aiohttp
 
+from control.common.tls import client_context
+
 # Until the scheduler has answered once: the policy's shipped defaults.
 DEFAULT_BACKOFF = {"base_s": 1.0, "factor": 2.0, "jitter": 0.5, "max_s": 60.0}
 
@@ -115,8 +117,10 @@ async def run(
     max_attempts: int = 10,
     output: str = "text",
     token: Callable[[], str | None] = lambda: None,
+    cafile: str = "",
 ) -> int:
-    """Connect as ``uid``; ``token`` gives the credential for each ask of the scheduler."""
+    """Connect as ``uid``; ``token`` gives the credential for each ask of the scheduler;
+    ``cafile`` a private CA trusted for https:// and wss:// (default: the system's)."""
     out = Output(output)
     params = {"uid": uid, "device": device, "platform": platform, "version": version}
     if region:
@@ -146,7 +150,8 @@ async def run(
         await asyncio.sleep(delay)
         return True
 
-    async with aiohttp.ClientSession() as http:
+    connector = aiohttp.TCPConnector(ssl=client_context(cafile) if cafile else True)
+    async with aiohttp.ClientSession(connector=connector) as http:
         # Unbounded while it works: a client stays connected across drains and restarts.
         while True:
             try:

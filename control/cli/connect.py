@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from control.cli.context import EXIT_UNAVAILABLE, fail, server
 from control.cli.tokens import token_minter
+from control.common.tls import CertificateError
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
@@ -34,7 +35,11 @@ def cmd_connect(args: argparse.Namespace) -> int:
                 args.region,
                 output=args.output,
                 token=token,
+                cafile=args.cacert,
             )
         )
-    except OSError as exc:  # failures the client does not retry (it retries the network's)
+    except (
+        OSError,
+        CertificateError,
+    ) as exc:  # failures the client does not retry (it retries the network's)
         return fail(f"cannot connect: {exc}", EXIT_UNAVAILABLE)

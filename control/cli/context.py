@@ -48,12 +48,14 @@ def server(args: argparse.Namespace) -> str:
     settings = load(args.config) if args.config else load_settings(None)
     host = settings.scheduler.host
     host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    return f"http://{host}:{settings.scheduler.port}"
+    return f"{settings.scheduler.tls.scheme}://{host}:{settings.scheduler.port}"
 
 
 def admin(args: argparse.Namespace) -> AdminClient:
     """The admin client for this command line (token: ``--token``, else $IMCTL_TOKEN)."""
-    return AdminClient(server(args), args.token or os.environ.get("IMCTL_TOKEN"))
+    return AdminClient(
+        server(args), args.token or os.environ.get("IMCTL_TOKEN"), cafile=args.cacert
+    )
 
 
 def operator_verb(verb: Verb) -> Verb:

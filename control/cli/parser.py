@@ -70,6 +70,11 @@ def _admin_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--config", help="config file to find the scheduler address in")
     p.add_argument("--token", help="admin bearer token (default: $IMCTL_TOKEN)")
+    p.add_argument(
+        "--cacert",
+        default="",
+        help="CA file to trust for an https:// server (a private CA; default: the system's)",
+    )
     p.add_argument("--output", "-o", choices=["table", "json"], default="table")
 
 
@@ -395,6 +400,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--token",
         help="client credential sent as Authorization: Bearer (default: minted for --uid "
         "from the config's development key)",
+    )
+    p.add_argument(
+        "--cacert",
+        default="",
+        help="CA file to trust for an https:// scheduler and wss:// nodes (a private CA; "
+        "default: the system's)",
     )
     p.add_argument(
         "--output",

@@ -6,6 +6,7 @@ authentication. Frozen, validated by common/schema.py; the aggregate is control/
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -17,6 +18,7 @@ from control.common.guard import GuardLimits
 from control.common.registry import NodeRecord, PreservationPolicy
 from control.common.schema import register_converter, setting
 from control.common.tickets import TicketKeys
+from control.common.tls import CertificateError, client_context, server_context
 
 REGION_PATTERN = r"[a-z0-9][a-z0-9-]{0,62}"
 
@@ -226,6 +228,81 @@ class ConnectionSettings:
         return GuardLimits(
             self.idle_timeout_s, self.max_pending, self.max_pending_per_address, self.log_interval_s
         )
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """A listener's certificate: HTTPS and WSS when given, plain HTTP when not."""
+
+    cert: str = setting(
+        "", "PEM certificate chain file, leaf first (empty: plain HTTP)", max_len=4096
+    )
+    key: str = setting("", "PEM private key file of that certificate", max_len=4096)
+    ca: str = setting(
+        "",
+        "CA file this process trusts when it calls its peers' https listeners (a private "
+        "CA; empty: the system's trust store)",
+        max_len=4096,
+    )
+    reload_s: float = setting(
+        30.0, "look for renewed certificate files this often (served without a restart)", gt=0
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.enabled else "http"
+
+    def check(self, path: str) -> list[str]:
+        if bool(self.cert) != bool(self.key):
+            given, missing = ("cert", "key") if self.cert else ("key", "cert")
+            return [f"{path}.{missing}: required with {path}.{given}"]
+        problems = []
+        if self.enabled:
+            try:
+                server_context(self.cert, self.key)
+            except CertificateError as exc:
+                problems.append(f"{path}: {exc}")
+        if self.ca:
+            try:
+                client_context(self.ca)
+            except CertificateError as exc:
+                problems.append(f"{path}.ca: {exc}")
+        return problems
+
+
+# A web origin as browsers send it: scheme, host, optional port; no path, no slash.
+ORIGIN_PATTERN = (
+    r"https?://[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?|https?://\[[0-9a-f:.]+\](:[0-9]{1,5})?"
+)
+
+
+@dataclass(frozen=True)
+class CorsSettings:
+    """Web pages that may use the cluster: CORS answers on /v1/endpoint, and the access
+    nodes' WebSocket Origin check, from one list."""
+
+    origins: tuple[str, ...] = setting(
+        (),
+        "origins (scheme://host[:port], as browsers send them) whose pages may ask "
+        "/v1/endpoint and open WebSockets to the access nodes; empty: no CORS answers, and "
+        "the nodes do not check Origin",
+    )
+    max_age_s: int = setting(600, "how long a browser may reuse a preflight answer", ge=0, le=86400)
+
+    def check(self, path: str) -> list[str]:
+        problems = []
+        for i, origin in enumerate(self.origins):
+            if not re.fullmatch(ORIGIN_PATTERN, origin):
+                problems.append(
+                    f"{path}.origins[{i}]: {origin!r} is not an origin like "
+                    "https://app.example.com or http://127.0.0.1:8000 (lower case, no path, "
+                    "no trailing slash; '*' is not taken: list the origins)"
+                )
+        return problems
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from ssl import SSLContext
 from typing import Any, cast
 
 from aiohttp import http_exceptions, web
@@ -346,7 +347,7 @@ def client_address(request: web.BaseRequest) -> str:
 class GuardedSite(web.BaseSite):
     """``web.TCPSite`` with guarded connections: the runner stops it with its other sites."""
 
-    __slots__ = ("_guard", "_host", "_listening", "_owner", "_port")
+    __slots__ = ("_guard", "_host", "_listening", "_owner", "_port", "_ssl")
 
     def __init__(
         self,
@@ -355,9 +356,11 @@ class GuardedSite(web.BaseSite):
         host: str,
         port: int,
         backlog: int = 4096,
+        ssl: SSLContext | None = None,
     ) -> None:
         super().__init__(runner, backlog=backlog)
         self._owner = runner
+        self._ssl = ssl  # HTTPS/WSS; its certificate may be reloaded in place (common/tls.py)
         self._guard = guard
         self._host = host
         self._port = port
@@ -365,7 +368,7 @@ class GuardedSite(web.BaseSite):
 
     @property
     def name(self) -> str:
-        return f"http://{self._host}:{self._port}"
+        return f"{'https' if self._ssl is not None else 'http'}://{self._host}:{self._port}"
 
     async def start(self) -> None:
         await super().start()
@@ -384,6 +387,10 @@ class GuardedSite(web.BaseSite):
             self._port,
             backlog=self._backlog,
             reuse_address=True,
+            ssl=self._ssl,
+            # The guard's deadline starts once the handshake is done: a peer that never
+            # finishes one (or speaks plain HTTP) must not hold its socket for asyncio's 60 s.
+            ssl_handshake_timeout=idle if self._ssl is not None else None,
         )
 
     def protocol(self, connection: Callable[[], Connection]) -> Callable[[], asyncio.Protocol]:

@@ -15,9 +15,10 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from aiohttp import web
 
@@ -26,7 +27,7 @@ from control.access.config import NodeConfig
 from control.access.node import AccessNode
 from control.admin.config import AdminConfig
 from control.admin.routes import mount as admin_routes
-from control.common.config import ClusterSettings, ConnectionSettings
+from control.common.config import ClusterSettings, ConnectionSettings, TlsSettings
 from control.common.errors import BackendUnavailable, ImctlError
 from control.common.guard import ConnectionGuard, GuardedSite, install_loop_handler
 from control.common.kv import KeyValueStore
@@ -34,6 +35,7 @@ from control.common.kv.embedded import EmbeddedKV
 from control.common.ops import METRICS
 from control.common.proxied import ProxiedSite, ProxyPolicy
 from control.common.tasks import Supervisor
+from control.common.tls import CertificateError, CertificateReloader, server_context
 from control.launch.banner import banner as banner
 from control.launch.banner import banner_data as banner_data
 from control.launch.banner import imctl_command as imctl_command
@@ -78,6 +80,9 @@ class Part:
     # A second listener for the load balancer (PROXY v2 first on every connection).
     proxy_port: int = 0
     proxy: ProxyPolicy | None = None
+    # Its certificate (HTTPS/WSS), loaded at start and reloaded in place when renewed.
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    reloader: CertificateReloader | None = None
 
     def supervisors(self) -> list[Supervisor]:
         return [s for s in (self.supervisor, self.ring) if s is not None]
@@ -108,13 +113,20 @@ class Process:
             part.runner = runner
             if METRICS in part.app:
                 guard.register(part.app[METRICS])
-            site = GuardedSite(runner, guard, part.host, part.port, backlog=4096)
+            try:
+                context = self._tls(part)
+            except CertificateError as exc:  # replaced or gone since the config was checked
+                return f"cannot start {part.name}: {exc}"
+            site = GuardedSite(runner, guard, part.host, part.port, backlog=4096, ssl=context)
             try:
                 await site.start()
             except OSError as exc:
                 return f"cannot listen on {part.host}:{part.port} for {part.name}: {exc.strerror}"
             if part.proxy is not None and part.proxy_port:
-                relayed = ProxiedSite(runner, guard, part.host, part.proxy_port, part.proxy)
+                # TLS passthrough: the balancer relays the client's TLS, which starts after
+                # the PROXY header, with the same (reloaded in place) context.
+                policy = replace(part.proxy, ssl=context)
+                relayed = ProxiedSite(runner, guard, part.host, part.proxy_port, policy)
                 try:
                     await relayed.start()
                 except OSError as exc:
@@ -123,6 +135,22 @@ class Process:
                         f"load balancer: {exc.strerror}"
                     )
         return None
+
+    @staticmethod
+    def _tls(part: Part) -> ssl.SSLContext | None:
+        """The part's server context, its reloader a supervised task (``tls-reload``)."""
+        tls = part.tls
+        if not tls.enabled:
+            return None
+        context, _ = server_context(tls.cert, tls.key)
+        part.reloader = CertificateReloader(
+            context, tls.cert, tls.key, tls.reload_s, name=part.name
+        )
+        if METRICS in part.app:
+            part.reloader.register(part.app[METRICS])
+        if part.supervisor is not None:
+            part.supervisor.spawn("tls-reload", part.reloader.run)
+        return context
 
     def failures(self) -> list[str]:
         return [f"{p.name}: {s.failure}" for p in self.parts for s in p.supervisors() if s.failure]
@@ -283,6 +311,7 @@ def scheduler_config(settings: Settings) -> SchedulerConfig:
         regions=settings.regions,
         gray=settings.gray,
         client_auth=settings.client_auth,
+        cors=settings.cors,
         metrics_readers=settings.admin.metrics_readers(),
     )
 
@@ -298,13 +327,22 @@ def admin_config(settings: Settings) -> AdminConfig:
 
 
 def scheduler_app(
-    settings: Settings, kv: KeyValueStore | None = None, presence: PresenceCluster | None = None
+    settings: Settings,
+    kv: KeyValueStore | None = None,
+    presence: PresenceCluster | None = None,
+    demo: bool = False,
 ) -> web.Application:
     """The scheduler with the admin API mounted. ``kv`` and ``presence`` share backends
     already open (in-process clusters); without them it opens and closes its own."""
     b = Backends.of(settings, kv, presence)
     mounts = [admin_routes(admin_config(settings))]
-    app = scheduler_create_app(scheduler_config(settings), b.kv, b.presence, mounts=mounts)
+    app = scheduler_create_app(
+        scheduler_config(settings),
+        b.kv,
+        b.presence,
+        mounts=mounts,
+        demo=demo or settings.scheduler.demo,
+    )
     b.attach(app, unreachable_ok=True)  # it serves its static nodes while the store is away
     if b.ring is not None:
         app[RING_FOLLOWER] = b.ring.supervisor
@@ -317,9 +355,12 @@ def ring_of(app: web.Application) -> Supervisor | None:
 
 
 def scheduler_part(
-    settings: Settings, kv: KeyValueStore | None = None, presence: PresenceCluster | None = None
+    settings: Settings,
+    kv: KeyValueStore | None = None,
+    presence: PresenceCluster | None = None,
+    demo: bool = False,
 ) -> Part:
-    app = scheduler_app(settings, kv=kv, presence=presence)
+    app = scheduler_app(settings, kv=kv, presence=presence, demo=demo)
     state = app[STATE]
 
     def leave() -> None:
@@ -335,6 +376,7 @@ def scheduler_part(
         grace_s=settings.scheduler.shutdown_grace_s,
         unwatch=functools.partial(state.supervisor.close, timeout=3.0),
         ring=ring_of(app),
+        tls=settings.scheduler.tls,
     )
 
 
@@ -359,6 +401,7 @@ def access_part(
         connections=settings.connections,
         metrics_readers=settings.admin.metrics_readers(),
         releases=settings.gray.releases,
+        cors=settings.cors,
     )
     node = AccessNode(node_config, kv, presence)
     app = access_app(node)
@@ -373,6 +416,7 @@ def access_part(
         ring=b.ring.supervisor if b.ring else None,
         proxy_port=cfg.proxy_port,
         proxy=proxy_policy(settings) if cfg.proxy_port else None,
+        tls=settings.access.tls,
     )
 
 
@@ -431,7 +475,7 @@ def controller_part(
 
 async def run_scheduler(settings: Settings) -> int:
     part = scheduler_part(settings)
-    log.info("scheduler on http://%s:%d", part.host, part.port)
+    log.info("scheduler on %s://%s:%d", part.tls.scheme, part.host, part.port)
     return await _run(Process([part], connections=settings.connections), None, 0)
 
 
@@ -467,7 +511,7 @@ async def run_local(
         controller = controller_part(settings, kv, presence)
         controller.ring = ring.supervisor
         parts.append(controller)
-        scheduler = scheduler_part(settings, kv=kv, presence=presence)
+        scheduler = scheduler_part(settings, kv=kv, presence=presence, demo=True)
         scheduler.grace_s = 0.0  # one local process: no load balancer to wait for
         parts.append(scheduler)
         shown = (

@@ -34,13 +34,19 @@ def banner_data(settings: Settings) -> dict[str, Any]:
     """What the banner says, for ``imctl up --output json``."""
     s, c = settings.scheduler, settings.controller
     grants = settings.admin.grants()
+    tls = settings.access.tls.enabled
     return {
         "cluster": settings.cluster.name,
         "registry": settings.cluster.backend,
         "presence": settings.presence.backend,
-        "scheduler": f"http://{_loopback(s.host)}:{s.port}",
+        "scheduler": f"{s.tls.scheme}://{_loopback(s.host)}:{s.port}",
         "access": [
-            {"id": n.id, "endpoint": n.public_endpoint(), "region": n.region, "zone": n.zone}
+            {
+                "id": n.id,
+                "endpoint": n.public_endpoint(tls),
+                "region": n.region,
+                "zone": n.zone,
+            }
             for n in settings.access.nodes
         ],
         "controller": f"http://{_loopback(c.host)}:{c.port}/metrics",
@@ -59,7 +65,8 @@ def banner(settings: Settings, imctl: str | None = None, config_path: str | None
         f"  scheduler:  {url}",
     ]
     for n in settings.access.nodes:
-        lines.append(f"  access:     {n.id:<12} {n.public_endpoint():<28} {n.region}/{n.zone}")
+        endpoint = n.public_endpoint(settings.access.tls.enabled)
+        lines.append(f"  access:     {n.id:<12} {endpoint:<28} {n.region}/{n.zone}")
     for st in settings.registry.static_nodes:
         lines.append(f"  static:     {st.id:<12} {st.endpoint:<28} {st.region}/{st.zone}")
     lines += [
@@ -68,6 +75,7 @@ def banner(settings: Settings, imctl: str | None = None, config_path: str | None
         *_ask_lines(settings, url, config_path, imctl),
         "  then open a WebSocket to the answer's endpoint with ?ticket=<ticket>&platform=ios",
         f"  or let the reference client do both: {imctl} connect --uid alice --server {url}",
+        f"  or the demo web client: {url}/demo/ (paste a token from {imctl} token --uid alice)",
     ]
     if data["admin_open"]:
         lines.append(f"  operate:    {imctl} nodes --server {url}")

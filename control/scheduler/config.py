@@ -13,10 +13,12 @@ from control.common.config import (
     BackoffSettings,
     ClientAuthSettings,
     ClusterSettings,
+    CorsSettings,
     HeartbeatSettings,
     Network,
     RegistrySettings,
     TicketSettings,
+    TlsSettings,
 )
 from control.common.geoip import CONTINENT, GeoDatabase, GeoError
 from control.common.schema import setting
@@ -53,6 +55,10 @@ class SchedulerSettings:
     max_event_tails: int = setting(
         16, "open GET /v1/presence/events at once (each holds a shard connection)", ge=1, le=1024
     )
+    tls: TlsSettings = setting(
+        TlsSettings(), "the scheduler's certificate: HTTPS for its API, admin API and /metrics"
+    )
+    demo: bool = setting(False, "serve the demo web client at /demo/ (imctl up always does)")
 
 
 @dataclass(frozen=True)
@@ -134,5 +140,6 @@ class SchedulerConfig:
     regions: RegionSettings
     gray: GraySettings
     client_auth: ClientAuthSettings
+    cors: CorsSettings = CorsSettings()
     # Who may read /metrics (None: anyone), built once from admin.metrics and admin.tokens.
     metrics_readers: TokenTable | None = None

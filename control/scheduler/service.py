@@ -32,6 +32,8 @@ from control.common.wire import UID_RE
 from control.gray.model import UserContext
 from control.presence.cluster import PresenceCluster
 from control.scheduler.config import SchedulerConfig
+from control.scheduler.cors import Cors
+from control.scheduler.demo import mount_demo
 from control.scheduler.engine import Engine
 from control.scheduler.feed import FEED, SnapshotFeed
 from control.scheduler.geo import GeoReloader, build_region_map, open_geo
@@ -133,6 +135,8 @@ class EndpointHandler:
             f'"backoff":{json.dumps(self.backoff, separators=(",", ":"))}'
         )
         self.ttl = config.tickets.ttl_s
+        cors = config.cors
+        self.cors = Cors(cors.origins, cors.max_age_s) if cors.origins else None
 
     async def handle(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -167,6 +171,8 @@ class EndpointHandler:
             response = refusal(exc)
         except Exception:
             response = internal_error(request)
+        if self.cors is not None:
+            self.cors.mark(request, response)
         self.metrics.latency.observe(time.perf_counter() - started)
         return response
 
@@ -246,10 +252,12 @@ def create_app(
     presence: PresenceCluster,
     mounts: Sequence[Callable[[web.Application], None]] = (),
     name: str | None = None,
+    demo: bool = False,
 ) -> web.Application:
     """The scheduler application on backends its caller opens and closes (launch.py).
     ``mounts`` add routes of the layers above (the admin API) before the JSON fallbacks;
-    ``name`` is the id its served-releases record goes under (default: host, pid, random)."""
+    ``name`` is the id its served-releases record goes under (default: host, pid, random);
+    ``demo`` serves the demo web client at ``/demo/``."""
     app = web.Application()
     metrics = SchedulerMetrics()
     geo = open_geo(config.regions.geoip)
@@ -322,8 +330,12 @@ def create_app(
 
     app.on_shutdown.append(end_streams)
     app.cleanup_ctx.append(tasks_ctx)
-    endpoint = EndpointHandler(config, engine, metrics, auth).handle
-    app.router.add_get("/v1/endpoint", endpoint, allow_head=False)  # HEAD must not decide
+    endpoint = EndpointHandler(config, engine, metrics, auth)
+    app.router.add_get("/v1/endpoint", endpoint.handle, allow_head=False)  # HEAD must not decide
+    cors = endpoint.cors or Cors((), config.cors.max_age_s)  # preflights refused, clearly
+    app.router.add_route("OPTIONS", "/v1/endpoint", cors.answer)
+    if demo:
+        mount_demo(app)
     for mount in mounts:
         mount(app)
     add_ops_routes(

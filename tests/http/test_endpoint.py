@@ -198,7 +198,7 @@ async def test_malformed_never_500(client: TestClient, path: str) -> None:
 async def test_wrong_method_and_path_are_json(client: TestClient) -> None:
     resp = await client.post("/v1/endpoint", data=b"x")
     assert resp.status == 405 and (await resp.json())["error"] == "method_not_allowed"
-    assert resp.headers["Allow"] == "GET"
+    assert resp.headers["Allow"] == "GET,OPTIONS"  # OPTIONS: CORS preflights
     resp = await client.put("/v1/nodes/n1/drain")
     assert resp.status == 405 and resp.headers["Allow"] == "DELETE,POST"
     resp = await client.get("/v2/nothing")
@@ -209,7 +209,7 @@ async def test_head_is_refused_not_a_decision(client: TestClient) -> None:
     """HEAD must be safe: answering it would count a client the node never sees (pending)
     and spend the asker's rate-limit tokens, for a body nobody reads."""
     resp = await client.head("/v1/endpoint", params=OK)
-    assert resp.status == 405 and resp.headers["Allow"] == "GET"
+    assert resp.status == 405 and resp.headers["Allow"] == "GET,OPTIONS"
     engine = client.app[ENGINE]
     assert all(engine.pending.get(n) == 0 for n in engine.snapshot.nodes)
 
