@@ -66,6 +66,11 @@ class SchedulerMetrics:
             "Snapshot builds that failed (the previous snapshot kept serving)",
             registry=self.registry,
         )
+        self.built_at = Gauge(
+            "imctl_scheduler_snapshot_timestamp_seconds",
+            "When the serving snapshot was built (its age: time() minus this)",
+            registry=self.registry,
+        )
         self.ready = Gauge(
             "imctl_scheduler_ready", "1 when the registry view is synced", registry=self.registry
         )
@@ -97,6 +102,7 @@ class SchedulerMetrics:
             self.nodes.labels(state, pool, region).set(count)
         self.held.set(1 if held else 0)
         self.builds.inc()
+        self.built_at.set_to_current_time()
 
 
 class SchedulerState:
