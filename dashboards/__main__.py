@@ -20,8 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.check:
         found = stale(args.out)
-        for name in found:
-            print(f"stale: {args.out / name}.json (run python -m dashboards)", file=sys.stderr)
+        for path in found:
+            print(f"stale: {path} (run python -m dashboards)", file=sys.stderr)
         return 1 if found else 0
     for path in write(args.out):
         print(path)

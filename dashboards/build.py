@@ -1,5 +1,5 @@
-"""Every dashboard, rendered as Grafana JSON, written to dashboards/json/ and compared
-with what is committed there."""
+"""Every dashboard, rendered as Grafana JSON, written to dashboards/json/ (and the alert
+rules' unit tests to alerts_test.yml) and compared with what is committed there."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from grafana_foundation_sdk.builders.dashboard import Dashboard
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 
-from dashboards import access, gray, overview, presence, scheduler
+from dashboards import access, alert_cases, gray, overview, presence, scheduler
 
 HERE = Path(__file__).parent
 OUT = HERE / "json"
@@ -29,24 +29,30 @@ def render(name: str) -> str:
     return json.dumps(DASHBOARDS[name]().build(), cls=JSONEncoder, indent=2, sort_keys=True) + "\n"
 
 
+def outputs(out: Path = OUT) -> dict[Path, Callable[[], str]]:
+    """Every generated file and how to render it."""
+    files: dict[Path, Callable[[], str]] = {
+        out / f"{name}.json": (lambda name=name: render(name))  # type: ignore[misc]
+        for name in DASHBOARDS
+    }
+    files[alert_cases.TESTS] = alert_cases.render
+    return files
+
+
 def write(out: Path = OUT) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name in DASHBOARDS:
-        path = out / f"{name}.json"
-        path.write_text(render(name))
-        written.append(path)
-    return written
+    for path, text in outputs(out).items():
+        path.write_text(text())
+    return list(outputs(out))
 
 
-def stale(out: Path = OUT) -> list[str]:
-    """The dashboards whose file in ``out`` is missing or differs from a fresh build."""
-    found = []
-    for name in DASHBOARDS:
-        path = out / f"{name}.json"
-        if not path.exists() or path.read_text() != render(name):
-            found.append(name)
-    return found
+def stale(out: Path = OUT) -> list[Path]:
+    """The generated files that are missing or differ from a fresh build."""
+    return [
+        path
+        for path, text in outputs(out).items()
+        if not path.exists() or path.read_text() != text()
+    ]
 
 
 def queries(board: dict[str, object]) -> Iterator[tuple[str, str]]:
