@@ -3,9 +3,12 @@ several nodes in one process never share a series)."""
 
 from __future__ import annotations
 
+from typing import get_args
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from control.common.metrics import LoopCounter
+from control.gray.track import MoveReason
 
 
 class AccessMetrics:
@@ -85,6 +88,12 @@ class AccessMetrics:
             registry=self.registry,
         ).labels(**labels)
         self.node_id = node_id
+        # From 0, so that panels and alerts see the first of each (a counter is born at 1
+        # otherwise, and rate() misses it).
+        for reason in get_args(MoveReason):
+            self.moved.zero(node_id, reason)
+        self.closes.zero(node_id, "kicked")
+        self.handshakes.zero(node_id, "ok")
 
     def describe(self, region: str, zone: str, pool: str, version: str, capacity: int) -> None:
         self.info.labels(self.node_id, region, zone, pool, version).set(1)

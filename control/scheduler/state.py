@@ -34,6 +34,9 @@ class SchedulerMetrics:
             ["strategy", "placement", "result"],
             self.registry,
         )
+        # The refusals alerts watch, from 0 (see LoopCounter.zero).
+        for refusal in ("rate_limited", "no_capacity"):
+            self.decisions.zero("none", "none", refusal)
         self.assignments = LoopCounter(
             "imctl_scheduler_assignments_total",
             "Clients assigned, by the release that took them (none: no release) and the "
