@@ -29,6 +29,7 @@ class HeartbeatBatch:
         entry: Callable[[Session], Presence],
         metrics: AccessMetrics,
         flush_s: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.node_id = node_id
         self.presence = presence
@@ -39,11 +40,12 @@ class HeartbeatBatch:
         self.pending: set[Touch] = set()
         # When presence last took every waiting heartbeat: the lag gauge is read at scrape
         # time, so touch() (every ping) pays nothing for it.
-        self.flushed_at = time.monotonic()
+        self.clock = clock
+        self.flushed_at = clock()
         metrics.heartbeat_lag.set_function(self.lag)
 
     def lag(self) -> float:
-        return time.monotonic() - self.flushed_at if self.pending else 0.0
+        return self.clock() - self.flushed_at if self.pending else 0.0
 
     def touch(self, session: Session) -> None:
         self.pending.add((session.uid, session.device, session.conn))
@@ -56,10 +58,10 @@ class HeartbeatBatch:
         the connections this node still holds whose entries are gone (a shard restarted
         and lost them). Returns how many entries were re-asserted."""
         if not self.pending:
-            self.flushed_at = time.monotonic()
+            self.flushed_at = self.clock()
             return 0
         batch, self.pending = self.pending, set()
-        taken, started = time.monotonic(), time.perf_counter()
+        taken, started = self.clock(), time.perf_counter()
         try:
             missing = await self.presence.touch(batch)
         except BackendUnavailable as exc:
