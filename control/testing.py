@@ -422,8 +422,17 @@ class PrometheusServer(ServerProcess):
     ``restart()`` keeps its port, data and targets. Its first scrape comes ~5 s after the
     start (Prometheus throttles target updates to one per 5 s)."""
 
-    def __init__(self, data_dir: Path, targets: Iterable[str] = (), every_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        targets: Iterable[str] = (),
+        every_s: float = 0.5,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
         self.binary = _binary("prometheus", "prometheus")
+        #: a whole Prometheus config to run instead of one job over ``targets`` (its
+        #: relative paths, such as rule_files, are read from ``data_dir``)
+        self.custom = config
         self.data_dir = data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         self.targets, self.every_s = list(targets), every_s
@@ -439,8 +448,9 @@ class PrometheusServer(ServerProcess):
     def start(self) -> None:
         every = f"{max(1, round(self.every_s * 1000))}ms"
         scrape = {"job_name": "imctl", "static_configs": [{"targets": self.targets}]}
-        config = {"global": {"scrape_interval": every, "scrape_timeout": every}}
-        self.config.write_text(yaml.safe_dump({**config, "scrape_configs": [scrape]}))
+        config: dict[str, Any] = {"global": {"scrape_interval": every, "scrape_timeout": every}}
+        config = dict(self.custom) if self.custom else {**config, "scrape_configs": [scrape]}
+        self.config.write_text(yaml.safe_dump(config))
         tsdb, listen = self.data_dir / "tsdb", f"127.0.0.1:{self.port}"
         cmd = [self.binary, f"--config.file={self.config}", f"--storage.tsdb.path={tsdb}"]
         self._spawn([*cmd, f"--web.listen-address={listen}", "--log.level=warn"], self.log)

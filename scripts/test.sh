@@ -27,8 +27,8 @@ $py -m pip install -q --upgrade pip
 $py -m pip install -q -e '.[test]'
 
 echo "== ruff"
-$py -m ruff check control tests load
-$py -m ruff format --check control tests load
+$py -m ruff check control tests load dashboards
+$py -m ruff format --check control tests load dashboards
 echo "== mypy"
 $py -m mypy
 echo "== import contracts (.importlinter)"

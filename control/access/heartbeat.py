@@ -29,6 +29,7 @@ class HeartbeatBatch:
         entry: Callable[[Session], Presence],
         metrics: AccessMetrics,
         flush_s: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.node_id = node_id
         self.presence = presence
@@ -37,6 +38,14 @@ class HeartbeatBatch:
         self.metrics = metrics
         self.flush_s = flush_s
         self.pending: set[Touch] = set()
+        # When presence last took every waiting heartbeat: the lag gauge is read at scrape
+        # time, so touch() (every ping) pays nothing for it.
+        self.clock = clock
+        self.flushed_at = clock()
+        metrics.heartbeat_lag.set_function(self.lag)
+
+    def lag(self) -> float:
+        return self.clock() - self.flushed_at if self.pending else 0.0
 
     def touch(self, session: Session) -> None:
         self.pending.add((session.uid, session.device, session.conn))
@@ -49,9 +58,10 @@ class HeartbeatBatch:
         the connections this node still holds whose entries are gone (a shard restarted
         and lost them). Returns how many entries were re-asserted."""
         if not self.pending:
+            self.flushed_at = self.clock()
             return 0
         batch, self.pending = self.pending, set()
-        started = time.perf_counter()
+        taken, started = self.clock(), time.perf_counter()
         try:
             missing = await self.presence.touch(batch)
         except BackendUnavailable as exc:
@@ -61,6 +71,8 @@ class HeartbeatBatch:
             self.pending |= batch
             return 0
         self.metrics.flush.observe(time.perf_counter() - started)
+        # Whatever waits now was touched after this batch was taken.
+        self.flushed_at = taken
         sessions = self.roster.sessions
         alive = [sessions[conn] for _uid, _device, conn in missing if conn in sessions]
         if not alive:

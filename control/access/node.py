@@ -77,6 +77,8 @@ class AccessNode:
         self.state: str = "up"
         self.drain_reason = ""
         self.metrics = AccessMetrics(self.id)
+        n = self.cfg
+        self.metrics.describe(n.region, n.zone, n.pool, n.version, n.capacity)
         self.membership = Membership(
             config, kv, self.epoch, lambda: len(self.sessions), lambda: self.state == "draining"
         )

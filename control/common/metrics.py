@@ -32,6 +32,11 @@ class LoopCounter:
         values = self.values
         values[labels] = values.get(labels, 0) + 1
 
+    def zero(self, *labels: str) -> None:
+        """Show this label set at 0 before its first event, so that rate() and increase()
+        (dashboards, alerts) see that first event too."""
+        self.values.setdefault(labels, 0)
+
     def value(self, *labels: str) -> float:
         return self.values.get(labels, 0)
 

@@ -5,13 +5,15 @@ canary/stable ratios it saw."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from control.gray.analysis import Verdict
+from control.gray.analysis import Verdict, VerdictKind
 from control.gray.model import Release
 
 STATES = ("draft", "running", "paused", "promoted", "rolled_back")
+VERDICTS = get_args(VerdictKind)
 
 
 class GrayMetrics:
@@ -47,6 +49,9 @@ class GrayMetrics:
             self.percent.labels(r.name).set(r.percent)
             for state in STATES:
                 self.state.labels(r.name, state).set(int(r.state == state))
+            # Each verdict's series from 0, so that an alert's increase() sees the first one.
+            for kind in VERDICTS:
+                self.verdicts.labels(r.name, kind)
         for gone in self._shown - names:
             self.percent.remove(gone)
             for state in STATES:

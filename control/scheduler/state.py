@@ -34,6 +34,9 @@ class SchedulerMetrics:
             ["strategy", "placement", "result"],
             self.registry,
         )
+        # The refusals alerts watch, from 0 (see LoopCounter.zero).
+        for refusal in ("rate_limited", "no_capacity"):
+            self.decisions.zero("none", "none", refusal)
         self.assignments = LoopCounter(
             "imctl_scheduler_assignments_total",
             "Clients assigned, by the release that took them (none: no release) and the "
@@ -64,6 +67,11 @@ class SchedulerMetrics:
         self.rebuild_failures = Counter(
             "imctl_scheduler_snapshot_build_failures_total",
             "Snapshot builds that failed (the previous snapshot kept serving)",
+            registry=self.registry,
+        )
+        self.built_at = Gauge(
+            "imctl_scheduler_snapshot_timestamp_seconds",
+            "When the serving snapshot was built (its age: time() minus this)",
             registry=self.registry,
         )
         self.ready = Gauge(
@@ -97,6 +105,7 @@ class SchedulerMetrics:
             self.nodes.labels(state, pool, region).set(count)
         self.held.set(1 if held else 0)
         self.builds.inc()
+        self.built_at.set_to_current_time()
 
 
 class SchedulerState:

@@ -219,7 +219,8 @@ async def test_release_state_percent_and_verdicts_are_metrics(kv: EmbeddedKV) ->
     await stepper.run_once()  # not due yet: shown, not judged
     assert value("imctl_gray_release_percent", {"release": "r1"}) == 5.0
     assert value("imctl_gray_release_state", {"release": "r1", "state": "running"}) == 1.0
-    assert value("imctl_gray_analysis_total", {"release": "r1", "verdict": "breach"}) is None
+    # from 0 before any verdict, so that an alert's increase() sees the first breach
+    assert value("imctl_gray_analysis_total", {"release": "r1", "verdict": "breach"}) == 0.0
     clock.now += 60
     await stepper.run_once()  # judged: a breach, rolled back
     assert value("imctl_gray_analysis_total", {"release": "r1", "verdict": "breach"}) == 1.0
