@@ -60,7 +60,8 @@ def storm_figures(t: Timeline, at_s: float) -> dict[str, Any]:
     """The reconnect storm after a kill at ``at_s``: connected just before, the lowest
     count after, and the seconds until every client that was connected is again."""
     k = int(at_s)
-    before = t.seconds[k - 1].online if 0 < k <= len(t.seconds) else 0
+    last = t.seconds[k - 1] if 0 < k <= len(t.seconds) else None
+    before = last.online if last else 0
     after = t.seconds[k:]
     lowest = min((w.online for w in after), default=before)
     back = next(
@@ -71,6 +72,7 @@ def storm_figures(t: Timeline, at_s: float) -> dict[str, Any]:
         storm.update(w.reconnects)
     return {
         "online_before": before,
+        "by_node_before": dict(last.by_node) if last else {},
         "online_lowest": lowest,
         "recovered_after_s": back,
         "reconnects": dict(storm),
@@ -152,7 +154,8 @@ def _markdown(r: Result, d: dict[str, Any], pictures: list[tuple[str, str]]) -> 
         lines += [
             "## Reconnect storm",
             "",
-            f"Connected before the kill {st['online_before']:,}, lowest after "
+            f"Connected before the kill {st['online_before']:,} ({st['by_node_before']}), "
+            f"lowest after "
             f"{st['online_lowest']:,}, every client back "
             f"{'never within the run' if back is None else f'after {back} s'}; reconnects "
             f"after it {st['reconnects']}; peak {st['handshakes_per_s_peak']:,} handshakes/s.",

@@ -163,9 +163,17 @@ class _Checker:
         self.problems.append(f"{self.where}{key}: {what}")
 
     def number(
-        self, data: Mapping[str, Any], key: str, default: float, lo: float, hi: float
+        self,
+        data: Mapping[str, Any],
+        key: str,
+        default: float,
+        lo: float,
+        hi: float,
+        prefix: str = "",
     ) -> float:
+        """``data[key]`` (a section's key when ``prefix`` names the section: ``churn.``)."""
         value = data.get(key, default)
+        key = prefix + key
         if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
             self.bad(key, f"expected a number, got {value!r}")
             return default
@@ -184,8 +192,11 @@ class _Checker:
             return default
         return value
 
-    def text(self, data: Mapping[str, Any], key: str, default: str | None) -> str | None:
+    def text(
+        self, data: Mapping[str, Any], key: str, default: str | None, prefix: str = ""
+    ) -> str | None:
         value = data.get(key, default)
+        key = prefix + key
         if value is not None and (not isinstance(value, str) or not value):
             self.bad(key, f"expected a non-empty string, got {value!r}")
             return default
@@ -236,8 +247,8 @@ def parse(data: Mapping[str, Any], where: str = "") -> Scenario:
     logouts, off = d.logouts_per_s, d.off_s
     if "churn" in data:
         churn = c.section(data, "churn", {"logouts_per_s", "off_s"})
-        logouts = c.number(churn, "logouts_per_s", logouts, 0, 100_000)
-        off = c.number(churn, "off_s", off, 0, 3600)
+        logouts = c.number(churn, "logouts_per_s", logouts, 0, 100_000, "churn.")
+        off = c.number(churn, "off_s", off, 0, 3600, "churn.")
     platforms = data.get("platforms", list(d.platforms))
     if isinstance(platforms, str):
         platforms = [p for p in platforms.split(",") if p]
@@ -293,7 +304,7 @@ def parse(data: Mapping[str, Any], where: str = "") -> Scenario:
 
 
 def _at(c: _Checker, section: Mapping[str, Any], key: str, name: str, active: float) -> float:
-    at = c.number(section, key, 0.0, 0, 86400)
+    at = c.number(section, key, 0.0, 0, 86400, f"{name}.")
     if key in section and at >= active:
         c.bad(f"{name}.{key}", f"must come before the settle phase (at {active:g}s)")
     return at
@@ -311,7 +322,7 @@ def _actions(c: _Checker, data: Mapping[str, Any], out: Scenario, active: float)
             c.bad("storm", "scenario storm needs storm: {at_s, pid or node}")
         at = _at(c, s, "at_s", "storm", active)
         pid = s.get("pid")
-        node = c.text(s, "node", None)
+        node = c.text(s, "node", None, "storm.")
         if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int) or pid <= 1):
             c.bad("storm.pid", f"a process id, got {pid!r}")
             pid = None
@@ -327,14 +338,14 @@ def _actions(c: _Checker, data: Mapping[str, Any], out: Scenario, active: float)
         if "drain" not in data:
             c.bad("drain", "scenario drain needs drain: {at_s, node, over_s}")
         at = _at(c, s, "at_s", "drain", active)
-        node = c.text(s, "node", None)
+        node = c.text(s, "node", None, "drain.")
         if s and node is None:
             c.bad("drain.node", "which node to drain")
         undrain = s.get("undrain", True)
         if not isinstance(undrain, bool):
             c.bad("drain.undrain", f"true or false, got {undrain!r}")
             undrain = True
-        over = c.number(s, "over_s", 10.0, 0, 3600)
+        over = c.number(s, "over_s", 10.0, 0, 3600, "drain.")
         return replace(out, drain=Drain(at, node or "", over, undrain))
     if kind == "gray":
         known = {"release", "at_s", "percents", "every_s", "rollback_at_s", "rollback_over_s"}
@@ -351,14 +362,14 @@ def _actions(c: _Checker, data: Mapping[str, Any], out: Scenario, active: float)
         ):
             c.bad("gray.percents", f"a list of percents (0-100], got {percents!r}")
             percents = [10, 50]
-        every = c.number(s, "every_s", 5.0, 0.1, 86400)
+        every = c.number(s, "every_s", 5.0, 0.1, 86400, "gray.")
         default_rollback = at + every * (len(percents) + 1)
-        rollback = c.number(s, "rollback_at_s", default_rollback, 0, 86400)
+        rollback = c.number(s, "rollback_at_s", default_rollback, 0, 86400, "gray.")
         if rollback >= active:
             c.bad("gray.rollback_at_s", f"must come before the settle phase (at {active:g}s)")
         if rollback < at + every * len(percents):
             c.bad("gray.rollback_at_s", "must come after the last percent step")
-        over = c.number(s, "rollback_over_s", 5.0, 0, 3600)
+        over = c.number(s, "rollback_over_s", 5.0, 0, 3600, "gray.")
         g = Gray(dict(release), at, tuple(float(p) for p in percents), every, rollback, over)
         return replace(out, gray=g)
     return out
