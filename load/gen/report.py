@@ -64,9 +64,8 @@ def storm_figures(t: Timeline, at_s: float) -> dict[str, Any]:
     before = last.online if last else 0
     after = t.seconds[k:]
     lowest = min((w.online for w in after), default=before)
-    back = next(
-        (i for i, w in enumerate(after) if i > 0 and w.online >= before and lowest < before), None
-    )
+    # Back: connected as many as before the kill again (the lost ones came back elsewhere).
+    back = next((i for i, w in enumerate(after) if i > 0 and w.online >= before), None)
     storm = Counter[str]()
     for w in after:
         storm.update(w.reconnects)

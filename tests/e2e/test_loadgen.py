@@ -9,7 +9,7 @@ import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import pytest
@@ -69,11 +69,6 @@ async def _presence_total(http: aiohttp.ClientSession, c: Cluster) -> int:
         return int((await resp.json())["total"])
 
 
-async def _finished(proc: subprocess.Popen[str], timeout: float) -> tuple[int, str]:
-    out = await asyncio.to_thread(proc.communicate, timeout=timeout)
-    return proc.returncode, out[0]
-
-
 def _summary(report: Path) -> dict[str, Any]:
     assert (report / "report.md").is_file()
     for picture in ("connections.png", "handshakes.png", "latency.png"):
@@ -81,38 +76,39 @@ def _summary(report: Path) -> dict[str, Any]:
     return dict(json.loads((report / "summary.json").read_text()))
 
 
-@pytest.mark.timeout(60)
-async def test_a_steady_run_reports_what_the_cluster_counts(
-    cluster: Cluster, tmp_path: Path
-) -> None:
-    report = tmp_path / "steady"
+class Run(NamedTuple):
+    code: int
+    output: str
+    summary: dict[str, Any]
+    killed_pid: int
+
+
+@pytest.fixture(scope="module")
+def storm_run(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """One bounded run (the budget allows one): clients that churn and message each other,
+    and n0 killed with kill -9 four seconds in."""
+    report = tmp_path_factory.mktemp("report")
+    pid = cluster.procs["n0"].pid
     proc = _load(
-        cluster, report, "--duration", "8", "--ramp", "1", "--settle", "3",
-        "--message-interval", "1", "--churn", "6",
+        cluster, report, "--scenario", "storm", "--kill-pid", str(pid), "--at", "4",
+        "--duration", "9", "--ramp", "0.5", "--settle", "4", "--message-interval", "1",
+        "--churn", "6",
     )  # fmt: skip
-    try:
+
+    async def watch() -> None:
         async with aiohttp.ClientSession() as http:
 
             async def everyone_online() -> bool:
                 return await _presence_total(http, cluster) == CLIENTS
 
             # The cluster's own count, read by the test while the clients run.
-            await until(everyone_online, 20, f"{CLIENTS} online in the cluster's presence")
-            code, out = await _finished(proc, 40)
-            assert code == 0, out
-            d = _summary(report)
-            assert d["online_end"] == d["presence_end"] == CLIENTS
-            assert sum(d["presence_by_node"].values()) == CLIENTS
-            assert d["clients_lost"] == 0
-            assert d["counts"]["logouts"] > 0  # churn ran, and everyone came back
-            assert d["counts"]["acked"] > 0.9 * d["counts"]["sent"] > 0
-            assert d["latency_ms"]["endpoint"]["p99"] is not None
-            assert d["counts"]["handshakes"] >= CLIENTS
+            await until(everyone_online, 25, f"{CLIENTS} online in the cluster's presence")
 
-            async def everyone_left() -> bool:
-                return await _presence_total(http, cluster) == 0
-
-            await until(everyone_left, 10, "the generator's clients logged out at its end")
+    try:
+        asyncio.run(watch())
+        out, _ = proc.communicate(timeout=40)
+        cluster.procs.pop("n0").wait(5)
+        return Run(proc.returncode, out, _summary(report), pid)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -120,33 +116,39 @@ async def test_a_steady_run_reports_what_the_cluster_counts(
 
 
 @pytest.mark.timeout(60)
-async def test_a_storm_that_kills_a_node_reports_every_client_back(
-    cluster: Cluster, tmp_path: Path
+async def test_a_run_reports_what_the_cluster_counts_and_loses_no_client(
+    cluster: Cluster, storm_run: Run
 ) -> None:
-    report = tmp_path / "storm"
-    pid = cluster.procs["n0"].pid
-    proc = _load(
-        cluster, report, "--scenario", "storm", "--kill-pid", str(pid), "--at", "3",
-        "--duration", "12", "--ramp", "1", "--settle", "5", "--message-interval", "0",
-        "--workers", "1",
-    )  # fmt: skip
-    try:
-        code, out = await _finished(proc, 50)
-        assert code == 0, out
-        assert cluster.procs["n0"].poll() is not None, "n0 was not killed"
-        d = _summary(report)
-        storm = d["storm"]
-        assert storm["online_before"] == CLIENTS
-        assert storm["online_lowest"] < CLIENTS
-        # Every client the killed node held lost its link, and only those.
-        assert storm["reconnects"] == {"lost": storm["by_node_before"]["n0"]}
-        assert storm["by_node_before"]["n0"] > 0
-        assert storm["recovered_after_s"] is not None
-        assert d["online_end"] == d["presence_end"] == CLIENTS
-        assert d["presence_by_node"] == {"n1": CLIENTS}
-        assert [(x["step"], x["outcome"]) for x in d["steps"]] == [(f"kill pid={pid}", "ok")]
-    finally:
-        cluster.procs.pop("n0").wait(5)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    assert storm_run.code == 0, storm_run.output
+    d = storm_run.summary
+    assert d["online_end"] == d["presence_end"] == CLIENTS
+    assert d["presence_by_node"] == {"n1": CLIENTS}
+    assert d["clients_lost"] == 0
+    assert d["counts"]["logouts"] > 0  # churn ran, and everyone came back
+    assert d["counts"]["acked"] > 0.8 * d["counts"]["sent"] > 0
+    assert d["latency_ms"]["endpoint"]["p99"] is not None
+    assert d["latency_ms"]["message"]["count"] == d["counts"]["acked"]
+    async with aiohttp.ClientSession() as http:
+
+        async def everyone_left() -> bool:
+            return await _presence_total(http, cluster) == 0
+
+        await until(everyone_left, 10, "the generator's clients logged out at its end")
+
+
+def test_a_storm_that_kills_a_node_reports_every_client_back(storm_run: Run) -> None:
+    assert storm_run.code == 0, storm_run.output
+    d = storm_run.summary
+    storm = d["storm"]
+    # The generator's per-node figures add up (churn, or a slow ramp, has some out).
+    assert 0 < storm["online_before"] == sum(storm["by_node_before"].values())
+    # The killed node's clients lost their link, and only they (the figure before is the
+    # last second's: a login or a logout in the moment before the kill may differ).
+    held = storm["by_node_before"]["n0"]
+    assert held > 0
+    assert set(storm["reconnects"]) == {"lost"}
+    assert abs(storm["reconnects"]["lost"] - held) <= CLIENTS // 20
+    assert storm["recovered_after_s"] is not None
+    assert [(x["step"], x["outcome"]) for x in d["steps"]] == [
+        (f"kill pid={storm_run.killed_pid}", "ok")
+    ]

@@ -3,6 +3,7 @@ schedule, the operator's plan."""
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -106,7 +107,8 @@ def test_storm_needs_a_pid_or_a_node_before_the_settle_phase() -> None:
     with pytest.raises(ScenarioError, match="exactly one of pid"):
         parse({"scenario": "storm", "storm": {"at_s": 3}})
     with pytest.raises(ScenarioError, match="before the settle phase"):
-        parse({"scenario": "storm", "duration_s": 20, "settle_s": 5, "storm": {"at_s": 16, "pid": 9}})
+        storm = {"at_s": 16, "pid": 9}
+        parse({"scenario": "storm", "duration_s": 20, "settle_s": 5, "storm": storm})
     s = parse({"scenario": "storm", "storm": {"at_s": 3, "pid": 1234}})
     assert s.storm is not None and s.storm.pid == 1234
 
@@ -126,7 +128,7 @@ def test_churn_adds_up_to_the_population_rate_and_nobody_is_out_in_the_settle_ph
     expected = rate * (stop - 1.0)
     assert 0.85 * expected < total < 1.1 * expected
     for mine in logouts:
-        for a, b in zip(mine, mine[1:], strict=False):
+        for a, b in itertools.pairwise(mine):
             assert b.at_s >= a.back_s  # back in before the next logout
         assert all(x.back_s == pytest.approx(x.at_s + off) and x.back_s < stop for x in mine)
         assert all(x.at_s > 1.0 for x in mine)
