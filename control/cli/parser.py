@@ -416,6 +416,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_connect)
 
+    # Listed for `imctl --help`; entry.main hands `imctl load ...` over before parsing.
+    sub.add_parser(
+        "load",
+        help="simulated clients against a running cluster, with a report (imctl load --help)",
+        add_help=False,
+    )
+
     p = sub.add_parser(
         "token",
         help="mint client tokens from the config's development key",

@@ -1,0 +1,5 @@
+import sys
+
+from load.gen.cli import main
+
+sys.exit(main())
