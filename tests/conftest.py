@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from control.common.config import ConnectionSettings
 from control.common.kv import KeyValueStore
 from control.common.kv.embedded import EmbeddedKV
 from control.common.kv.etcd import EtcdKV
@@ -97,8 +98,12 @@ def own_etcd(tmp_path: Path) -> Iterator[EtcdServer]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    """A client session for the test, with no cap on its connections."""
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+    """A client session for the test, with no cap on its connections; an idle pooled one is
+    let go well inside the servers' idle deadline, as our own clients do (a request that
+    picked up one the server had just closed failed with ServerDisconnectedError)."""
+    keepalive = ConnectionSettings().client_keepalive_s
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=keepalive)
+    async with aiohttp.ClientSession(connector=connector) as session:
         yield session
 
 

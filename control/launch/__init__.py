@@ -125,7 +125,7 @@ class Process:
             if part.proxy is not None and part.proxy_port:
                 # TLS passthrough: the balancer relays the client's TLS, which starts after
                 # the PROXY header, with the same (reloaded in place) context.
-                policy = replace(part.proxy, ssl=context)
+                policy = part.proxy if context is None else replace(part.proxy, ssl=context)
                 relayed = ProxiedSite(runner, guard, part.host, part.proxy_port, policy)
                 try:
                     await relayed.start()

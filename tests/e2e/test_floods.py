@@ -41,10 +41,10 @@ class Node:
         self.port = free_port()
         config = {
             "regions": {"known": ["r"]},
-            # 10 s without a ping before a session counts as gone: this test's own client
-            # loop runs 7,000 flood sockets beside the held sessions, and on a busy
-            # 2-core machine it missed a 3 s window, and once a 6 s one, by itself.
-            "heartbeat": {"interval_s": 1, "misses": 10},
+            # 20 s without a ping before a session counts as gone: this test's own client
+            # loop runs 7,000 flood sockets beside the held sessions (pinging every 1 s),
+            # and on a busy 2-core machine it missed 3 s, 6 s and 10 s windows by itself.
+            "heartbeat": {"interval_s": 2, "misses": 10},
             "tickets": {"active_kid": "k", "keys": {"k": SECRET}},
             "access": {
                 "nodes": [{"id": "n0", "region": "r", "port": self.port, "capacity": 5000}],
@@ -221,7 +221,9 @@ async def test_slowloris_and_silent_connections_are_capped_and_closed(
     # Closed by the node without an answer, about idle_timeout_s after they opened
     # (slow headers or none at all); none is still open.
     assert all(a == b"" for a, _ in taken), {a for a, _ in taken}
-    assert max(t for _, t in taken) < idle + 8, max(t for _, t in taken)
+    # The bound is the test's own loop's lag too (7,000 sockets; 13 s seen on a loaded
+    # machine): what it rules out is a socket the deadline never closed (held 90 s).
+    assert max(t for _, t in taken) < idle * 4, max(t for _, t in taken)
     log = node.text()
     assert "Traceback" not in log and len(log.encode()) < LOG_LIMIT, log[-3000:]
 

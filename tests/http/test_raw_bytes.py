@@ -113,7 +113,7 @@ async def test_every_process_answers_unknown_paths_and_methods_in_json() -> None
     settings = cluster_settings(nodes=1)
     async with LocalCluster(settings, scheduler=True, controller=True):
         wrong_method = {
-            settings.scheduler.port: ("POST", "/v1/endpoint", "GET"),
+            settings.scheduler.port: ("POST", "/v1/endpoint", "GET,OPTIONS"),  # + CORS
             settings.access.node("n0").port: ("DELETE", "/internal/push", "POST"),
             settings.controller.port: ("POST", "/metrics", "GET,HEAD"),
         }

@@ -73,6 +73,7 @@ FIELDS: dict[type, dict[str, st.SearchStrategy[Any]]] = {
         "weight": NUMBERS,
         "reported_at": NUMBERS,
         "internal": TEXT,
+        "proxy": TEXT,
     },
     DrainRequest: {
         "over_s": st.floats(min_value=0, max_value=86_400, allow_nan=False),
