@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 from aiohttp import web
 
+from control.api import WITH_ADMIN, add_openapi, scheduler_document
 from control.common.client_auth import (
     AuthFailure,
     CallbackVerifier,
@@ -325,6 +326,7 @@ def create_app(
     app.router.add_get("/v1/endpoint", endpoint, allow_head=False)  # HEAD must not decide
     for mount in mounts:
         mount(app)
+    add_openapi(app, lambda: scheduler_document(app.get(WITH_ADMIN, False)))
     add_ops_routes(
         app,
         state.supervisor,
