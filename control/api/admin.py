@@ -1,5 +1,5 @@
 """The admin API (control/admin/), mounted into the scheduler's app: nodes, explain,
-presence, the status cluster's ring and gray releases. Every operation names the role it
+presence and the status cluster's ring (gray releases: gray.py). Every operation names the role it
 needs (``x-imctl-role``); viewers read, operators also change."""
 
 from __future__ import annotations
@@ -31,14 +31,12 @@ from control.api.spec import (
 from control.common.registry import DRAIN_MAX_S
 from control.common.wire import EVENTS_COUNT_MAX, MAX_UID
 from control.gray.model import NAME_PATTERN
-from control.gray.verbs import VERB_ARGS
 
 LOOKUP_MAX = 10_000  # control/admin/presence.py's bound (the admin layer is above this one)
-HISTORY_MAX = 1000
 REASON_MAX = 1000
 
 
-def _op(
+def admin_op(
     role: Literal["viewer", "operator"],
     op_id: str,
     tag: str,
@@ -99,46 +97,28 @@ RING_SPEC = obj(
     state={**STR, "description": "stable or migrating"},
 )
 CONTROL = obj(["paused", "throttle_per_s"], paused=BOOL, throttle_per_s=nullable(NUM))
-RELEASE = obj(
-    ["name", "target"],
-    name={**STR, "pattern": f"^{NAME_PATTERN}$"},
-    target=obj(pool=STR, version=STR),
-    percent={**NUM, "minimum": 0, "maximum": 100},
-    include=obj(uids=STRS, regions=STRS, platforms=STRS, app_versions=STRS),
-    exclude=obj(uids=STRS),
-    salt=STR,
-    steps={"type": "array", "items": NUM},
-    step_interval_s=NUM,
-    analysis=ANY_OBJ,
-    state={"enum": ["draft", "running", "paused", "promoted", "rolled_back"]},
-)
-RELEASE.update(description="a gray release (README: Gray releases); every problem is a 400")
-WRITTEN = obj(["release", "revision"], release=ref("Release"), revision=INT, changed=BOOL)
-DRY_RUN = obj(["dry_run", "diff", "moves"], dry_run={"const": True}, diff=ANY_OBJ, moves=ANY_OBJ)
-
 SCHEMAS: dict[str, Schema] = {
     "NodeRow": NODE_ROW,
     "Device": DEVICE,
     "RingSpec": RING_SPEC,
     "MoverControl": CONTROL,
-    "Release": RELEASE,
-    "ReleaseWritten": WRITTEN,
-    "DryRun": DRY_RUN,
 }
 
 _UID = path("uid", {**STR, "maxLength": MAX_UID}, "a uid")
-_NAME = path("name", STR, f"a release name ({NAME_PATTERN})")
+RELEASE_NAME = path("name", STR, f"a release name ({NAME_PATTERN})")
 _SHARD = path("shard", STR, "a shard id")
 _NODE = path("node", STR, "an access node id")
-_DRY = query("dry_run", {"enum": ["0", "1", "true", "false"]}, "1: answer what would change")
-_BAD = "bad input: `field` or `problems` says what"
+DRY_RUN_PARAM = query(
+    "dry_run", {"enum": ["0", "1", "true", "false"]}, "1: answer what would change"
+)
+BAD = "bad input: `field` or `problems` says what"
 _NO_RING = "no readable ring stored yet, or a backend is down"
 
 
 def _nodes() -> Paths:
     return {
         "/v1/nodes": {
-            "get": _op(
+            "get": admin_op(
                 "viewer",
                 "listNodes",
                 "nodes",
@@ -160,32 +140,32 @@ def _nodes() -> Paths:
             )
         },
         "/v1/explain": {
-            "get": _op(
+            "get": admin_op(
                 "viewer",
                 "explain",
                 "nodes",
                 "What /v1/endpoint would decide for this client, and why",
                 {200: ok(ANY_OBJ, "the verdicts, the region and the regions tried")},
-                {400: _BAD},
+                {400: BAD},
                 [*client_query("a known region"), query("ip", STR, "place by this address")],
                 description="Assigns, counts and signs nothing.",
             )
         },
         "/v1/nodes/{node}/drain": {
-            "post": _op(
+            "post": admin_op(
                 "operator",
                 "drainNode",
                 "nodes",
                 "Drain a node: no new clients, the connected ones told to reconnect, spread",
                 {200: ok(obj(["node", "draining"], node=STR, draining=BOOL, over_s=NUM))},
-                {400: _BAD, 404: "no such node in the registry"},
+                {400: BAD, 404: "no such node in the registry"},
                 [_NODE],
                 body(
                     obj(over_s={**NUM, "minimum": 0, "maximum": DRAIN_MAX_S}),
                     required=False,
                 ),
             ),
-            "delete": _op(
+            "delete": admin_op(
                 "operator",
                 "undrainNode",
                 "nodes",
@@ -196,13 +176,13 @@ def _nodes() -> Paths:
             ),
         },
         "/v1/nodes/rebalance": {
-            "post": _op(
+            "post": admin_op(
                 "operator",
                 "rebalance",
                 "nodes",
                 "Shed connections from hot nodes until max/mean is at most until_ratio",
                 {200: ok(obj(["rebalance"], rebalance=BOOL, max_rate=NUM, until_ratio=NUM))},
-                {400: _BAD},
+                {400: BAD},
                 request=body(
                     obj(max_rate={**NUM, "exclusiveMinimum": 0}, until_ratio={**NUM, "minimum": 1}),
                     required=False,
@@ -216,7 +196,7 @@ def _presence() -> Paths:
     unknown = "the user's presence shard is down (`presence: unknown`), or a backend is down"
     return {
         "/v1/presence/{uid}": {
-            "get": _op(
+            "get": admin_op(
                 "viewer",
                 "presenceWho",
                 "presence",
@@ -236,7 +216,7 @@ def _presence() -> Paths:
             )
         },
         "/v1/presence/lookup": {
-            "post": _op(
+            "post": admin_op(
                 "viewer",
                 "presenceLookup",
                 "presence",
@@ -254,7 +234,7 @@ def _presence() -> Paths:
                         )
                     )
                 },
-                {400: _BAD},
+                {400: BAD},
                 request=body(
                     obj(
                         ["uids"],
@@ -264,18 +244,18 @@ def _presence() -> Paths:
             )
         },
         "/v1/presence/count": {
-            "get": _op(
+            "get": admin_op(
                 "viewer",
                 "presenceCount",
                 "presence",
                 "Exact online counts, in all or by a dimension",
                 {200: ok(obj(["total"], total=INT, by=STR, counts=ANY_OBJ))},
-                {400: _BAD},
+                {400: BAD},
                 [query("by", {"enum": ["region", "node", "platform"]}, "count by this")],
             )
         },
         "/v1/presence/events": {
-            "get": _op(
+            "get": admin_op(
                 "viewer",
                 "presenceEvents",
                 "presence",
@@ -285,7 +265,7 @@ def _presence() -> Paths:
                         STR, "a stream; a blank line every 10 s while quiet", "application/x-ndjson"
                     )
                 },
-                {400: _BAD, 503: "too many tails open (scheduler.max_event_tails), or a backend"},
+                {400: BAD, 503: "too many tails open (scheduler.max_event_tails), or a backend"},
                 [
                     query("uid", STR, "only this user's changes"),
                     query("count", {**INT, "minimum": 1, "maximum": EVENTS_COUNT_MAX}, "end after"),
@@ -299,7 +279,7 @@ def _presence() -> Paths:
 def _ring() -> Paths:
     changed = {202: ok(obj(["ring"], ring=ref("RingSpec")), "the next ring, migrating")}
     refused = {
-        400: _BAD,
+        400: BAD,
         404: "no such shard",
         409: "the ring is migrating, or changed meanwhile",
         503: "the new shard does not answer; " + _NO_RING,
@@ -307,7 +287,7 @@ def _ring() -> Paths:
     control = {200: ok(obj(["control"], control=ref("MoverControl")))}
     return {
         "/v1/ring": {
-            "get": _op(
+            "get": admin_op(
                 "viewer",
                 "ringStatus",
                 "ring",
@@ -328,7 +308,7 @@ def _ring() -> Paths:
             )
         },
         "/v1/ring/shards": {
-            "post": _op(
+            "post": admin_op(
                 "operator",
                 "ringAdd",
                 "ring",
@@ -339,7 +319,7 @@ def _ring() -> Paths:
             )
         },
         "/v1/ring/shards/{shard}": {
-            "delete": _op(
+            "delete": admin_op(
                 "operator",
                 "ringRemove",
                 "ring",
@@ -348,7 +328,7 @@ def _ring() -> Paths:
                 refused,
                 [_SHARD],
             ),
-            "put": _op(
+            "put": admin_op(
                 "operator",
                 "ringReweight",
                 "ring",
@@ -360,146 +340,28 @@ def _ring() -> Paths:
             ),
         },
         "/v1/ring/pause": {
-            "post": _op("operator", "ringPause", "ring", "Hold the migration", control, {409: None})
+            "post": admin_op(
+                "operator", "ringPause", "ring", "Hold the migration", control, {409: None}
+            )
         },
         "/v1/ring/resume": {
-            "post": _op(
+            "post": admin_op(
                 "operator", "ringResume", "ring", "Continue the migration", control, {409: None}
             )
         },
         "/v1/ring/throttle": {
-            "put": _op(
+            "put": admin_op(
                 "operator",
                 "ringThrottle",
                 "ring",
                 "The mover's speed limit in users per second",
                 control,
-                {400: _BAD, 409: None},
+                {400: BAD, 409: None},
                 request=body(obj(["users_per_s"], users_per_s={**NUM, "exclusiveMinimum": 0})),
             )
         },
     }
 
 
-def _gray() -> Paths:
-    written = ok(ref("ReleaseWritten"), "written (changed false: nothing to change)")
-    dry = ok(ref("DryRun"), "?dry_run=1: what would change, nothing written")
-    either = ok({"anyOf": [ref("ReleaseWritten"), ref("DryRun")]}, "written, or the dry run")
-    verb_body = obj(
-        revision=REVISION,
-        reason=REASON,
-        percent={**NUM, "minimum": 0, "maximum": 100, "description": "set-percent"},
-        over_s={**NUM, "description": "rollback: drain the canary's clients over this"},
-    )
-    return {
-        "/v1/gray/propagation": {
-            "get": _op(
-                "viewer",
-                "grayPropagation",
-                "gray",
-                "Per release: the schedulers serving its current revision and those lagging",
-                {200: ok(ANY_OBJ)},
-                {},
-            )
-        },
-        "/v1/gray/releases": {
-            "get": _op(
-                "viewer",
-                "listReleases",
-                "gray",
-                "Every release by name",
-                {200: ok(obj(["releases"], releases={"type": "array", "items": ANY_OBJ}))},
-                {},
-            ),
-            "post": _op(
-                "operator",
-                "createRelease",
-                "gray",
-                "Create a release",
-                {201: written, 200: dry},
-                {400: _BAD, 409: "a release of that name exists (`exists`)"},
-                [_DRY],
-                body(
-                    {
-                        "anyOf": [
-                            ref("Release"),
-                            obj(["release"], release=ref("Release"), reason=REASON),
-                        ]
-                    },
-                    why="one release, or {release, reason}",
-                ),
-            ),
-        },
-        "/v1/gray/releases/{name}": {
-            "get": _op(
-                "viewer",
-                "releaseStatus",
-                "gray",
-                "A release, its revision and its step position",
-                {
-                    200: ok(
-                        obj(
-                            ["release", "revision", "state", "step"],
-                            release=ref("Release"),
-                            revision=INT,
-                            state=STR,
-                            step=ANY_OBJ,
-                        )
-                    )
-                },
-                {400: _BAD, 404: "no such release"},
-                [_NAME],
-            ),
-            "put": _op(
-                "operator",
-                "applyRelease",
-                "gray",
-                "Replace a release's rules (compare-and-swap on the revision)",
-                {200: either},
-                {400: _BAD, 404: "no such release", 409: "the release changed meanwhile"},
-                [_NAME, _DRY],
-                body(obj(["release"], release=ANY_OBJ, revision=REVISION, reason=REASON)),
-            ),
-            "delete": _op(
-                "operator",
-                "deleteRelease",
-                "gray",
-                "Delete a release (its audit trail stays)",
-                {200: ok(obj(["deleted", "revision"], deleted=STR, revision=INT))},
-                {400: _BAD, 404: "no such release", 409: "the release changed meanwhile"},
-                [_NAME, query("revision", {**INT, "minimum": 1}, "the revision read")],
-                body(obj(reason=REASON), required=False),
-            ),
-        },
-        "/v1/gray/releases/{name}/history": {
-            "get": _op(
-                "viewer",
-                "releaseHistory",
-                "gray",
-                "A release's audit records, oldest first",
-                {200: ok(obj(["name", "history"], name=STR, history={"type": "array"}))},
-                {400: _BAD, 404: "no such release"},
-                [_NAME, query("limit", {**INT, "minimum": 1, "maximum": HISTORY_MAX}, "at most")],
-            )
-        },
-        "/v1/gray/releases/{name}/{verb}": {
-            "post": _op(
-                "operator",
-                "releaseVerb",
-                "gray",
-                "set-percent {percent}, step, pause, resume, promote, rollback {over_s?}",
-                {200: written},
-                {
-                    400: _BAD,
-                    404: "no such release, or no such verb",
-                    409: "the release changed meanwhile, or its state forbids the verb",
-                },
-                [_NAME, path("verb", {"enum": sorted(VERB_ARGS)}, "what to do")],
-                body(verb_body, required=False),
-            ),
-        },
-    }
-
-
 def admin_paths() -> Paths:
-    return {**_nodes(), **_presence(), **_ring(), **_gray()}
+    return {**_nodes(), **_presence(), **_ring()}

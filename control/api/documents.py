@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from control.api import access, admin, public
+from control.api import access, admin, gray, public
 from control.api.ops import ADMIN_SCHEME, ADMIN_TOKEN, ops_paths, ready_body
 from control.api.spec import BOOL, FRAMES_PATH, INT, STR, document
 
@@ -20,8 +20,8 @@ def scheduler_document(with_admin: bool = True) -> dict[str, Any]:
     security = {public.CLIENT_TOKEN: public.CLIENT_SCHEME, ADMIN_TOKEN: ADMIN_SCHEME}
     schemas = dict(public.SCHEMAS)
     if with_admin:
-        paths |= admin.admin_paths()
-        schemas |= admin.SCHEMAS
+        paths |= admin.admin_paths() | gray.gray_paths()
+        schemas |= admin.SCHEMAS | gray.SCHEMAS
     return document(
         "imctl scheduler",
         "Where clients connect (`/v1/endpoint`), the admin API operators use (`imctl` talks "
