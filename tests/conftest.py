@@ -25,6 +25,7 @@ from control.testing import (
     describe_task,
     leftover_tasks,
 )
+from tests.frames import CheckedWebSocket
 
 # How long a test's own tasks get, after its fixtures are torn down, to finish a
 # cancellation already under way before they count as left behind.
@@ -97,8 +98,11 @@ def own_etcd(tmp_path: Path) -> Iterator[EtcdServer]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    """A client session for the test, with no cap on its connections."""
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+    """A client session for the test, with no cap on its connections; its WebSockets hold
+    every frame to the frame schema (tests/frames.py)."""
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), ws_response_class=CheckedWebSocket
+    ) as session:
         yield session
 
 
