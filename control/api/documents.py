@@ -15,8 +15,10 @@ SCHEDULER_READY = ready_body(backend=STR, stopping=BOOL)
 ACCESS_READY = ready_body(state=STR, connections=INT)
 
 
-def scheduler_document(with_admin: bool = True) -> dict[str, Any]:
+def scheduler_document(with_admin: bool = True, with_demo: bool = False) -> dict[str, Any]:
     paths = {**public.public_paths(), **ops_paths(SCHEDULER_READY)}
+    if with_demo:
+        paths |= public.demo_paths()
     security = {public.CLIENT_TOKEN: public.CLIENT_SCHEME, ADMIN_TOKEN: ADMIN_SCHEME}
     schemas = dict(public.SCHEMAS)
     if with_admin:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from control.api.spec import INT, NUM, STR, Paths, Schema, answers, obj, ok, query, ref
 from control.common.wire import MAX_UID
 
@@ -74,6 +76,63 @@ def public_paths() -> Paths:
                         "unavailable, or too many connections (Retry-After)",
                     },
                 ),
+            },
+            "options": {
+                "operationId": "endpointPreflight",
+                "tags": ["clients"],
+                "summary": "CORS preflight for web clients",
+                "description": "A browser asks before a page on another origin calls "
+                "`GET /v1/endpoint` with an `Authorization` header. An origin in "
+                "`cors.origins` asking for GET with at most that header gets 204 and the "
+                "`Access-Control-Allow-*` headers; anything else a 403 naming why. Without "
+                "`Origin` and `Access-Control-Request-Method` it is not a preflight: 204 "
+                "with `Allow`.",
+                "parameters": [
+                    _header("Origin", "the page's origin, scheme://host[:port]"),
+                    _header("Access-Control-Request-Method", "the method the page will use"),
+                    _header(
+                        "Access-Control-Request-Headers",
+                        "the headers it will send, comma-separated",
+                    ),
+                ],
+                "responses": answers(
+                    {204: {"description": "allowed (or not a preflight: see Allow)"}},
+                    {
+                        403: "the origin is not in cors.origins, or the method or a "
+                        "header is not allowed (`error` says which)"
+                    },
+                ),
+            },
+        }
+    }
+
+
+def _header(name: str, why: str) -> dict[str, object]:
+    return {"name": name, "in": "header", "required": False, "schema": STR, "description": why}
+
+
+def demo_paths() -> Paths:
+    """The demo web client (``scheduler.demo``; ``imctl up`` always): two static files."""
+
+    def static(summary: str, media: str) -> dict[str, Any]:
+        return {
+            "get": {
+                "operationId": "demo" + media.split("/")[1].capitalize(),
+                "tags": ["demo"],
+                "summary": summary,
+                "responses": {"200": ok(STR, summary, media)},
             }
         }
+
+    return {
+        "/demo": {
+            "get": {
+                "operationId": "demoRedirect",
+                "tags": ["demo"],
+                "summary": "to /demo/",
+                "responses": {"301": {"description": "Location: /demo/"}},
+            }
+        },
+        "/demo/": static("the demo page", "text/html"),
+        "/demo/app.js": static("the demo page's script", "text/javascript"),
     }

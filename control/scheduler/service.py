@@ -339,7 +339,7 @@ def create_app(
         mount_demo(app)
     for mount in mounts:
         mount(app)
-    add_openapi(app, lambda: scheduler_document(app.get(WITH_ADMIN, False)))
+    add_openapi(app, lambda: scheduler_document(app.get(WITH_ADMIN, False), demo))
     add_ops_routes(
         app,
         state.supervisor,

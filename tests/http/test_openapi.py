@@ -65,6 +65,12 @@ def test_the_scheduler_document_names_every_route_and_no_other(settings: Any) ->
     assert {"GET /v1/endpoint", "POST /v1/ring/shards"} <= documented(scheduler_document())
 
 
+def test_with_the_demo_page_the_scheduler_document_names_it(settings: Any) -> None:
+    app = scheduler_part(settings, demo=True).app  # as imctl up builds it
+    assert mismatch(app, scheduler_document(with_demo=True)) == []
+    assert "GET /demo/app.js" in documented(scheduler_document(with_demo=True))
+
+
 def test_without_the_admin_api_the_scheduler_documents_only_its_own_routes(
     settings: Any,
 ) -> None:
