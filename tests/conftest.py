@@ -26,6 +26,7 @@ from control.testing import (
     describe_task,
     leftover_tasks,
 )
+from tests.frames import CheckedWebSocket
 
 # How long a test's own tasks get, after its fixtures are torn down, to finish a
 # cancellation already under way before they count as left behind.
@@ -98,12 +99,15 @@ def own_etcd(tmp_path: Path) -> Iterator[EtcdServer]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    """A client session for the test, with no cap on its connections; an idle pooled one is
-    let go well inside the servers' idle deadline, as our own clients do (a request that
-    picked up one the server had just closed failed with ServerDisconnectedError)."""
+    """A client session for the test, with no cap on its connections; its WebSockets hold
+    every frame to the frame schema (tests/frames.py). An idle pooled connection is let go
+    well inside the servers' idle deadline, as our own clients do (a request that picked
+    up one the server had just closed failed with ServerDisconnectedError)."""
     keepalive = ConnectionSettings().client_keepalive_s
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=keepalive)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession(
+        connector=connector, ws_response_class=CheckedWebSocket
+    ) as session:
         yield session
 
 

@@ -15,6 +15,7 @@ from aiohttp import WSMsgType, web
 from control.access import protocol
 from control.access.internal import BODY_MAX
 from control.access.node import AccessNode
+from control.api import access_document, add_frame_schema, add_openapi
 from control.common.errors import TicketError
 from control.common.guard import client_address
 from control.common.ops import add_json_fallbacks, add_ops_routes, json_error, lifecycle
@@ -242,6 +243,8 @@ def create_app(node: AccessNode) -> web.Application:
     app.on_shutdown.append(close_sessions)
     app.router.add_get("/ws", websocket.handle, allow_head=False)
     node.internal.add_routes(app)
+    add_openapi(app, access_document)
+    add_frame_schema(app)
     add_ops_routes(
         app, node.supervisor, node.metrics.registry, node.readiness, node.config.metrics_readers
     )

@@ -13,6 +13,7 @@ from control.admin.gray import add_gray_routes
 from control.admin.nodes import drain_node, nodes_handler, rebalance_nodes, undrain_node
 from control.admin.presence import presence_count, presence_events, presence_lookup, presence_who
 from control.admin.ring import add_ring_routes
+from control.api import WITH_ADMIN
 
 
 def mount(config: AdminConfig) -> Callable[[web.Application], None]:
@@ -20,6 +21,7 @@ def mount(config: AdminConfig) -> Callable[[web.Application], None]:
 
     def add_routes(app: web.Application) -> None:
         app[ADMIN] = config
+        app[WITH_ADMIN] = True  # the scheduler's /openapi.json describes these routes too
         app.router.add_get("/v1/nodes", nodes_handler)
         app.router.add_get("/v1/explain", explain_endpoint)
         app.router.add_post("/v1/nodes/{node}/drain", drain_node)

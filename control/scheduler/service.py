@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 from aiohttp import web
 
+from control.api import WITH_ADMIN, add_openapi, scheduler_document
 from control.common.client_auth import (
     AuthFailure,
     CallbackVerifier,
@@ -338,6 +339,7 @@ def create_app(
         mount_demo(app)
     for mount in mounts:
         mount(app)
+    add_openapi(app, lambda: scheduler_document(app.get(WITH_ADMIN, False), demo))
     add_ops_routes(
         app,
         state.supervisor,
