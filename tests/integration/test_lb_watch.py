@@ -2,7 +2,7 @@
 against a real etcd it starts HAProxy (master-worker, master CLI beside the file), reloads
 a node added and a node drained into it, and on SIGTERM soft-stops it: HAProxy stops
 listening at once, a connection it relays finishes undisturbed, and then no HAProxy
-process is left."""
+process is left. And ``imctl lb render --server`` against a running local cluster."""
 
 from __future__ import annotations
 
@@ -12,13 +12,17 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
+import aiohttp
 import pytest
+import yaml
 
 from control.common.kv.etcd import EtcdKV
 from control.common.proxyproto import header_length
 from control.common.registry import NodeRecord, Registration, Registry
 from control.edge.haproxy import MasterSocket
+from control.settings import load_settings
 from control.testing import IMCTL, ROOT, EtcdServer, free_port, local_config, port_open, until
+from tests.cluster import LocalCluster
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -149,3 +153,35 @@ async def test_lb_watch_starts_reloads_and_soft_stops_its_haproxy(
             await proc.wait()
         for lease in leases:
             await lease.close()
+
+
+async def test_lb_render_reads_a_running_local_cluster(tmp_path: Path) -> None:
+    """HAProxy in front of `imctl up` (embedded registry): `imctl lb render --server` reads
+    the nodes through the scheduler's admin API, as README says."""
+    config = tmp_path / "imctl.yaml"
+    written = local_config(config, access={"balancers": ["127.0.0.1/32"]})
+    for i, node in enumerate(written["access"]["nodes"]):
+        node["proxy_port"] = free_port()
+        node["endpoint"] = f"ws://127.0.0.1:{20000 + i}/ws"
+    written["edge"] = {"first_port": 20000, "last_port": 20099}
+    config.write_text(yaml.safe_dump(written))
+    output = tmp_path / "haproxy.cfg"
+    async with LocalCluster(load_settings(str(config)), scheduler=True) as c:
+        base = f"http://127.0.0.1:{c.settings.scheduler.port}"
+
+        async def listed() -> bool:
+            async with aiohttp.ClientSession() as http, http.get(f"{base}/v1/nodes") as resp:
+                return resp.status == 200 and len((await resp.json())["nodes"]) == 3
+
+        await until(listed, 10, "the nodes at the scheduler")
+        proc = await asyncio.create_subprocess_exec(
+            *IMCTL, "lb", "render", "--config", str(config), "--server", base,
+            "--output", str(output),
+            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    assert b"routing north-1 (port 20000), north-2 (port 20001), south-1 (port 20002)" in err
+    text = output.read_text()
+    for node in written["access"]["nodes"]:
+        assert f"server {node['id']} 127.0.0.1:{node['proxy_port']} send-proxy-v2" in text
