@@ -199,5 +199,14 @@ async def through_the_balancer(
         ws1 = await alice.ws_connect(f"wss://n1.{DOMAIN}:{tls_port}/ws?ticket={ticket}")
         assert (await ws1.receive_json(timeout=5))["node"] == "n1"
         await ws1.close()
+        # A client that does not trust the certificate, and one naming no routed node:
+        # refused at the handshake (by the node's TLS, or by HAProxy), nothing else touched.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=Names())) as eve:
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                await eve.get(f"https://n0.{DOMAIN}:{tls_port}/healthz")
+            with pytest.raises(aiohttp.ClientConnectionError):
+                await alice.get(f"https://nx.{DOMAIN}:{tls_port}/healthz")
+        await ws.send_json({"t": "ping"})
+        assert (await ws.receive_json(timeout=5))["t"] == "pong"
     finally:
         await ws.close()
