@@ -41,6 +41,7 @@ def cmd_lb_render(args: argparse.Namespace) -> int:
         else:
             args.server = getattr(args, "server", None)
             args.token = getattr(args, "token", None)
+            args.cacert = getattr(args, "cacert", "")
             view = _admin_view(args)
     except (ImctlError, AdminError) as exc:
         return fail(str(exc), EXIT_UNAVAILABLE)

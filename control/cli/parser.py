@@ -455,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", metavar="PATH", help="file to write (default: stdout)")
     r.add_argument("--server", type=server_url, help="scheduler URL (embedded backend)")
     r.add_argument("--token", help="admin bearer token (default: $IMCTL_TOKEN)")
+    r.add_argument("--cacert", default="", help="CA file for an https:// scheduler")
     r.set_defaults(func=cmd_lb_render)
     w = lsub.add_parser(
         "watch",

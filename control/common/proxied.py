@@ -42,6 +42,9 @@ class ProxyPolicy:
     header_timeout_s: float = 5.0
     #: TLS started after the header (the balancer passes TLS through); None: plain
     ssl: ssl.SSLContext | None = None
+    #: False when the balancer terminates TLS itself (edge.tls: terminate): what it relays
+    #: is plain even to a node that has a certificate for its own listener
+    passthrough: bool = True
 
     def is_balancer(self, host: str | None) -> bool:
         if host is None:

@@ -14,6 +14,7 @@ and counted, and the old one kept.
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import hashlib
 import logging
 import os
@@ -72,6 +73,20 @@ def _load(context: ssl.SSLContext, cert: bytes, key: bytes) -> None:
         context.load_cert_chain(cert_path, key_path)
 
 
+#: asyncio's TLS transport reads into a buffer of ``SSLProtocol.max_size`` per connection,
+#: 256 KiB zero-filled at its start (CPython 3.11-3.13): ~145 KB of RSS per idle wss
+#: connection. A TLS record is at most 16 KiB, so 16 KiB reads cost a large burst a few more
+#: loop turns and an IM connection nothing (load/bench_tls.py: 153 -> 41 KB per connection).
+TLS_READ_BUFFER = 16 * 1024
+
+
+def _small_read_buffers() -> None:
+    """Every TLS connection of this process (listeners, peers' https) reads 16 KiB at a
+    time. Process-wide: asyncio creates its SSLProtocol itself, no subclass can be given."""
+    if getattr(asyncio.sslproto.SSLProtocol, "max_size", 0) > TLS_READ_BUFFER:
+        asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
+
+
 def _new_context() -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -100,6 +115,7 @@ def server_context(cert_path: str, key_path: str) -> tuple[ssl.SSLContext, Certi
     leaf = check_pair(cert, key, cert_path, key_path)
     context = _new_context()
     _load(context, cert, key)
+    _small_read_buffers()
     return context, leaf
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -140,18 +141,22 @@ class _NodeHistory:
 
 class NodeMetricsSource:
     """The nodes' own /metrics, sampled every tick; ``token``: a viewer token when the
-    nodes' /metrics needs one (``admin.metrics: viewer``)."""
+    nodes' /metrics needs one (``admin.metrics: viewer``); ``ssl``: the client context
+    for nodes serving HTTPS under a private CA (``access.tls.ca``; None: the system's
+    store)."""
 
     def __init__(
         self,
         registry: Registry,
         *,
         token: str = "",
+        ssl: ssl.SSLContext | None = None,
         clock: Callable[[], float] = time.time,
         timeout_s: float = SCRAPE_TIMEOUT_S,
     ) -> None:
         self.registry = registry
         self.token = token
+        self.ssl = ssl
         self.clock = clock
         self.timeout_s = timeout_s
         self.nodes: dict[str, _NodeHistory] = {}
@@ -161,7 +166,8 @@ class NodeMetricsSource:
         records, _ = await self.registry.list()
         at = self.clock()
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
+        connector = aiohttp.TCPConnector(ssl=self.ssl if self.ssl is not None else True)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
             scraped = await asyncio.gather(
                 *(self._scrape(http, r) for r in records.values()), return_exceptions=False
             )

@@ -124,8 +124,9 @@ class Process:
                 return f"cannot listen on {part.host}:{part.port} for {part.name}: {exc.strerror}"
             if part.proxy is not None and part.proxy_port:
                 # TLS passthrough: the balancer relays the client's TLS, which starts after
-                # the PROXY header, with the same (reloaded in place) context.
-                policy = part.proxy if context is None else replace(part.proxy, ssl=context)
+                # the PROXY header, with the same (reloaded in place) context; a balancer
+                # that terminates TLS relays plain bytes.
+                policy = replace(part.proxy, ssl=context if part.proxy.passthrough else None)
                 relayed = ProxiedSite(runner, guard, part.host, part.proxy_port, policy)
                 try:
                     await relayed.start()
@@ -423,7 +424,11 @@ def access_part(
 def proxy_policy(settings: Settings) -> ProxyPolicy:
     """Who may relay clients to a node's proxy_port; the header's deadline is the one for a
     request head (connections.idle_timeout_s)."""
-    return ProxyPolicy(settings.access.balancers, settings.connections.idle_timeout_s)
+    return ProxyPolicy(
+        settings.access.balancers,
+        settings.connections.idle_timeout_s,
+        passthrough=settings.edge.tls != "terminate",
+    )
 
 
 def _controller(settings: Settings, kv: KeyValueStore, presence: PresenceCluster) -> Controller:

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from control.common.kv import KeyValueStore
 from control.common.registry import Registry
 from control.common.tasks import Supervisor
+from control.common.tls import client_context
 from control.gray.figures import FiguresSource, NodeMetricsSource, PrometheusSource
 from control.gray.metrics import GrayMetrics
 from control.gray.stepper import Stepper
@@ -22,7 +23,8 @@ from control.settings import Settings
 
 def figures_source(settings: Settings, kv: KeyValueStore) -> FiguresSource:
     """Prometheus when ``gray.prometheus_url`` is set, else the nodes' own /metrics (with
-    a token when those need a viewer: the first viewer's, else any)."""
+    a token when those need a viewer: the first viewer's, else any; trusting
+    ``access.tls.ca`` when set)."""
     registry = Registry(kv, settings.cluster.prefix)
     if settings.gray.prometheus_url:
         return PrometheusSource(registry, settings.gray.prometheus_url)
@@ -30,7 +32,9 @@ def figures_source(settings: Settings, kv: KeyValueStore) -> FiguresSource:
     if settings.admin.metrics == "viewer" and settings.admin.tokens:
         tokens = sorted(settings.admin.tokens, key=lambda t: t.role != "viewer")
         token = tokens[0].token
-    return NodeMetricsSource(registry, token=token)
+    # The nodes' https:// internal URLs are signed by the CA the nodes trust each other by.
+    ca = settings.access.tls.ca
+    return NodeMetricsSource(registry, token=token, ssl=client_context(ca) if ca else None)
 
 
 def attach_stepper(

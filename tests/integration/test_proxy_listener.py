@@ -10,7 +10,6 @@ import contextlib
 import ssl
 import subprocess
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ import aiohttp
 import pytest
 
 from control.common.proxyproto import SIGNATURE, build
-from control.launch import access_part
 from control.testing import Pinger, free_port, until
 from tests.cluster import LocalCluster, cluster_settings
 
@@ -69,17 +67,20 @@ async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         dst.close()
 
 
-def proxied_settings(tls: bool = False) -> Any:
+def proxied_settings(tls: tuple[Path, Path] | None = None) -> Any:
     node = {"id": "n0", "region": "north", "zone": "a", "port": free_port()}
     node["proxy_port"] = free_port()
+    access: dict[str, Any] = {
+        "nodes": [node],
+        "internal_token": "test-internal-token-123",
+        "report_interval_s": 0.2,
+        "balancers": ["127.0.0.1/32"],
+    }
+    if tls is not None:
+        access["tls"] = {"cert": str(tls[0]), "key": str(tls[1]), "ca": str(tls[0])}
     return cluster_settings(
         nodes=1,
-        access={
-            "nodes": [node],
-            "internal_token": "test-internal-token-123",
-            "report_interval_s": 0.2,
-            "balancers": ["127.0.0.1/32"],
-        },
+        access=access,
         connections={"idle_timeout_s": HEADER_DEADLINE_S},
     )
 
@@ -183,22 +184,12 @@ def certificate(tmp_path: Path) -> tuple[Path, Path]:
 
 
 async def test_tls_starts_after_the_header(certificate: tuple[Path, Path]) -> None:
-    """TLS passed through by the balancer: the header, then TLS on the same transport
-    (a certificate made here; the node's own tls section is another part's)."""
-    cert, key = certificate
-    server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ssl.load_cert_chain(cert, key)
+    """TLS passed through by the balancer: the header, then TLS on the same transport with
+    the node's own context (access.tls; a certificate made here)."""
+    cert, _ = certificate
     client_ssl = ssl.create_default_context(cafile=str(cert))
-    settings = proxied_settings()
-    c = LocalCluster(settings)
-    await c.kv.connect()
-    part = access_part(settings, "n0", c.kv, c.presence)
-    assert part.proxy is not None
-    part.proxy = replace(part.proxy, ssl=server_ssl)
-    c.process.parts = [part]
-    assert await c.process.start() is None
-    try:
-        port = settings.access.node("n0").proxy_port
+    async with LocalCluster(proxied_settings(tls=certificate)) as c:
+        port = c.settings.access.node("n0").proxy_port
         async with (
             Relay(port) as relay,
             aiohttp.ClientSession(
@@ -210,9 +201,7 @@ async def test_tls_starts_after_the_header(certificate: tuple[Path, Path]) -> No
             assert (await ws.receive_json(timeout=5))["t"] == "welcome"
             (session,) = c.node("n0").sessions.values()
             assert session.transport.get_extra_info("peername")[0] == "127.0.0.2"
-            assert session.transport.get_extra_info("sslcontext") is server_ssl
+            assert session.transport.get_extra_info("sslcontext") is not None
             await ws.send_json({"t": "ping"})
             assert (await ws.receive_json(timeout=5))["t"] == "pong"
             await ws.close()
-    finally:
-        await c.__aexit__(None, None, None)
