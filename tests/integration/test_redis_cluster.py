@@ -1,0 +1,143 @@
+"""The Redis Cluster engine while Redis Cluster does its own work: a live reshard of a
+third of the slots under logins, logouts, heartbeats and locates, and a master killed
+(kill -9) whose replica takes over, presence whole again within one heartbeat interval."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from control.presence.cluster_engine import RedisClusterPresence
+from control.presence.model import Presence
+from control.testing import RedisClusterServer, n_slots, until
+
+HEARTBEAT_S = 1.0  # the access nodes' interval in these tests
+
+
+def entry(uid: str, conn: str) -> Presence:
+    return Presence(uid, "phone", "n1", conn, region="north", platform="ios")
+
+
+@pytest.fixture
+async def engine(own_redis_cluster: RedisClusterServer) -> AsyncIterator[RedisClusterPresence]:
+    e = RedisClusterPresence(
+        own_redis_cluster.seeds, timeout_s=60, key_prefix=f"t{uuid.uuid4().hex[:6]}:"
+    )
+    yield e
+    await e.close()
+
+
+class Clients:
+    """What the access nodes hold (uid -> conn), and their part: heartbeats, re-login of
+    the connections presence says it lost (the re-assertion), checks against presence."""
+
+    def __init__(self, presence: RedisClusterPresence) -> None:
+        self.presence = presence
+        self.online: dict[str, str] = {}
+        self.gone: set[str] = set()
+        self.serial = 0
+
+    async def login(self, n: int) -> None:
+        batch = {}
+        for _ in range(n):
+            self.serial += 1
+            batch[f"user-{self.serial}"] = f"c{self.serial}"
+        replaced = await asyncio.gather(
+            *(self.presence.online(entry(u, c)) for u, c in batch.items())
+        )
+        assert replaced == [None] * len(batch)
+        self.online.update(batch)
+
+    async def logout(self, n: int) -> None:
+        uids = random.sample(sorted(self.online), min(n, len(self.online)))
+        done = await asyncio.gather(
+            *(self.presence.offline(u, "phone", self.online[u]) for u in uids)
+        )
+        assert all(done), "a logout found no entry"
+        for u in uids:
+            del self.online[u]
+            self.gone.add(u)
+
+    async def heartbeat(self) -> int:
+        """One heartbeat batch; the connections presence lost are logged in again."""
+        missing = await self.presence.touch((u, "phone", c) for u, c in self.online.items())
+        await asyncio.gather(*(self.presence.online(entry(u, c)) for u, _d, c in missing))
+        return len(missing)
+
+    async def check(self, uids: list[str]) -> None:
+        found = await self.presence.locate(uids)
+        assert not found.unknown
+        for u in uids:
+            if u in self.online:
+                assert [p.conn for p in found.get(u, [])] == [self.online[u]], u
+            else:
+                assert u not in found, f"{u} resurrected"
+
+    async def whole(self) -> bool:
+        found = await self.presence.locate(sorted(self.online))
+        return set(found) == set(self.online) and not found.unknown
+
+
+async def test_live_reshard_loses_and_double_counts_nothing(
+    engine: RedisClusterPresence, own_redis_cluster: RedisClusterServer
+) -> None:
+    rc = own_redis_cluster
+    clients = Clients(engine)
+    for _ in range(6):
+        await clients.login(500)
+    source, target = rc.masters()[:2]
+    before = n_slots(rc, f"127.0.0.1:{target.port}")
+    moving = asyncio.create_task(asyncio.to_thread(rc.reshard, source, target, 16384 // 3))
+    steps = 0
+    while not moving.done() or steps < 3:  # at least a few steps, whatever redis-cli's pace
+        await clients.login(50)
+        await clients.logout(40)
+        assert await clients.heartbeat() == 0  # nobody lost: no re-login needed
+        gone = sorted(clients.gone)
+        sample = random.sample(sorted(clients.online), 200) + random.sample(
+            gone, min(50, len(gone))
+        )
+        await clients.check(sample)
+        steps += 1
+        assert steps < 2_000
+    await moving
+    assert n_slots(rc, f"127.0.0.1:{target.port}") == before + 16384 // 3
+    await clients.check(sorted(clients.online) + sorted(clients.gone))
+    counts = await engine.counts()
+    assert counts.total == len(clients.online) and counts.by_node == {"n1": len(clients.online)}
+    assert steps >= 3
+
+
+async def test_master_killed_replica_takes_over_presence_whole_in_one_heartbeat(
+    engine: RedisClusterPresence, own_redis_cluster: RedisClusterServer
+) -> None:
+    rc = own_redis_cluster
+    clients = Clients(engine)
+    for _ in range(4):
+        await clients.login(500)
+    victim = max(rc.masters(), key=lambda s: n_slots(rc, f"127.0.0.1:{s.port}"))
+    await clients.login(300)  # the last writes: some may not have reached the replica
+    victim.kill()
+    t0 = time.monotonic()
+    # The access nodes keep beating (their heartbeats to the dead master dropped, counted).
+    while victim in rc.masters() or not rc.healthy():
+        await clients.heartbeat()
+        await asyncio.sleep(HEARTBEAT_S / 4)
+        assert time.monotonic() - t0 < 30, "no replica took over"
+    failed_over = time.monotonic()
+
+    async def beat_until_whole() -> bool:
+        await clients.heartbeat()
+        return await clients.whole()
+
+    await until(
+        beat_until_whole, HEARTBEAT_S, "presence whole within one heartbeat", HEARTBEAT_S / 4
+    )
+    assert time.monotonic() - failed_over <= HEARTBEAT_S + 0.5
+    counts = await engine.counts()
+    assert counts.total == len(clients.online)
