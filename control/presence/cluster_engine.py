@@ -237,7 +237,7 @@ class RedisClusterPresence:
         for (b, _keys, args), reply in zip(calls, replies, strict=True):
             if isinstance(reply, Exception):
                 dropped = (len(args) - 1) // 2
-                self._stats.of(f"b{b}").dropped_heartbeats += dropped
+                self._stats.of(ENGINE).dropped_heartbeats += dropped
                 log.warning("heartbeats of bucket %d dropped (%d): %s", b, dropped, reply)
                 continue
             missing += (split_member(m) for m in reply)
