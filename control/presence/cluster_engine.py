@@ -92,25 +92,19 @@ class Member:
         }
 
 
-def parse_nodes(text: str) -> list[Member]:
-    """CLUSTER NODES' lines as members (a pure parse: tested without a cluster)."""
+def members_of(nodes: Mapping[str, Mapping[str, Any]]) -> list[Member]:
+    """CLUSTER NODES as redis-py parses it (addr -> node_id, flags, master_id, slots as
+    [lo, hi] pairs) as members: masters first (a pure function: tested without a cluster)."""
     members = []
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) < 8:
-            continue
-        flags = parts[2].split(",")
+    for addr, node in nodes.items():
+        flags = str(node.get("flags", "")).split(",")
         health = next((f for f in ("fail", "pfail", "handshake", "noaddr") if f in flags), "ok")
         if "fail?" in flags:
             health = "pfail"
-        slots = 0
-        for spec in parts[8:]:
-            if spec.startswith("["):  # a slot in migration, listed beside its range
-                continue
-            lo, _, hi = spec.partition("-")
-            slots += int(hi or lo) - int(lo) + 1
+        slots = sum(int(r[-1]) - int(r[0]) + 1 for r in node.get("slots", []) if r)
         role = "master" if "master" in flags else "replica"
-        members.append(Member(parts[0], parts[1].split("@")[0], role, parts[3], health, slots))
+        master = str(node.get("master_id", "-"))
+        members.append(Member(str(node.get("node_id", "")), addr, role, master, health, slots))
     return sorted(members, key=lambda m: (m.role != "master", m.addr))
 
 
@@ -390,12 +384,12 @@ class RedisClusterPresence:
         """The engine, its members (masters with their slots, replicas with their master)
         and each one's health, as CLUSTER NODES says."""
         try:
-            text = await self.client.execute_command(
+            nodes: Any = await self.client.execute_command(
                 "CLUSTER NODES", target_nodes=RedisCluster.RANDOM
             )
         except RedisError as exc:
             raise ShardUnavailable(ENGINE, f"cluster nodes: {exc}") from exc
-        members = parse_nodes(str(text))
+        members = members_of(nodes)
         healthy = all(m.health == "ok" for m in members)
         covered = sum(m.slots for m in members if m.role == "master" and m.health == "ok")
         return {

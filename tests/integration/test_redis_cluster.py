@@ -9,12 +9,16 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
+from control.cli.presence import status_text
 from control.presence.cluster_engine import RedisClusterPresence
 from control.presence.model import Presence
-from control.testing import RedisClusterServer, n_slots, until
+from control.presence.shards import build_cluster
+from control.presence.status import presence_status
+from control.testing import RedisClusterServer, RedisServer, n_slots, until
 
 HEARTBEAT_S = 1.0  # the access nodes' interval in these tests
 
@@ -81,6 +85,35 @@ class Clients:
     async def whole(self) -> bool:
         found = await self.presence.locate(sorted(self.online))
         return set(found) == set(self.online) and not found.unknown
+
+
+async def test_status_shows_masters_replicas_and_health(
+    engine: RedisClusterPresence, own_redis_cluster: RedisClusterServer
+) -> None:
+    status = await presence_status(engine)
+    assert status["engine"] == "redis-cluster" and status["healthy"]
+    roles = sorted(m["role"] for m in status["members"])
+    assert roles == ["master"] * 3 + ["replica"] * 3
+    assert sum(m["slots"] for m in status["members"]) == 16384
+    text = status_text(status)
+    assert "16384/16384 slots served" in text and text.count("replica") == 3
+
+
+async def test_ring_status_names_a_shard_that_is_down(tmp_path: Path) -> None:
+    up = RedisServer(tmp_path / "up")
+    up.start()
+    presence = build_cluster(
+        [("s0", up.url, 1), ("s1", "redis://127.0.0.1:1/0", 1)], "redis", 30, "st:"
+    )
+    try:
+        status = await presence_status(presence)
+    finally:
+        await presence.close()
+        up.stop()
+    assert status["engine"] == "ring" and not status["healthy"]
+    health = {m["id"]: m["health"] for m in status["members"]}
+    assert health == {"s0": "ok", "s1": "down"}
+    assert "DEGRADED" in status_text(status)
 
 
 async def test_live_reshard_loses_and_double_counts_nothing(
