@@ -23,7 +23,21 @@ from itertools import chain
 from typing import Any, TypeVar
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
+from redis.exceptions import (
+    ConnectionError as RedisConnectionError,
+)
+from redis.exceptions import (
+    TimeoutError as RedisTimeoutError,
+)
 
 from control.common.errors import BackendUnavailable, BadRequest
 from control.presence.cluster import _check
@@ -33,6 +47,7 @@ from control.presence.cluster_link import (
     ClusterLink,
     bucket_of,
     bucket_tags,
+    send_by_master,
     split_values,
 )
 from control.presence.model import (
@@ -54,6 +69,7 @@ T = TypeVar("T")
 TOUCH_CHUNK = 5_000  # heartbeats per script call (as on a ring shard)
 MGET_CHUNK = 5_000
 ENGINE = "redis-cluster"
+REFRESH_S = 0.2  # the slot map is read again at most this often while a master is down
 FANOUT = 32  # buckets swept or evicted at once (each holds a connection at a time)
 
 
@@ -90,6 +106,18 @@ class Member:
             "health": self.health,
             "slots": self.slots,
         }
+
+
+def _script_error(exc: Exception) -> bool:
+    """An error the script itself answered (not a redirection or a node down): sending it
+    again would answer the same."""
+    text = str(exc)
+    redirect = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "LOADING", "READONLY", "MASTERDOWN")
+    return (
+        isinstance(exc, ResponseError)
+        and not text.startswith(redirect)
+        and not isinstance(exc, (MovedError, AskError, TryAgainError, ClusterDownError))
+    )
 
 
 def members_of(nodes: Mapping[str, Mapping[str, Any]]) -> list[Member]:
@@ -137,6 +165,8 @@ class RedisClusterPresence:
         )
         self.link = ClusterLink(self.client, f"cluster {','.join(seeds)}", max_connections // 2)
         self._fanout = asyncio.Semaphore(FANOUT)
+        self._refresh_lock = asyncio.Lock()
+        self._refreshed_at = 0.0
         self.tags = bucket_tags(buckets)
         self.buckets = [
             BucketShard(i, tag, self.link, timeout_s, key_prefix) for i, tag in enumerate(self.tags)
@@ -240,11 +270,12 @@ class RedisClusterPresence:
     async def _scripts(
         self, name: str, calls: Sequence[tuple[int, Sequence[str], Sequence[str]]]
     ) -> list[Any]:
-        """Script calls in one cluster pipeline; each reply or its exception. NOSCRIPT
-        (a promoted replica, a restarted node): loaded everywhere, those calls sent again."""
+        """Script calls, each on its bucket's master (``_send``); each reply or its
+        exception. NOSCRIPT (a promoted replica, a restarted node): loaded everywhere,
+        those calls sent again."""
         script = self.link.scripts[name]
-        replies = await self._pipeline(
-            [("EVALSHA", script.sha, len(k), *k, *a) for _b, k, a in calls]
+        replies = await self._send(
+            [(self.buckets[b].slot, ("EVALSHA", script.sha, len(k), *k, *a)) for b, k, a in calls]
         )
         again = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if again:
@@ -253,15 +284,64 @@ class RedisClusterPresence:
             except RedisError as exc:
                 log.warning("script %s not loaded: %s", name, exc)
                 return replies
-            retried = await self._pipeline(
+            retried = await self._send(
                 [
-                    ("EVALSHA", script.sha, len(calls[i][1]), *calls[i][1], *calls[i][2])
+                    (
+                        self.buckets[calls[i][0]].slot,
+                        ("EVALSHA", script.sha, len(calls[i][1]), *calls[i][1], *calls[i][2]),
+                    )
                     for i in again
                 ]
             )
             for i, r in zip(again, retried, strict=True):
                 replies[i] = r
         return replies
+
+    async def _send(self, slotted: Sequence[tuple[int, tuple[Any, ...]]]) -> list[Any]:
+        """A batch on the fast path (``send_by_master``: packed in C, one round trip per
+        master). A master that cannot be reached: the slot map is read again (a replica
+        may have taken over) and those commands sent once more; a MOVED or ASK while slots
+        move, or a TRYAGAIN: sent again through redis-py's cluster pipeline, which follows
+        the redirection and patches the map. Whatever still fails is answered as an error
+        (heartbeats dropped, users unknown), never retried for long inside a batch."""
+        await self.link.ready()
+        replies = await send_by_master(self.client, slotted)
+        down = [
+            i
+            for i, r in enumerate(replies)
+            if isinstance(r, (RedisConnectionError, RedisTimeoutError))
+        ]
+        if down and await self._refresh_map():
+            again = await send_by_master(self.client, [slotted[i] for i in down])
+            for i, r in zip(down, again, strict=True):
+                replies[i] = r
+        moved = [
+            i
+            for i, r in enumerate(replies)
+            if isinstance(r, ResponseError)
+            and not isinstance(r, NoScriptError)
+            and not _script_error(r)
+        ]
+        if moved:
+            again = await self._pipeline([slotted[i][1] for i in moved])
+            for i, r in zip(moved, again, strict=True):
+                replies[i] = r
+        return replies
+
+    async def _refresh_map(self) -> bool:
+        """Read the slot map from a node that answers (at most every ``REFRESH_S``); False
+        when none answered."""
+        async with self._refresh_lock:
+            if time.monotonic() - self._refreshed_at < REFRESH_S:
+                return True
+            try:
+                await self.client.nodes_manager.initialize()
+            except RedisError as exc:
+                log.warning("redis cluster: slot map not read (%s)", exc)
+                return False
+            finally:
+                self._refreshed_at = time.monotonic()
+            return True
 
     async def _pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Commands in one cluster pipeline (by master, concurrently); each reply or its
@@ -273,15 +353,9 @@ class RedisClusterPresence:
             pipe.execute_command(*command)
         try:
             return list(await pipe.execute(raise_on_error=False))
-        except RedisError as exc:
-            log.warning("cluster pipeline failed (%s): command by command", exc)
-        out: list[Any] = []
-        for command in commands:
-            try:
-                out.append(await self.client.execute_command(*command))
-            except RedisError as exc:
-                out.append(exc)
-        return out
+        except RedisError as exc:  # a node down mid-send: every command answered with it
+            log.warning("redis cluster pipeline failed: %s", exc)
+            return [exc] * len(commands)
 
     async def locate(self, uids: Sequence[str]) -> Locations:
         """MGETs per bucket (one slot each), in one cluster pipeline; users whose bucket
@@ -293,14 +367,15 @@ class RedisClusterPresence:
         if not groups:
             return Locations()
         asked: list[list[str]] = []
-        commands: list[tuple[Any, ...]] = []
+        commands: list[tuple[int, tuple[Any, ...]]] = []
         for b, group in groups.items():
-            key = self.buckets[b].keys.users.__add__
+            shard = self.buckets[b]
+            key = shard.keys.users.__add__
             for i in range(0, len(group), MGET_CHUNK):
                 chunk = group[i : i + MGET_CHUNK]
                 asked.append(chunk)
-                commands.append(("MGET", *map(key, chunk)))
-        replies = await self._pipeline(commands)
+                commands.append((shard.slot, ("MGET", *map(key, chunk))))
+        replies = await self._send(commands)
         good = [r for r in replies if not isinstance(r, Exception)]
         unknown = [
             u

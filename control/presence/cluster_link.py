@@ -15,9 +15,10 @@ from functools import cache
 from itertools import chain
 from typing import Any
 
+import hiredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from control.common.errors import BackendUnavailable
 from control.presence.model import Locations, split_records
@@ -135,6 +136,7 @@ class BucketShard(RedisShard):
     ) -> None:
         super().__init__(f"b{bucket}", link.url, timeout_s, f"{key_prefix}{{{tag}}}:", link=link)
         self.bucket = bucket
+        self.slot = key_slot(tag.encode())
 
     async def locate(self, uids: Sequence[str], *, ring_version: int) -> Locations:
         try:
@@ -156,3 +158,55 @@ def split_values(replies: Sequence[Any]) -> list[str]:
 
 def unavailable(what: str, exc: Exception) -> BackendUnavailable:
     return BackendUnavailable(f"redis cluster ({what}): {exc}")
+
+
+_UNSET = object()
+
+
+async def send_by_master(
+    client: RedisCluster, slotted: Sequence[tuple[int, tuple[Any, ...]]]
+) -> list[Any]:
+    """Commands (each with the slot it touches) grouped by the master the client's slot map
+    names, each group packed by hiredis in C and pipelined on one connection, the masters
+    concurrently: the fast path of a batch (redis-py's cluster pipeline packs and routes
+    command by command in Python, which for 256 buckets cost more than Redis's work). Each
+    reply, or its exception: the caller sends the failed ones again through redis-py,
+    which follows MOVED/ASK/TRYAGAIN and refreshes the map."""
+    groups: dict[str, tuple[Any, list[int]]] = {}
+    manager: Any = client.nodes_manager
+    for i, (slot, _command) in enumerate(slotted):
+        try:
+            node = manager.get_node_from_slot(slot)
+        except Exception:
+            continue
+        groups.setdefault(node.name, (node, []))[1].append(i)
+    out: list[Any] = [_UNSET] * len(slotted)
+
+    async def one(node: Any, idx: list[int]) -> None:
+        try:
+            conn = node.acquire_connection()
+        except RedisError as exc:
+            for i in idx:
+                out[i] = exc
+            return
+        try:
+            payload = b"".join(hiredis.pack_command(slotted[i][1]) for i in idx)
+            await conn.send_packed_command(payload)
+            for i in idx:
+                try:
+                    out[i] = await conn.read_response()
+                except ResponseError as exc:  # an error reply, read whole
+                    out[i] = exc
+        except Exception as exc:
+            await conn.disconnect()
+            for i in idx:
+                if out[i] is _UNSET:
+                    out[i] = exc
+        except BaseException:
+            await conn.disconnect()  # cancelled mid-read: never reuse a half-read connection
+            raise
+        finally:
+            node.release(conn)
+
+    await asyncio.gather(*(one(node, idx) for node, idx in groups.values()))
+    return [RedisError("slot not mapped") if r is _UNSET else r for r in out]
