@@ -5,12 +5,15 @@ third of the slots under logins, logouts, heartbeats and locates, and a master k
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from control.cli.presence import status_text
@@ -19,6 +22,7 @@ from control.presence.model import Presence
 from control.presence.shards import build_cluster
 from control.presence.status import presence_status
 from control.testing import RedisClusterServer, RedisServer, n_slots, until
+from tests.cluster import LocalCluster, cluster_settings
 
 HEARTBEAT_S = 1.0  # the access nodes' interval in these tests
 
@@ -174,3 +178,46 @@ async def test_master_killed_replica_takes_over_presence_whole_in_one_heartbeat(
     assert time.monotonic() - failed_over <= HEARTBEAT_S + 0.5
     counts = await engine.counts()
     assert counts.total == len(clients.online)
+
+
+async def test_whole_stack_on_the_cluster_engine_and_cli_status(
+    redis_cluster: RedisClusterServer,
+) -> None:
+    """``presence.backend: redis-cluster`` from config: an access node logs a client in
+    through the engine, the controller runs beside it, and ``imctl presence status`` and
+    ``who`` answer through the scheduler's admin API."""
+    presence = {
+        "flush_s": 0.1,
+        "backend": "redis-cluster",
+        "cluster": {"seeds": redis_cluster.seeds[:2], "buckets": 64},
+        "key_prefix": f"st{uuid.uuid4().hex[:6]}:",
+    }
+    settings = cluster_settings(nodes=1, presence=presence)
+    async with (
+        LocalCluster(settings, scheduler=True, controller=True) as c,
+        aiohttp.ClientSession() as http,
+    ):
+        server = f"http://127.0.0.1:{settings.scheduler.port}"
+        ws, welcome = await c.connect(http, "dave", "n0")
+
+        async def dave_online() -> bool:  # the login may land just after the welcome
+            who = await _cli("presence", "who", "dave", "--server", server, "-o", "json")
+            return [d["conn"] for d in json.loads(who)["devices"]] == [welcome["conn"]]
+
+        # asked first: the test client sends no pings, and its entry expires after 3 s
+        await until(dave_online, 10, "dave online through the engine", 0.2)
+        status = await _cli("presence", "status", "--server", server, "--output", "json")
+        assert json.loads(status)["engine"] == "redis-cluster"
+        assert len(json.loads(status)["members"]) == 6
+        assert "slots served" in await _cli("presence", "status", "--server", server)
+        await ws.close()
+
+
+async def _cli(*args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "control.cli", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err
+    return out.decode()
