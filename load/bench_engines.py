@@ -161,6 +161,12 @@ async def cluster_resize(
         "joined",
     )
     until_sync(rc.healthy, 30, "cluster ok")
+
+    def known_everywhere() -> bool:  # reshard asks every node to accept the new one
+        addr = f"127.0.0.1:{spare.port}"
+        return all(addr in redis_cli(s.port, "cluster", "nodes") for s in rc.servers if s.proc)
+
+    until_sync(known_everywhere, 30, "every node knows the new master")
     t = time.perf_counter()
     ids = {n["addr"]: n["id"] for n in rc.nodes()}
     redis_cli(
