@@ -5,11 +5,12 @@ the scheduler and the controller the same calls.
 Users are spread over ``buckets`` hash tags (``cluster_link.bucket_tags``); a user's keys
 and its bucket's indexes, counters and event stream share one slot, so every per-user Lua
 script is single-slot and Redis Cluster moves a bucket whole (its counters with it).
-Batches (heartbeats, ``locate``) are grouped by bucket and sent in one cluster pipeline:
-redis-py groups the commands by the master that owns each slot and sends to the masters
-concurrently, then retries each redirected (MOVED/ASK) or TRYAGAIN command on its own, so
-a batch is retried per slot while ``redis-cli --cluster reshard`` moves slots. Resharding
-and failover are Redis Cluster's; no ring, no mover, no fencing (ring version 0).
+Batches (heartbeats, ``locate``) are grouped by bucket, then by the master that owns each
+bucket's slot, and sent to the masters concurrently, packed in C (``send_by_master``); a
+command redirected (MOVED/ASK) or told TRYAGAIN goes again on its own through redis-py,
+which follows the redirection, so a batch is retried per slot while ``redis-cli --cluster
+reshard`` moves slots. Resharding and failover are Redis Cluster's; no ring, no mover, no
+fencing (ring version 0).
 """
 
 from __future__ import annotations
