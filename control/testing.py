@@ -522,11 +522,13 @@ class RedisClusterServer:
         ]
         return [self.server_at(a) for a in found if n_slots(self, a)]
 
-    def reshard(self, source: RedisServer, target: RedisServer, slots: int) -> str:
-        """``redis-cli --cluster reshard`` of ``slots`` slots from one master to another
-        (blocking until redis-cli is done)."""
+    def reshard(self, sources: list[RedisServer], target: RedisServer, slots: int) -> str:
+        """``redis-cli --cluster reshard`` of ``slots`` slots from the ``sources`` (in
+        proportion to what each serves) to ``target``, blocking until redis-cli is done.
+        A master left with no slot stops voting in failovers: keep some on each."""
         ids = {n["addr"]: n["id"] for n in self.nodes()}
-        src, dst = ids[f"127.0.0.1:{source.port}"], ids[f"127.0.0.1:{target.port}"]
+        src = ",".join(ids[f"127.0.0.1:{s.port}"] for s in sources)
+        dst = ids[f"127.0.0.1:{target.port}"]
         return redis_cli(
             target.port,
             *("--cluster", "reshard", f"127.0.0.1:{target.port}"),
