@@ -193,7 +193,8 @@ async def test_whole_stack_on_the_cluster_engine_and_cli_status(
         "cluster": {"seeds": redis_cluster.seeds[:2], "buckets": 64},
         "key_prefix": f"st{uuid.uuid4().hex[:6]}:",
     }
-    settings = cluster_settings(nodes=1, presence=presence)
+    # A silent client lives 30 s: the CLI's start alone may take seconds on a busy machine.
+    settings = cluster_settings(nodes=1, presence=presence, heartbeat={"interval_s": 10})
     async with (
         LocalCluster(settings, scheduler=True, controller=True) as c,
         aiohttp.ClientSession() as http,
@@ -205,7 +206,6 @@ async def test_whole_stack_on_the_cluster_engine_and_cli_status(
             who = await _cli("presence", "who", "dave", "--server", server, "-o", "json")
             return [d["conn"] for d in json.loads(who)["devices"]] == [welcome["conn"]]
 
-        # asked first: the test client sends no pings, and its entry expires after 3 s
         await until(dave_online, 10, "dave online through the engine", 0.2)
         status = await _cli("presence", "status", "--server", server, "--output", "json")
         assert json.loads(status)["engine"] == "redis-cluster"
