@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)  # the demo page's browser test

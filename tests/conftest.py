@@ -22,7 +22,9 @@ from control.testing import (
     EtcdServer,
     HaproxyServer,
     PrometheusServer,
+    RedisClusterServer,
     RedisServer,
+    SentinelGroup,
     describe_task,
     leftover_tasks,
 )
@@ -143,9 +145,42 @@ def redis_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Red
             s.stop()
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServer]:
+    """A real Redis Cluster (3 masters, 3 replicas) for the session; tests keep apart by
+    key prefix. A test that kills, fails over or reshards it takes ``own_redis_cluster``."""
+    with RedisClusterServer(tmp_path_factory.mktemp("rcluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def own_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServer]:
+    """A Redis Cluster of the module's own (its tests kill masters and move slots)."""
+    with RedisClusterServer(tmp_path_factory.mktemp("own-rcluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def sentinel_group(tmp_path: Path) -> Iterator[SentinelGroup]:
+    """A Sentinel-managed master with one replica and three sentinels, the test's own."""
+    with SentinelGroup(tmp_path / "sentinel") as group:
+        yield group
+
+
+@pytest.fixture(params=["embedded", "redis", "redis-cluster"])
 async def presence(request: pytest.FixtureRequest) -> AsyncIterator[PresenceCluster]:
-    """A two-shard status cluster on each backend; the conformance suite runs on both."""
+    """A two-shard status cluster on each backend, and the Redis Cluster engine; the
+    conformance suite runs on all three."""
+    if request.param == "redis-cluster":
+        from control.presence.cluster_engine import RedisClusterPresence
+
+        rc: RedisClusterServer = request.getfixturevalue("redis_cluster")
+        engine = RedisClusterPresence(
+            rc.seeds, timeout_s=30, key_prefix=f"t{uuid.uuid4().hex[:8]}:"
+        )
+        yield engine  # type: ignore[misc]
+        await engine.close()
+        return
     if request.param == "redis":
         servers: list[RedisServer] = request.getfixturevalue("redis_servers")
         shards = [(f"s{i}", s.url, 1) for i, s in enumerate(servers)]

@@ -12,10 +12,11 @@ from typing import Any
 from aiohttp import web
 
 from control.admin.auth import ADMIN, require
-from control.common.errors import NotJson, parse_json
+from control.common.errors import BackendUnavailable, NotJson, parse_json
 from control.common.ops import json_error
 from control.common.wire import EVENTS_COUNT_MAX, UID_RE, event_count
 from control.presence.model import PresenceEvent, ShardUnavailable
+from control.presence.status import presence_status
 from control.scheduler.state import METRICS, PRESENCE, STATE
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,16 @@ async def presence_who(request: web.Request) -> web.Response:
     return web.json_response(
         {"uid": uid, "online": bool(entries), "devices": [e.public() for e in entries]}
     )
+
+
+@require("viewer")
+async def presence_status_handler(request: web.Request) -> web.Response:
+    """The presence engine, its members and their health (``imctl presence status``)."""
+    try:
+        body = await presence_status(request.app[PRESENCE])
+    except BackendUnavailable as exc:
+        return json_error(503, "unavailable", f"presence status: {exc}", retry_after=1)
+    return web.json_response(body)
 
 
 @require("viewer")

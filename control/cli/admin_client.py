@@ -113,6 +113,9 @@ class AdminClient:
     def lookup(self, uids: Sequence[str]) -> Answer:
         return self.call("POST", "/v1/presence/lookup", {"uids": list(uids)})
 
+    def presence_status(self) -> Answer:
+        return self.get("/v1/presence/status")
+
     def count(self, by: str | None) -> Answer:
         return self.get("/v1/presence/count" + (f"?by={by}" if by else ""))
 

@@ -30,7 +30,12 @@ from control.cli.gray import (
 )
 from control.cli.lb import cmd_lb_render, cmd_lb_watch
 from control.cli.nodes import cmd_drain, cmd_nodes, cmd_rebalance, cmd_undrain
-from control.cli.presence import cmd_presence_count, cmd_presence_events, cmd_presence_who
+from control.cli.presence import (
+    cmd_presence_count,
+    cmd_presence_events,
+    cmd_presence_status,
+    cmd_presence_who,
+)
 from control.cli.processes import cmd_access, cmd_controller, cmd_scheduler, cmd_up
 from control.cli.ring import (
     cmd_ring_add,
@@ -345,6 +350,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--by", choices=["region", "node", "platform"])
     _admin_args(c)
     c.set_defaults(func=cmd_presence_count)
+    st = psub.add_parser(
+        "status",
+        help="the presence engine, its members and their health",
+        description="The engine (ring of shards, or Redis Cluster), each member (a shard "
+        "with its breaker and online count, or a cluster node with its role and slots) "
+        "and whether it answers.",
+    )
+    _admin_args(st)
+    st.set_defaults(func=cmd_presence_status)
     e = psub.add_parser(
         "events",
         help="follow logins, logouts and status changes as they happen",

@@ -66,6 +66,39 @@ def cmd_presence_count(args: argparse.Namespace) -> int:
     return show(args, data, text)
 
 
+@operator_verb
+def cmd_presence_status(args: argparse.Namespace) -> int:
+    data = admin(args).presence_status()
+    return show(args, data, status_text(data))
+
+
+def status_text(data: Any) -> str:
+    """The engine, then one row per member (a shard, or a cluster node) with its health."""
+    head = f"engine: {data['engine']}  " + ("healthy" if data["healthy"] else "DEGRADED")
+    if "ring" in data:
+        head += f"  ring v{data['ring']['version']} ({data['ring']['state']})"
+        rows = [
+            [
+                m["id"],
+                m["engine"],
+                m.get("url", "-"),
+                m["health"],
+                m["breaker"],
+                str(m.get("online", "-")),
+            ]
+            for m in data["members"]
+        ]
+        headers = ["SHARD", "ENGINE", "URL", "HEALTH", "BREAKER", "ONLINE"]
+    else:
+        head += f"  {data['slots_served']}/16384 slots served, {data['buckets']} buckets"
+        rows = [
+            [m["addr"], m["role"], m["id"][:8], m["master"][:8], m["health"], str(m["slots"])]
+            for m in data["members"]
+        ]
+        headers = ["NODE", "ROLE", "ID", "MASTER", "HEALTH", "SLOTS"]
+    return head + "\n\n" + table(rows, headers)
+
+
 def event_line(event: Any) -> str:
     """An event as a table line: local time to the millisecond, kind, uid, device, node,
     connection, reason."""

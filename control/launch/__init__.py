@@ -19,6 +19,7 @@ import ssl
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from typing import cast
 
 from aiohttp import web
 
@@ -228,6 +229,15 @@ def make_presence(settings: Settings, kv: KeyValueStore | None = None) -> Presen
     at version 0 until the stored ring (any version) replaces it when the part seeds; with
     ``kv``, a call that meets a newer ring reloads it from the store and tries again."""
     p = settings.presence
+    if p.backend == "redis-cluster":
+        from control.presence.cluster_engine import RedisClusterPresence
+
+        engine = RedisClusterPresence(
+            p.cluster.seeds, settings.heartbeat.timeout_s, p.key_prefix, p.cluster.buckets
+        )
+        # The second engine offers every call the parts make of the ring's cluster (one
+        # conformance suite holds both to them); no ring to seed, follow or move.
+        return cast(PresenceCluster, engine)
     spec = ring_spec(settings, version=0)
     open_shard = open_shard_for(p.backend, settings.heartbeat.timeout_s, p.key_prefix)
     reload = None if kv is None else ring_reader(RingStore(kv, settings.cluster.prefix))
@@ -266,7 +276,7 @@ class Backends:
             own_kv=kv is None,
             own_presence=presence is None,
         )
-        if b.own_presence:
+        if b.own_presence and settings.presence.backend != "redis-cluster":
             b.ring = RingWiring(settings, b.kv, b.presence)
         return b
 
@@ -443,7 +453,11 @@ def _controller(settings: Settings, kv: KeyValueStore, presence: PresenceCluster
         reconcile_s=settings.registry.reconcile_s,
         policy=settings.registry.self_preservation.policy(),
         sweep_batch=settings.controller.sweep_batch,
-        mover=ring_mover(presence, kv, settings.cluster.prefix, identity),
+        mover=(
+            ring_mover(presence, kv, settings.cluster.prefix, identity)
+            if settings.presence.backend != "redis-cluster"
+            else None  # Redis Cluster moves its own slots
+        ),
     )
 
 

@@ -9,18 +9,39 @@ from control.common.config import (
     ID_PATTERN,
 )
 from control.common.schema import setting
+from control.presence.resize import url_problem
 
 
 @dataclass(frozen=True)
 class ShardSettings:
     id: str = setting(doc="shard id (stable: the ring hashes on it)", pattern=ID_PATTERN)
-    url: str = setting("", "redis://host:port/db (unused by the embedded backend)")
+    url: str = setting(
+        "",
+        "redis://host:port/db, or redis+sentinel://host:port[,host:port]/master-name for a"
+        " Sentinel-managed (replicated) shard (unused by the embedded backend)",
+    )
     weight: int = setting(1, "share of users", ge=1, le=100)
 
 
 @dataclass(frozen=True)
+class RedisClusterSettings:
+    seeds: tuple[str, ...] = setting(
+        (), "host:port of some Redis Cluster nodes (the rest are discovered)"
+    )
+    buckets: int = setting(
+        256, "hash-tag buckets users are spread over (the unit Redis Cluster moves)", ge=1, le=16384
+    )
+
+
+@dataclass(frozen=True)
 class PresenceSettings:
-    backend: Literal["embedded", "redis"] = setting("embedded", "status cluster backend")
+    backend: Literal["embedded", "redis", "redis-cluster"] = setting(
+        "embedded",
+        "engine: embedded, redis (a ring of Redis shards) or redis-cluster (a Redis Cluster)",
+    )
+    cluster: RedisClusterSettings = setting(
+        RedisClusterSettings(), "the Redis Cluster engine (backend: redis-cluster)"
+    )
     shards: tuple[ShardSettings, ...] = setting(
         (ShardSettings(id="s0"),), "status cluster shards", min_len=1
     )
@@ -35,8 +56,18 @@ class PresenceSettings:
             problems.append(f"{path}.shards: shard ids must be unique")
         if self.backend == "redis":
             for i, shard in enumerate(self.shards):
-                if not shard.url.startswith(("redis://", "rediss://", "unix://")):
-                    problems.append(f"{path}.shards[{i}].url: expected redis://host:port/db")
+                if url_problem(shard.url) is not None or shard.url.startswith("embedded:"):
+                    problems.append(
+                        f"{path}.shards[{i}].url: expected redis://host:port/db or"
+                        " redis+sentinel://host:port[,host:port]/master-name"
+                    )
+        if self.backend == "redis-cluster":
+            if not self.cluster.seeds:
+                problems.append(f"{path}.cluster.seeds: at least one host:port")
+            for i, seed in enumerate(self.cluster.seeds):
+                host, _, port = seed.rpartition(":")
+                if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                    problems.append(f"{path}.cluster.seeds[{i}]: {seed!r} is not host:port")
         return problems
 
 

@@ -12,7 +12,9 @@ default ``imctl:``)::
     <prefix>mv         string: the move epoch, the counts seqlock (odd = a batch in flight)
 
 The scripts take the keys they touch in ``KEYS`` where the caller can name them (see
-``RedisShard``), so hash tags can group them for Redis Cluster later.
+``RedisShard``), and every key is the prefix and a suffix: the Redis Cluster engine gives
+each bucket of users the prefix ``<prefix>{<tag>}:`` (``cluster_link.BucketShard``), so all
+of a bucket's keys share one slot and every script is single-slot.
 """
 
 from __future__ import annotations

@@ -19,9 +19,17 @@ async def unreachable(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | Non
     if is_embedded(url):
         return None
     try:
-        client = aioredis.Redis.from_url(
-            url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, retry_on_timeout=False
-        )
+        if url.startswith("redis+sentinel://"):
+            from control.presence.sentinel import sentinel_master
+
+            client = sentinel_master(url, 2)
+        else:
+            client = aioredis.Redis.from_url(
+                url,
+                socket_connect_timeout=timeout_s,
+                socket_timeout=timeout_s,
+                retry_on_timeout=False,
+            )
     except (ValueError, RedisError) as exc:
         return f"{url}: {exc}"
     try:

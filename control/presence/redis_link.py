@@ -125,6 +125,12 @@ class RedisLink:
         self.url = url
         # A bounded pool that queues: a login storm waits for a connection instead of
         # opening thousands of them (or failing with "Too many connections").
+        if url.startswith("redis+sentinel://"):  # a replicated shard: follows failovers
+            from control.presence.sentinel import sentinel_master
+
+            self.redis = sentinel_master(url, max_connections)
+            self.scripts = {name: self.redis.register_script(_load(name)) for name in SCRIPTS}
+            return
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,

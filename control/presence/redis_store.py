@@ -50,6 +50,24 @@ SWEPT_NODES_MAX = 4096  # nodes the sweep met: every node of a large cluster
 Login = tuple[Presence, int, float, int, asyncio.Future[Presence | None]]
 
 
+def parse_events(shard_id: str, entries: Any) -> list[PresenceEvent]:
+    """One stream's XREAD entries as events (an entry not of ours, added by hand: skipped)."""
+    events = []
+    for event_id, f in entries:
+        try:
+            kind, at = f["k"], float(f.get("t", 0))
+            if kind not in EVENT_KINDS:
+                raise ValueError(kind)
+            event = PresenceEvent(
+                kind, f["u"], f["d"], f["n"], f["c"], f.get("r", ""), at, event_id, shard_id
+            )
+        except (KeyError, ValueError):
+            log.warning("redis shard %s: skipping event %s: %r", shard_id, event_id, f)
+            continue
+        events.append(event)
+    return events
+
+
 class RedisShard(ShardStore):
     def __init__(
         self,
@@ -59,13 +77,15 @@ class RedisShard(ShardStore):
         key_prefix: str = "imctl:",
         maxlen: int = EVENTS_MAXLEN,
         max_connections: int = 64,
+        link: RedisLink | None = None,
     ) -> None:
         super().__init__(shard_id, timeout_s)
         self.url = url
         self.prefix = key_prefix
         self.keys = RedisKeys(key_prefix)
         self.maxlen = maxlen
-        self.link = RedisLink(shard_id, url, max_connections)
+        # ``link``: a connection shared with other stores (a Redis Cluster's buckets)
+        self.link = RedisLink(shard_id, url, max_connections) if link is None else link
         self.redis = self.link.redis
         self._logins: list[Login] = []
         self._login_flush: asyncio.Future[None] | None = None
@@ -373,22 +393,8 @@ class RedisShard(ShardStore):
             )
         except RedisError as exc:
             raise self._unavailable(exc) from exc
-        events = []
         streams: Any = reply or []
-        for _stream, entries in streams:
-            for event_id, f in entries:
-                try:
-                    kind, at = f["k"], float(f.get("t", 0))
-                    if kind not in EVENT_KINDS:
-                        raise ValueError(kind)
-                    event = PresenceEvent(
-                        kind, f["u"], f["d"], f["n"], f["c"], f.get("r", ""), at, event_id, self.id
-                    )
-                except (KeyError, ValueError):  # not one of ours (added by hand): skip it
-                    log.warning("redis shard %s: skipping event %s: %r", self.id, event_id, f)
-                    continue
-                events.append(event)
-        return events
+        return [e for _stream, entries in streams for e in parse_events(self.id, entries)]
 
     # The ring: fencing and a resize's moves (the mover's side; no events, counts exact).
 
@@ -496,4 +502,4 @@ class RedisShard(ShardStore):
         await self.link.close()
 
 
-__all__ = ["RedisShard"]
+__all__ = ["RedisShard", "parse_events"]

@@ -19,7 +19,7 @@ from control.presence.ring import MAX_WEIGHT, SHARD_ID_PATTERN, Ring, RingSpec, 
 NOT_FOUND, BAD, CONFLICT = 404, 400, 409
 _PRECEDENCE = (NOT_FOUND, BAD, CONFLICT)
 
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
 EMBEDDED = "embedded:"
 HASH_SPACE = 1 << 128  # the ring's points are md5 digests
 
@@ -59,9 +59,20 @@ def url_problem(url: str) -> str | None:
         if not re.fullmatch(SHARD_ID_PATTERN, url[len(EMBEDDED) :]):
             return f"url: {url!r}: embedded:<id> with an id of letters, digits and _.-"
         return None
+    if url.startswith("redis+sentinel://"):
+        from control.presence.sentinel import parse_sentinel_url
+
+        try:
+            parse_sentinel_url(url)
+        except ValueError as exc:
+            return f"url: {exc}"
+        return None
     if url.startswith(REDIS_SCHEMES) and len(url) > url.index("//") + 2 and url.isprintable():
         return None
-    return f"url: {url!r} is not redis://host:port/db (or rediss://, unix://, embedded:<id>)"
+    return (
+        f"url: {url!r} is not redis://host:port/db (or rediss://, unix://,"
+        " redis+sentinel://host:port[,host:port]/master-name, embedded:<id>)"
+    )
 
 
 def _stable_now(spec: RingSpec, problems: _Problems) -> None:

@@ -22,11 +22,14 @@ def open_shard_for(
     def open_shard(shard: ShardSpec) -> ShardStore:
         if backend != "redis" or shard.url.startswith("embedded:"):
             return EmbeddedShard(shard.id, timeout_s)
-        if shard.url.startswith(("redis://", "rediss://", "unix://")):
+        if shard.url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
             from control.presence.redis_store import RedisShard
 
             return RedisShard(shard.id, shard.url, timeout_s, key_prefix)
-        raise BadRequest(f"shard {shard.id}", f"url {shard.url!r}: expected redis:// or embedded:")
+        raise BadRequest(
+            f"shard {shard.id}",
+            f"url {shard.url!r}: expected redis://, redis+sentinel:// or embedded:",
+        )
 
     return open_shard
 
