@@ -185,16 +185,10 @@ def _markdown(r: Result, d: dict[str, Any], pictures: list[tuple[str, str]]) -> 
         f"{d['handshakes_per_s_peak']:,}/s. Messages sent {c.get('sent', 0):,}, acked "
         f"{c.get('acked', 0):,}, delivered {c.get('received', 0):,}.",
         "",
-        "| failure | count |",
-        "|---|---|",
-        *[f"| {k} | {v:,} |" for k, v in sorted(d["failures"].items())],
-        "",
+        *_table(("failure", "count"), d["failures"], "No ask or handshake failed."),
         "## Reconnects by reason",
         "",
-        "| reason | count |",
-        "|---|---|",
-        *[f"| {k} | {v:,} |" for k, v in sorted(d["reconnects"].items())],
-        "",
+        *_table(("reason", "count"), d["reconnects"], "No client was told to reconnect or lost."),
     ]
     if "storm" in d:
         st = d["storm"]
@@ -227,6 +221,13 @@ def _markdown(r: Result, d: dict[str, Any], pictures: list[tuple[str, str]]) -> 
     lines += [f"![{title}]({name})" for name, title in pictures]
     lines.append("")
     return "\n".join(lines)
+
+
+def _table(head: tuple[str, str], counts: dict[str, int], none: str) -> list[str]:
+    if not counts:
+        return [none, ""]
+    rows = [f"| {k} | {v:,} |" for k, v in sorted(counts.items())]
+    return [f"| {head[0]} | {head[1]} |", "|---|---|", *rows, ""]
 
 
 def _pictures(r: Result, directory: Path) -> list[tuple[str, str]]:
