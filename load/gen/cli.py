@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--churn", type=float, dest="logouts_per_s", help="logouts/s (all clients)")
     p.add_argument("--uid-prefix", help="uids are PREFIX0..PREFIXn-1 (default load-)")
     p.add_argument("--platforms", help="comma-separated (default ios,android)")
+    p.add_argument(
+        "--region",
+        help="the region the clients ask for (the presence count "
+        "compared at the end is then that region's)",
+    )
     p.add_argument("--config", help="cluster config with the key to mint tokens (as imctl token)")
     p.add_argument("--tokens", choices=["mint", "none"], help="mint (default) or none")
     p.add_argument("--token", dest="admin_token", help="admin API token (default $IMCTL_TOKEN)")
@@ -68,6 +73,7 @@ _FLAGS = (
     "message_interval_s",
     "uid_prefix",
     "platforms",
+    "region",
     "config",
     "tokens",
     "admin_token",
@@ -134,7 +140,7 @@ def execute(scenario: Scenario) -> int:
     token_source(scenario)  # a config without a key to mint with: its clear line, now
     try:
         with Bar(scenario) as bar:
-            result = run(scenario, bar.update)
+            result = run(scenario, bar.update, report.preload)
     except LoadError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1

@@ -87,6 +87,8 @@ class Client:
         )
         self.acks: dict[int, float] = {}  # msg id -> loop time sent
         self.next_id = 0
+        self.welcomed = False  # this session got its welcome
+        self.leaving = False  # this session is ending in a logout (the timers close it)
 
     async def run(self) -> None:
         pop = self.pop
@@ -179,44 +181,30 @@ class Client:
         answer: Mapping[str, Any],
         t0: float,
     ) -> tuple[str, float]:
+        """Read frames until the link ends; the timers (heartbeat, messages, the churn's
+        logout) run in a task of their own. The reader never times out: a frame that
+        arrives in the loop turn a ``receive`` timeout fires in is dropped with it, and
+        under load that lost acks and ``reconnect`` frames (the client then stayed, and
+        the node closed it as one that would not move)."""
         pop = self.pop
-        s = pop.scenario
         loop = asyncio.get_running_loop()
         interval = float(answer.get("heartbeat", {}).get("interval_s", 30.0))
-        welcomed = False
+        self.welcomed = self.leaving = False
         now = loop.time()
         while self.logouts and pop.at(self.logouts[0].at_s) < now:
             self.logouts.pop(0)  # missed while it was out (a storm): not made up for
-        next_ping = now + interval
-        next_msg = (
-            now + self.rng.uniform(0, s.message_interval_s) if s.message_interval_s else math.inf
-        )
         logout_at = pop.at(self.logouts[0].at_s) if self.logouts else math.inf
+        timers = asyncio.create_task(self._timers(ws, interval, logout_at), name="timers")
         try:
             while True:
-                due = min(next_ping, next_msg, logout_at) - loop.time()
-                try:
-                    msg = await ws.receive(timeout=max(due, 0.0) if due != math.inf else None)
-                except TimeoutError:
-                    now = loop.time()
-                    if now >= logout_at:
-                        await ws.close()
-                        return "logout", 0.0
-                    if now >= next_ping:
-                        await ws.send_str(PING)
-                        next_ping = now + interval
-                    if now >= next_msg:
-                        if welcomed:
-                            await self._send_msg(ws, now)
-                        next_msg = now + s.message_interval_s * self.rng.uniform(0.5, 1.5)
-                    continue
+                msg = await ws.receive()
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     break
                 frame = json.loads(msg.data)
                 t = frame.get("t")
                 w = pop.window
                 if t == "welcome":
-                    welcomed = True
+                    self.welcomed = True
                     w.counts["handshakes"] += 1
                     w.latency["handshake"].add((loop.time() - t0) * 1000)
                     pop.connected[self.uid] = node
@@ -232,16 +220,52 @@ class Client:
                     after = float(frame.get("after_ms", 0)) / 1000
                     return "reconnect", after + self.rng.uniform(0, 0.5)
         except (ConnectionError, aiohttp.ClientError):
-            pass  # a send on a link that just broke: lost, as a close is
+            pass  # a link that just broke: lost, as a close is
+        finally:
+            if self.leaving and not timers.done():
+                await timers  # it is closing the socket (a logout): let it finish
+            timers.cancel()
+        if self.leaving:
+            return "logout", 0.0
         if pop.stopping.is_set():
             return "stop", 0.0
         if ws.close_code == 4001:
             return "kicked", 0.0
-        if not welcomed:
+        if not self.welcomed:
             pop.window.counts["handshake_failures"] += 1
             pop.window.failures[f"closed {ws.close_code} before welcome"] += 1
             return "failed", 0.0
         return "lost", 0.0
+
+    async def _timers(
+        self, ws: aiohttp.ClientWebSocketResponse, interval: float, logout_at: float
+    ) -> None:
+        """The session's heartbeat, messages and logout, each when due; a logout closes
+        the socket (the reader then sees it end)."""
+        s = self.pop.scenario
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        next_ping = now + interval
+        next_msg = (
+            now + self.rng.uniform(0, s.message_interval_s) if s.message_interval_s else math.inf
+        )
+        try:
+            while True:
+                await asyncio.sleep(max(min(next_ping, next_msg, logout_at) - loop.time(), 0.0))
+                now = loop.time()
+                if now >= logout_at:
+                    self.leaving = True
+                    await ws.close()
+                    return
+                if now >= next_ping:
+                    await ws.send_str(PING)
+                    next_ping = now + interval
+                if now >= next_msg:
+                    if self.welcomed:
+                        await self._send_msg(ws, now)
+                    next_msg = now + s.message_interval_s * self.rng.uniform(0.5, 1.5)
+        except (ConnectionError, aiohttp.ClientError):
+            return  # the link broke under a send: the reader sees it end
 
     async def _send_msg(self, ws: aiohttp.ClientWebSocketResponse, now: float) -> None:
         clients = self.pop.scenario.clients

@@ -30,6 +30,9 @@ class Bar:
                 TimeRemainingColumn(),
                 TextColumn("{task.fields[line]}"),
                 console=Console(stderr=True),
+                # Redrawn on each second's update: no refresh thread (the workers are
+                # forked after this, and a fork copies no thread but its locks).
+                auto_refresh=False,
             )
             self.progress.__enter__()
             self.task = self.progress.add_task(
@@ -47,7 +50,7 @@ class Bar:
             f"{c['handshake_failures'] + c['ask_failures']}/s  reconnects "
             f"{sum(window.reconnects.values())}/s"
         )
-        self.progress.update(self.task, completed=second, line=line)
+        self.progress.update(self.task, completed=second, line=line, refresh=True)
 
     def __exit__(
         self,

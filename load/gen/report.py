@@ -4,6 +4,8 @@ scripts and tests, and PNG pictures beside them (matplotlib, Agg: no display nee
 from __future__ import annotations
 
 import json
+import math
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -50,22 +52,54 @@ def summary(r: Result) -> dict[str, Any]:
             {"at_s": round(d.at_s, 1), "step": d.step.describe(), "outcome": d.outcome}
             for d in r.done
         ],
+        # Second by second (the gauges as of each second's end), for scripts and tests.
+        "seconds": [
+            {
+                "online": w.online,
+                "by_node": dict(w.by_node),
+                "handshakes": w.counts["handshakes"],
+                "failures": w.counts["handshake_failures"] + w.counts["ask_failures"],
+                "reconnects": dict(w.reconnects),
+            }
+            for w in r.timeline.seconds
+        ],
     }
     if s.storm is not None:
-        out["storm"] = storm_figures(r.timeline, s.storm.at_s)
+        # The operator acts on the run's second ticks: a step due at 2.5 s runs at the 3rd;
+        # the tick that carried the kill out, from its own moment when it ran.
+        kill = next((d.at_s for d in r.done if d.step.verb in ("kill", "drain")), None)
+        tick = math.ceil(s.storm.at_s) if kill is None else math.floor(kill)
+        out["storm"] = storm_figures(r.timeline, tick)
+    rollback = next((d.at_s for d in r.done if d.step.verb == "gray-rollback"), None)
+    if s.gray is not None and rollback is not None:
+        out["gray"] = gray_figures(r.timeline, math.floor(rollback))
     return out
 
 
-def storm_figures(t: Timeline, at_s: float) -> dict[str, Any]:
-    """The reconnect storm after a kill at ``at_s``: connected just before, the lowest
-    count after, and the seconds until every client that was connected is again."""
-    k = int(at_s)
+def preload() -> None:
+    """Import matplotlib in a thread while the run goes (a second or more under load),
+    so the report is written soon after the run ends."""
+
+    def load() -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot
+
+    threading.Thread(target=load, name="report-preload", daemon=True).start()
+
+
+def storm_figures(t: Timeline, k: int) -> dict[str, Any]:
+    """The reconnect storm after a kill carried out at the run's ``k``-th second tick:
+    connected just before (the second sealed at that tick), the lowest count after, and
+    the seconds until every client that was connected is again."""
     last = t.seconds[k - 1] if 0 < k <= len(t.seconds) else None
     before = last.online if last else 0
     after = t.seconds[k:]
     lowest = min((w.online for w in after), default=before)
-    # Back: connected as many as before the kill again (the lost ones came back elsewhere).
-    back = next((i for i, w in enumerate(after) if i > 0 and w.online >= before), None)
+    # Back: connected as many as before the kill again (the lost ones came back elsewhere),
+    # in whole seconds from the kill's tick to the end of the second that saw it.
+    back = next((i + 1 for i, w in enumerate(after) if w.online >= before), None)
     storm = Counter[str]()
     for w in after:
         storm.update(w.reconnects)
@@ -76,6 +110,21 @@ def storm_figures(t: Timeline, at_s: float) -> dict[str, Any]:
         "recovered_after_s": back,
         "reconnects": dict(storm),
         "handshakes_per_s_peak": max((w.counts["handshakes"] for w in after), default=0),
+    }
+
+
+def gray_figures(t: Timeline, k: int) -> dict[str, Any]:
+    """A release rolled back at the run's ``k``-th second tick: who was where just before
+    (the canary's clients among them), and the connections moved before and after it, by
+    the reason their ``reconnect`` frame gave."""
+    before, after = Counter[str](), Counter[str]()
+    for i, w in enumerate(t.seconds):
+        (before if i < k else after).update(w.reconnects)
+    last = t.seconds[k - 1] if 0 < k <= len(t.seconds) else None
+    return {
+        "by_node_before_rollback": dict(last.by_node) if last else {},
+        "moved_before_rollback": dict(before),
+        "moved_after_rollback": dict(after),
     }
 
 
@@ -136,16 +185,10 @@ def _markdown(r: Result, d: dict[str, Any], pictures: list[tuple[str, str]]) -> 
         f"{d['handshakes_per_s_peak']:,}/s. Messages sent {c.get('sent', 0):,}, acked "
         f"{c.get('acked', 0):,}, delivered {c.get('received', 0):,}.",
         "",
-        "| failure | count |",
-        "|---|---|",
-        *[f"| {k} | {v:,} |" for k, v in sorted(d["failures"].items())],
-        "",
+        *_table(("failure", "count"), d["failures"], "No ask or handshake failed."),
         "## Reconnects by reason",
         "",
-        "| reason | count |",
-        "|---|---|",
-        *[f"| {k} | {v:,} |" for k, v in sorted(d["reconnects"].items())],
-        "",
+        *_table(("reason", "count"), d["reconnects"], "No client was told to reconnect or lost."),
     ]
     if "storm" in d:
         st = d["storm"]
@@ -160,6 +203,16 @@ def _markdown(r: Result, d: dict[str, Any], pictures: list[tuple[str, str]]) -> 
             f"after it {st['reconnects']}; peak {st['handshakes_per_s_peak']:,} handshakes/s.",
             "",
         ]
+    if "gray" in d:
+        g = d["gray"]
+        lines += [
+            "## Gray release",
+            "",
+            f"Connected by node just before the rollback {g['by_node_before_rollback']}; "
+            f"connections moved before it {g['moved_before_rollback'] or 'none'}, after it "
+            f"{g['moved_after_rollback'] or 'none'} (by the reason of their reconnect frame).",
+            "",
+        ]
     if d["steps"]:
         lines += ["## Operator steps", "", "| at s | step | outcome |", "|---|---|---|"]
         lines += [f"| {x['at_s']} | {x['step']} | {x['outcome']} |" for x in d["steps"]]
@@ -168,6 +221,13 @@ def _markdown(r: Result, d: dict[str, Any], pictures: list[tuple[str, str]]) -> 
     lines += [f"![{title}]({name})" for name, title in pictures]
     lines.append("")
     return "\n".join(lines)
+
+
+def _table(head: tuple[str, str], counts: dict[str, int], none: str) -> list[str]:
+    if not counts:
+        return [none, ""]
+    rows = [f"| {k} | {v:,} |" for k, v in sorted(counts.items())]
+    return [f"| {head[0]} | {head[1]} |", "|---|---|", *rows, ""]
 
 
 def _pictures(r: Result, directory: Path) -> list[tuple[str, str]]:

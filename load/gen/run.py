@@ -25,6 +25,10 @@ from load.gen.stats import Timeline, Window
 POLL_TIMEOUT_S = 2.0  # an admin call in the once-a-second loop
 AGREE_WITHIN_S = 15.0  # at the end: presence catches up with the clients (flush, reports)
 JOIN_WITHIN_S = 30.0
+# The workers report on the same second ticks as the parent seals: it waits this much past
+# each tick for their reports of it, so a second's gauges are of its own end, not the one
+# before (a kill's "before" is then a quarter second old, not a second and more).
+SEAL_AFTER_S = 0.25
 
 
 @dataclass
@@ -54,17 +58,27 @@ def _nodes(admin: AdminClient) -> dict[str, int] | None:
         return None
 
 
-def _presence(admin: AdminClient) -> tuple[int, dict[str, int]] | None:
+def _presence(admin: AdminClient, region: str | None) -> tuple[int, dict[str, int]] | None:
+    """The cluster's presence count (of ``region``'s nodes when the run's clients name one:
+    other clients may share the cluster elsewhere), and the whole cluster's by node."""
     try:
-        total = admin.count(None)
+        if region is None:
+            total = int(admin.count(None)["total"])
+        else:
+            total = int(admin.count("region")["counts"].get(region, 0))
         by_node = admin.count("node")
-        return int(total["total"]), {str(k): int(v) for k, v in by_node["counts"].items()}
-    except (AdminError, KeyError, TypeError, ValueError):
+        return total, {str(k): int(v) for k, v in by_node["counts"].items()}
+    except (AdminError, KeyError, TypeError, ValueError, AttributeError):
         return None
 
 
-def run(s: Scenario, progress: Callable[[int, Window, Result], None] | None = None) -> Result:
-    """One run of ``s``; ``progress`` is told about each sealed second."""
+def run(
+    s: Scenario,
+    progress: Callable[[int, Window, Result], None] | None = None,
+    started: Callable[[], object] | None = None,
+) -> Result:
+    """One run of ``s``; ``progress`` is told about each sealed second, ``started`` once
+    the workers are up (threads may start then: the workers are forked before)."""
     admin = AdminClient(s.server, s.admin_token, timeout_s=POLL_TIMEOUT_S)
     if _nodes(admin) is None:
         try:
@@ -72,7 +86,9 @@ def run(s: Scenario, progress: Callable[[int, Window, Result], None] | None = No
         except AdminError as exc:
             raise LoadError(f"the cluster's admin API: {exc}") from None
         raise LoadError(f"{s.server}/v1/nodes: not an imctl scheduler's answer")
-    ctx = mp.get_context("spawn")
+    # Forked, not spawned: a worker starts with the parent's modules already imported
+    # (seconds under load per worker otherwise). Nothing in the parent runs a thread yet.
+    ctx = mp.get_context("fork")
     q: Any = ctx.Queue()
     stop = ctx.Event()
     start = ctx.Value("d", 0.0)
@@ -98,13 +114,17 @@ def run(s: Scenario, progress: Callable[[int, Window, Result], None] | None = No
     latest: dict[str, int] = {}
     t0 = time.monotonic()
     try:
+        if started is not None:
+            started()
         _wait_ready(q, procs, n, result)
+        # Steps at 0 s (a release created before anyone asks) come before the first client.
+        operator.run_once(0.0)
         start.value = time.time() + 0.5
         t0 = time.monotonic() + 0.5
         second = 0
         while second < s.duration_s:
             second += 1
-            _drain(q, result, until=t0 + second)
+            _drain(q, result, until=t0 + second + SEAL_AFTER_S)
             sealed = result.timeline.seal(second - 1)
             if look is None or look.done():
                 latest = (look.result() if look else None) or latest
@@ -162,7 +182,7 @@ def _agree(q: Any, result: Result, admin: AdminClient) -> tuple[int, int | None,
     while True:
         _drain(q, result, until=time.monotonic() + 0.5)
         ours = sum(w.online for w in result.timeline.last.values())
-        seen = _presence(admin) or seen
+        seen = _presence(admin, result.scenario.region) or seen
         if (seen is not None and seen[0] == ours) or time.monotonic() > deadline:
             return ours, (seen[0] if seen else None), (seen[1] if seen else {})
 

@@ -111,9 +111,10 @@ class Cluster:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.url = f"http://127.0.0.1:{self.ports['scheduler']}"
 
-    def start(self, *names: str) -> None:
+    def start(self, *names: str, together: bool = False) -> None:
         """Each of ``scheduler``, a node id, or ``controller`` — and ``controller-<x>`` for
-        more controllers of the same cluster, each on a port of its own — until it listens."""
+        more controllers of the same cluster, each on a port of its own — until it listens;
+        ``together``: all started at once, then each waited for (no order among them)."""
         for name in names:
             env: dict[str, str] = {}
             if name.startswith("controller"):
@@ -125,6 +126,9 @@ class Cluster:
             else:
                 args = ["access", "--config", str(self.config), "--node-id", name]
             self.procs[name] = spawn_imctl(args, log=self.log(name), env=env)
+            if not together:
+                wait_port(self.ports[name], 20)
+        for name in names if together else ():
             wait_port(self.ports[name], 20)
 
     def kill(self, name: str) -> None:

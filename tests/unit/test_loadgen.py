@@ -10,6 +10,7 @@ import pytest
 
 from load.gen import churn
 from load.gen.operator import plan
+from load.gen.report import gray_figures, storm_figures
 from load.gen.scenario import MAX_PER_WORKER, ScenarioError, parse
 from load.gen.stats import Histogram, Timeline, Window
 
@@ -170,3 +171,52 @@ def test_gray_plan_creates_steps_rolls_back_and_cleans_up_at_the_settle() -> Non
 def test_a_drain_is_undone_when_the_run_settles() -> None:
     s = parse({"scenario": "drain", "duration_s": 30, "drain": {"at_s": 4, "node": "n1"}})
     assert [(st.at_s, st.verb) for st in plan(s)] == [(4, "drain"), (25, "undrain")]
+
+
+# -- the report's figures ----------------------------------------------------------------------
+
+
+def _timeline(*seconds: tuple[dict[str, int], dict[str, int]]) -> Timeline:
+    """Seconds of (connected by node, reconnects by reason), one worker."""
+    t = Timeline()
+    for i, (by_node, moved) in enumerate(seconds):
+        w = Window(online=sum(by_node.values()))
+        w.by_node.update(by_node)
+        w.reconnects.update(moved)
+        t.add(i, 0, w)
+        t.seal(i)
+    return t
+
+
+def test_a_storm_is_measured_from_the_second_sealed_at_the_kills_tick() -> None:
+    t = _timeline(
+        ({"n0": 4, "n1": 4}, {}),
+        ({"n0": 5, "n1": 5}, {}),  # sealed at tick 2, the one that killed n0
+        ({"n1": 5}, {"lost": 5}),
+        ({"n1": 8}, {}),
+        ({"n1": 10}, {}),
+    )
+    st = storm_figures(t, 2)
+    assert st["by_node_before"] == {"n0": 5, "n1": 5} and st["online_before"] == 10
+    assert st["online_lowest"] == 5
+    assert st["reconnects"] == {"lost": 5}
+    assert st["recovered_after_s"] == 3  # the end of the third second after the tick
+    assert storm_figures(t, 4)["recovered_after_s"] == 1
+    assert (
+        storm_figures(_timeline(({"n0": 3}, {}), ({}, {"lost": 3})), 1)["recovered_after_s"] is None
+    )
+
+
+def test_a_rollback_splits_the_moves_and_names_who_was_where_before_it() -> None:
+    t = _timeline(
+        ({"s0": 10}, {}),
+        ({"s0": 6, "s1": 4}, {"drain": 1}),  # sealed at the rollback's tick
+        ({"s0": 8, "s1": 2}, {"rollback": 2}),
+        ({"s0": 10}, {"rollback": 2}),
+    )
+    g = gray_figures(t, 2)
+    assert g == {
+        "by_node_before_rollback": {"s0": 6, "s1": 4},
+        "moved_before_rollback": {"drain": 1},
+        "moved_after_rollback": {"rollback": 4},
+    }
