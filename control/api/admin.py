@@ -254,6 +254,25 @@ def _presence() -> Paths:
                 [query("by", {"enum": ["region", "node", "platform"]}, "count by this")],
             )
         },
+        "/v1/presence/status": {
+            "get": admin_op(
+                "viewer",
+                "presenceStatus",
+                "presence",
+                "The presence engine (embedded, ring or redis-cluster), its members and health",
+                {
+                    200: ok(
+                        obj(
+                            ["engine", "healthy", "members"],
+                            engine=STR,
+                            healthy={"type": "boolean"},
+                            members={"type": "array", "items": ANY_OBJ},
+                        )
+                    )
+                },
+                {503: "the engine could not be asked"},
+            )
+        },
         "/v1/presence/events": {
             "get": admin_op(
                 "viewer",
