@@ -1,0 +1,568 @@
+"""Gray release benchmarks (issue 15), on real etcd and real processes.
+
+``propagation``: four scheduler processes (``imctl scheduler``, each with its own etcd
+watch and its own HTTP listener) on one etcd, with node load reports flowing (``--nodes``
+records rewritten every ``--report-s``, so the feed's coalescing window is open most of
+the time, as in a deployment). A percent change is written through the release store, as
+the admin API writes it (read, compare-and-swap, audit record), alternating 50 <-> 51 %.
+For each change: the time from the write (just before its compare-and-swap) to the LAST
+scheduler answering ``/v1/endpoint`` with the new rule, polled with a uid whose track
+flips between 50 and 51 %: the serving path itself, not the propagation report (which a
+scheduler writes at most once a second). Baseline in the same run: one bare watch stream
+(aetcd's gRPC stub, the stream each scheduler's mirror sits on), put to event.
+
+``rollback``: a canary (two access node processes of version 2.0) holding ``--connections``
+WebSockets from ``--client-procs`` client processes, rolled back ``--over`` a window through
+the admin API. Every client follows its reconnect frame: waits its ``after_ms``, asks the
+scheduler again and connects to the node it names. Measured: all moved, when the last one
+landed, the moves per second over the window, the peak scheduler request rate in 1 s
+windows and the scheduler's answers by status (a 503 would be a failure: the per-address
+rate limits are raised, every client is 127.0.0.1).
+
+    python -m load.bench_gray propagation [--changes 200] [--runs 3]
+    python -m load.bench_gray rollback [--connections 10000] [--over 30] [--runs 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from control.common.kv.etcd import EtcdKV
+from control.common.registry import NodeRecord, Registry
+from control.gray.model import Release, Target, UserContext, Version
+from control.gray.store import ReleaseStore
+from control.gray.verbs import transition
+from control.testing import EtcdServer, RedisServer, free_port, spawn_imctl, wait_port
+
+SECRET = "bench-ticket-secret-0123456789"
+TOKEN = "bench-internal-token-0123"
+PREFIX = "/bench"
+REGION = "north"
+QUERY = f"device=phone&platform=ios&version=1.0&region={REGION}"
+LOW, HIGH = 50.0, 51.0  # the percents a propagation run alternates between
+NO_LIMITS = {"rate_per_s": 1e6, "burst": 1e6}  # every benchmark client is 127.0.0.1
+
+
+def user(uid: str) -> UserContext:
+    return UserContext(uid, "ios", Version.parse("1.0"), REGION)
+
+
+def release(percent: float) -> Release:
+    return Release(name="r1", target=Target(version="2.0"), percent=percent)
+
+
+def quantiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "p50": round(statistics.median(ordered), 2),
+        "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2),
+        "max": round(ordered[-1], 2),
+    }
+
+
+def base_config(etcd: EtcdServer) -> dict[str, Any]:
+    return {
+        "cluster": {
+            "name": "bench",
+            "backend": "etcd",
+            "prefix": PREFIX,
+            "etcd": {"endpoints": [etcd.endpoint]},
+        },
+        "regions": {"known": [REGION]},
+        "tickets": {"active_kid": "k", "keys": {"k": SECRET}},
+        "client_auth": {"mode": "trust"},
+        "heartbeat": {"interval_s": 600, "misses": 3},  # the clients here never ping
+        "log_level": "warning",
+    }
+
+
+# ---- propagation
+
+
+async def watch_baseline(etcd: EtcdServer, changes: int) -> list[float]:
+    """Put to event on one bare watch stream, ``changes`` times (ms)."""
+    kv = EtcdKV(etcd.endpoint)
+    await kv.connect()
+    key = f"{PREFIX}-baseline/k"
+    seen: asyncio.Queue[float] = asyncio.Queue()
+
+    async def watch() -> None:
+        async for _ in kv.watch(key, 0):
+            seen.put_nowait(time.perf_counter())
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await asyncio.sleep(0.5)  # the stream created
+        found = []
+        for i in range(changes):
+            started = time.perf_counter()
+            await kv.put(key, str(i).encode())
+            found.append((await asyncio.wait_for(seen.get(), 5) - started) * 1000)
+            await asyncio.sleep(random.uniform(0.02, 0.08))
+        return found
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        await kv.close()
+
+
+async def report_load(registry: Registry, nodes: list[NodeRecord], every_s: float) -> None:
+    """Every node's load report, each node once per ``every_s``, spread evenly."""
+    registrations = [await registry.register(n, ttl=600) for n in nodes]
+    tick = every_s / len(nodes)
+    conns = 0
+    while True:
+        for r in registrations:
+            conns += 1
+            await r.publish(replace(r.record, conns=conns % 5000))
+            await asyncio.sleep(tick)
+
+
+def flipping_uid() -> str:
+    """A uid out of the release at LOW % and in it at HIGH %."""
+    low, high = release(LOW), release(HIGH)
+    for i in range(1_000_000):  # bounded; about one uid in a hundred flips
+        uid = f"flip{i}"
+        if not low.matches(user(uid)) and high.matches(user(uid)):
+            return uid
+    raise RuntimeError("no uid flips between the two percents")
+
+
+async def answered(http: aiohttp.ClientSession, url: str, track: str, deadline: float) -> float:
+    """Poll ``url`` until it answers ``track``: when it did (perf_counter)."""
+    while time.perf_counter() < deadline:
+        async with http.get(url) as resp:
+            body = await resp.read()
+        if resp.status == 200 and json.loads(body)["track"] == track:
+            return time.perf_counter()
+    raise TimeoutError(f"{url} never answered track {track}")
+
+
+async def propagation_run(
+    etcd: EtcdServer, ports: list[int], changes: int, nodes: int, report_s: float
+) -> dict[str, Any]:
+    kv = EtcdKV(etcd.endpoint)
+    await kv.connect()
+    store = ReleaseStore(kv, PREFIX)
+    key = store.records.key("r1")
+    writes: list[float] = []
+    cas = kv.compare_and_swap
+
+    async def marked_cas(k: str, value: bytes, expected: int) -> tuple[bool, int]:
+        if k == key:
+            writes.append(time.perf_counter())
+        return await cas(k, value, expected)
+
+    setattr(kv, "compare_and_swap", marked_cas)  # noqa: B010  # the write's instant
+    records = [
+        NodeRecord(
+            id=f"n{i}",
+            endpoint=f"ws://127.0.0.1:9/n{i}",
+            region=REGION,
+            version="2.0" if i % 10 == 0 else "1.0",  # a tenth of the nodes are the canary
+            capacity=1_000_000,
+        )
+        for i in range(nodes)
+    ]
+    reporter = asyncio.create_task(report_load(Registry(kv, PREFIX), records, report_s))
+    uid = flipping_uid()
+    urls = [f"http://127.0.0.1:{p}/v1/endpoint?uid={uid}&{QUERY}" for p in ports]
+    latencies: list[float] = []
+    try:
+        stored = await store.get("r1")
+        if stored is None:
+            stored = await store.create(release(LOW), by="bench")
+        async with aiohttp.ClientSession() as http:
+            deadline = time.perf_counter() + 30
+            await asyncio.gather(*(answered(http, u, "stable", deadline) for u in urls))
+            await asyncio.sleep(2)  # the load reports under way
+            for _ in range(changes):
+                up = stored.release.percent == LOW
+                track = "r1" if up else "stable"
+                step = transition(stored.release, "set-percent", {"percent": HIGH if up else LOW})
+                deadline = time.perf_counter() + 10
+                polls = [asyncio.create_task(answered(http, u, track, deadline)) for u in urls]
+                stored = await store.change(
+                    "r1", stored.revision, step.release, action="set-percent", by="bench"
+                )
+                last = max(await asyncio.gather(*polls))
+                latencies.append((last - writes[-1]) * 1000)
+                # Off any beat the load reports or the feed's window could fall into.
+                await asyncio.sleep(random.uniform(0.03, 0.1))
+    finally:
+        reporter.cancel()
+        await asyncio.gather(reporter, return_exceptions=True)
+        await kv.close()
+    return {"latency_ms": latencies}
+
+
+def propagation(args: argparse.Namespace) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="imctl-bench-gray-"))
+    etcd = EtcdServer(tmp / "etcd")
+    etcd.start()
+    ports = [free_port() for _ in range(args.schedulers)]
+    config = base_config(etcd)
+    # The deployed default window (rebuild_s 0.05) coalesces the load reports.
+    config["scheduler"] = {"rate_limit": NO_LIMITS}
+    path = tmp / "gray.yaml"
+    path.write_text(yaml.safe_dump(config))
+    schedulers = [
+        spawn_imctl(
+            ["scheduler", "--config", str(path)],
+            log=tmp / f"scheduler-{p}.log",
+            env={"IMCTL_SCHEDULER__PORT": str(p)},
+        )
+        for p in ports
+    ]
+    runs: list[dict[str, Any]] = []
+    try:
+        for p in ports:
+            wait_port(p, 30)
+        for _ in range(args.runs):
+            base = asyncio.run(watch_baseline(etcd, args.changes))
+            found = asyncio.run(
+                propagation_run(etcd, ports, args.changes, args.nodes, args.report_s)
+            )
+            runs.append(
+                {
+                    "imctl_ms": quantiles(found["latency_ms"]),
+                    "watch_ms": quantiles(base),
+                    "load_average": os.getloadavg()[0],
+                }
+            )
+    finally:
+        for s in schedulers:
+            s.terminate()
+            s.wait(30)
+        etcd.stop()
+    return {
+        "schedulers": args.schedulers,
+        "changes_per_run": args.changes,
+        "reporting_nodes": args.nodes,
+        "report_s": args.report_s,
+        "runs": runs,
+        "median_p50_ms": statistics.median(r["imctl_ms"]["p50"] for r in runs),
+        "median_p99_ms": statistics.median(r["imctl_ms"]["p99"] for r in runs),
+        "median_max_ms": statistics.median(r["imctl_ms"]["max"] for r in runs),
+        "watch_median_p50_ms": statistics.median(r["watch_ms"]["p50"] for r in runs),
+        "watch_median_p99_ms": statistics.median(r["watch_ms"]["p99"] for r in runs),
+        "ratio_p99": statistics.median(r["imctl_ms"]["p99"] / r["watch_ms"]["p99"] for r in runs),
+    }
+
+
+# ---- rollback: the client processes
+
+
+async def clients_main(spec: dict[str, Any]) -> None:
+    """One client process: places its users, says "ready", follows reconnect frames, then
+    reports every move and every scheduler answer, and waits for a line on stdin."""
+    canary = set(spec["canary"])
+    asks: list[float] = []
+    statuses: Counter[int] = Counter()
+    told: list[float] = []
+    landed: list[float] = []
+    where: Counter[str] = Counter()
+    failures: Counter[str] = Counter()
+    connector = aiohttp.TCPConnector(limit=64)
+    http = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30))
+    gate = asyncio.Semaphore(64)
+
+    async def ask(uid: str) -> dict[str, Any]:
+        for _ in range(50):  # bounded: a 503 or a stale answer is asked again
+            asks.append(time.time())
+            async with http.get(f"{spec['scheduler']}/v1/endpoint?uid={uid}&{QUERY}") as resp:
+                statuses[resp.status] += 1
+                body = await resp.json()
+            if resp.status == 200:
+                return dict(body)
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"{uid}: no answer from the scheduler")
+
+    async def connect(answer: dict[str, Any]) -> aiohttp.ClientWebSocketResponse:
+        url = f"{answer['endpoint']}?ticket={answer['ticket']}&platform=ios&version=1.0"
+        ws = await http.ws_connect(url, autoping=True)
+        frame = await ws.receive_json(timeout=30)
+        if frame.get("t") != "welcome":
+            raise RuntimeError(f"no welcome: {frame}")
+        return ws
+
+    async def place(uid: str) -> aiohttp.ClientWebSocketResponse:
+        async with gate:
+            return await connect(await ask(uid))
+
+    async def follow(uid: str, ws: aiohttp.ClientWebSocketResponse) -> None:
+        try:
+            frame = await ws.receive_json(timeout=spec["wait_s"])
+            if frame.get("t") != "reconnect":
+                failures[f"frame {frame.get('t')}"] += 1
+                return
+            told.append(time.time())
+            await asyncio.sleep(frame.get("after_ms", 0) / 1000)
+            await ws.close()
+            async with gate:
+                for _ in range(20):  # bounded: a scheduler without the rollback yet
+                    answer = await ask(uid)
+                    if answer["node"] not in canary:
+                        break
+                    await asyncio.sleep(0.1)
+                new = await connect(answer)
+            landed.append(time.time())
+            where[answer["node"]] += 1
+            kept.append(new)
+        except Exception as exc:  # counted and reported: a lost client
+            failures[type(exc).__name__] += 1
+
+    kept: list[aiohttp.ClientWebSocketResponse] = []
+    sockets = await asyncio.gather(*(place(u) for u in spec["uids"]))
+    print(json.dumps({"ready": len(sockets)}), flush=True)
+    await asyncio.gather(*(follow(u, ws) for u, ws in zip(spec["uids"], sockets, strict=True)))
+    report = {
+        "asks": asks,
+        "statuses": dict(statuses),
+        "told": told,
+        "landed": landed,
+        "where": dict(where),
+        "failures": dict(failures),
+    }
+    print(json.dumps(report), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    await asyncio.gather(*(ws.close() for ws in kept), return_exceptions=True)
+    await http.close()
+
+
+# ---- rollback: the parent
+
+
+def canary_uids(count: int, percent: float) -> list[str]:
+    rule = release(percent)
+    found: list[str] = []
+    i = 0
+    while len(found) < count:
+        uid = f"u{i}"
+        if rule.matches(user(uid)):
+            found.append(uid)
+        i += 1
+    return found
+
+
+def peak_per_window(times: list[float], window_s: float = 1.0) -> int:
+    """The most events in any ``window_s`` (sliding, starting at an event)."""
+    ordered = sorted(times)
+    peak, j = 0, 0
+    for i, first in enumerate(ordered):
+        while j < len(ordered) and ordered[j] < first + window_s:
+            j += 1
+        peak = max(peak, j - i)
+    return peak
+
+
+def rollback_run(args: argparse.Namespace) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="imctl-bench-gray-"))
+    etcd = EtcdServer(tmp / "etcd")
+    redis = RedisServer(tmp / "redis")
+    etcd.start()
+    redis.start()
+    names = {"c0": "2.0", "c1": "2.0", "s0": "1.0", "s1": "1.0"}
+    ports = {n: free_port() for n in names}
+    sched_port = free_port()
+    config = base_config(etcd)
+    config["scheduler"] = {"port": sched_port, "rate_limit": NO_LIMITS}
+    config["access"] = {
+        "nodes": [
+            {"id": n, "region": REGION, "port": ports[n], "version": v, "capacity": 40_000}
+            for n, v in names.items()
+        ],
+        "internal_token": TOKEN,
+        "drain_s": 1,
+        "drain_max_rate": args.max_rate,
+        "reconnect_grace_s": 10,
+        "handshake_rate_per_s": 1e6,
+        "handshake_burst": 1e6,
+        "handshake_rate_per_address_per_s": 1e6,
+        "handshake_burst_per_address": 1e6,
+    }
+    config["connections"] = {"max_pending": 40_000, "max_pending_per_address": 40_000}
+    config["presence"] = {"backend": "redis", "shards": [{"id": "s0", "url": redis.url}]}
+    path = tmp / "gray.yaml"
+    path.write_text(yaml.safe_dump(config))
+    procs = [
+        spawn_imctl(["scheduler", "--config", str(path)], log=tmp / "scheduler.log"),
+        *(
+            spawn_imctl(["access", "--config", str(path), "--node-id", n], log=tmp / f"{n}.log")
+            for n in names
+        ),
+    ]
+    clients: list[subprocess.Popen[str]] = []
+    base = f"http://127.0.0.1:{sched_port}"
+    try:
+        for port in [sched_port, *ports.values()]:
+            wait_port(port, 30)
+        asyncio.run(_admin_ready(base, set(names)))
+        created = {"name": "r1", "target": {"version": "2.0"}, "percent": 50}
+        asyncio.run(_admin(base, "POST", "/v1/gray/releases", created))
+        uids = canary_uids(args.connections, 50)
+        share = len(uids) // args.client_procs + 1
+        for k in range(args.client_procs):
+            spec = tmp / f"clients-{k}.json"
+            mine = uids[k * share : (k + 1) * share]
+            body = {"scheduler": base, "canary": ["c0", "c1"], "uids": mine}
+            spec.write_text(json.dumps(body | {"wait_s": args.over + 120}))
+            clients.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "load.bench_gray", "clients", str(spec)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        placed_started = time.time()
+        for c in clients:
+            json.loads(c.stdout.readline())  # type: ignore[union-attr]  # "ready"
+        placed_s = time.time() - placed_started
+        counts = asyncio.run(_counts(base))
+        time.sleep(2)
+        started = time.time()
+        asyncio.run(_admin(base, "POST", "/v1/gray/releases/r1/rollback", {"over_s": args.over}))
+        reports = [json.loads(c.stdout.readline()) for c in clients]  # type: ignore[union-attr]
+        after = asyncio.run(_counts(base, settled=set(ports) - {"c0", "c1"}))
+    finally:
+        for c in clients:
+            if c.stdin is not None and c.poll() is None:
+                c.stdin.write("bye\n")
+                c.stdin.flush()
+        for c in clients:
+            try:
+                c.wait(60)
+            except subprocess.TimeoutExpired:
+                c.kill()
+        for p in procs:
+            p.terminate()
+            p.wait(30)
+        redis.stop()
+        etcd.stop()
+    told = [t for r in reports for t in r["told"]]
+    landed = [t for r in reports for t in r["landed"]]
+    asks = [t for r in reports for t in r["asks"] if t >= started]
+    statuses: Counter[str] = Counter()
+    where: Counter[str] = Counter()
+    failures: Counter[str] = Counter()
+    for r in reports:
+        statuses.update(r["statuses"])
+        where.update(r["where"])
+        failures.update(r["failures"])
+    per_second = Counter(int(t - started) for t in landed)
+    return {
+        "connections": len(uids),
+        "placed_s": round(placed_s, 1),
+        "before": counts,
+        "after": after,
+        "moved": len(landed),
+        "lost": len(uids) - len(landed),
+        "failures": dict(failures),
+        "landed_on": dict(where),
+        "first_told_s": round(min(told) - started, 2),
+        "last_told_s": round(max(told) - started, 2),
+        "last_landed_s": round(max(landed) - started, 2),
+        "moves_per_s": [per_second.get(s, 0) for s in range(int(max(landed) - started) + 1)],
+        "peak_moves_1s": peak_per_window(landed),
+        "scheduler_requests": len(asks),
+        "peak_scheduler_requests_1s": peak_per_window(asks),
+        "scheduler_statuses": dict(statuses),
+        "load_average": os.getloadavg()[0],
+    }
+
+
+async def _admin(base: str, method: str, path: str, body: Any) -> Any:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(method, f"{base}{path}", json=body) as resp,
+    ):
+        answer = await resp.json()
+        if resp.status not in (200, 201):
+            raise RuntimeError(f"{method} {path}: {resp.status} {answer}")
+        return answer
+
+
+async def _admin_ready(base: str, nodes: set[str]) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(300):  # bounded: 30 s
+            try:
+                async with http.get(f"{base}/v1/nodes") as resp:
+                    listed = await resp.json()
+                if nodes <= {n["id"] for n in listed["nodes"] if n["state"] == "up"}:
+                    return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"nodes {sorted(nodes)} never up in the scheduler")
+
+
+async def _counts(base: str, settled: set[str] | None = None) -> dict[str, int]:
+    """Online users by node (presence); with ``settled``, until only those hold users."""
+    async with aiohttp.ClientSession() as http:
+        counts: dict[str, int] = {}
+        for _ in range(300):  # bounded: 30 s
+            async with http.get(f"{base}/v1/presence/count?by=node") as resp:
+                counts = (await resp.json())["counts"]
+            if settled is None or not set(k for k, v in counts.items() if v) - settled:
+                return counts
+            await asyncio.sleep(0.1)
+        return counts
+
+
+def rollback(args: argparse.Namespace) -> dict[str, Any]:
+    runs = [rollback_run(args) for _ in range(args.runs)]
+    return {
+        "over_s": args.over,
+        "drain_max_rate": args.max_rate,
+        "runs": runs,
+        "median_last_landed_s": statistics.median(r["last_landed_s"] for r in runs),
+        "median_peak_scheduler_requests_1s": statistics.median(
+            r["peak_scheduler_requests_1s"] for r in runs
+        ),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("propagation")
+    p.add_argument("--schedulers", type=int, default=4)
+    p.add_argument("--changes", type=int, default=200)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--nodes", type=int, default=200, help="nodes reporting load")
+    p.add_argument("--report-s", type=float, default=1.0, help="each node reports this often")
+    r = sub.add_parser("rollback")
+    r.add_argument("--connections", type=int, default=10_000)
+    r.add_argument("--over", type=float, default=30.0)
+    r.add_argument("--client-procs", type=int, default=4)
+    r.add_argument("--max-rate", type=float, default=500.0, help="access.drain_max_rate")
+    r.add_argument("--runs", type=int, default=1)
+    c = sub.add_parser("clients")
+    c.add_argument("spec")
+    args = ap.parse_args()
+    if args.what == "clients":
+        asyncio.run(clients_main(json.loads(Path(args.spec).read_text())))
+        return
+    found = propagation(args) if args.what == "propagation" else rollback(args)
+    print(json.dumps(found, indent=2))
+
+
+if __name__ == "__main__":
+    main()
