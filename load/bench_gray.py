@@ -279,7 +279,7 @@ async def clients_main(spec: dict[str, Any]) -> None:
     landed: list[float] = []
     where: Counter[str] = Counter()
     failures: Counter[str] = Counter()
-    connector = aiohttp.TCPConnector(limit=64)
+    connector = aiohttp.TCPConnector(limit=0)  # each open WebSocket holds a connection
     http = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30))
     gate = asyncio.Semaphore(64)
 
