@@ -123,8 +123,11 @@ async def watch_baseline(etcd: EtcdServer, changes: int) -> list[float]:
 
 
 async def report_load(registry: Registry, nodes: list[NodeRecord], every_s: float) -> None:
-    """Every node's load report, each node once per ``every_s``, spread evenly."""
+    """Every node's load report, each node once per ``every_s``, spread evenly (0: the
+    nodes register and stay quiet)."""
     registrations = [await registry.register(n, ttl=600) for n in nodes]
+    if every_s <= 0:
+        return
     tick = every_s / len(nodes)
     conns = 0
     while True:
@@ -184,6 +187,7 @@ async def propagation_run(
     uid = flipping_uid()
     urls = [f"http://127.0.0.1:{p}/v1/endpoint?uid={uid}&{QUERY}" for p in ports]
     latencies: list[float] = []
+    first: list[float] = []  # the first scheduler to answer with the new rule
     try:
         stored = await store.get("r1")
         if stored is None:
@@ -201,15 +205,16 @@ async def propagation_run(
                 stored = await store.change(
                     "r1", stored.revision, step.release, action="set-percent", by="bench"
                 )
-                last = max(await asyncio.gather(*polls))
-                latencies.append((last - writes[-1]) * 1000)
+                done = await asyncio.gather(*polls)
+                latencies.append((max(done) - writes[-1]) * 1000)
+                first.append((min(done) - writes[-1]) * 1000)
                 # Off any beat the load reports or the feed's window could fall into.
                 await asyncio.sleep(random.uniform(0.03, 0.1))
     finally:
         reporter.cancel()
         await asyncio.gather(reporter, return_exceptions=True)
         await kv.close()
-    return {"latency_ms": latencies}
+    return {"latency_ms": latencies, "first_ms": first}
 
 
 def propagation(args: argparse.Namespace) -> dict[str, Any]:
@@ -242,6 +247,7 @@ def propagation(args: argparse.Namespace) -> dict[str, Any]:
             runs.append(
                 {
                     "imctl_ms": quantiles(found["latency_ms"]),
+                    "first_scheduler_ms": quantiles(found["first_ms"]),
                     "watch_ms": quantiles(base),
                     "load_average": os.getloadavg()[0],
                 }
@@ -372,6 +378,12 @@ def peak_per_window(times: list[float], window_s: float = 1.0) -> int:
     return peak
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rollback_run(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="imctl-bench-gray-"))
     etcd = EtcdServer(tmp / "etcd")
@@ -437,9 +449,15 @@ def rollback_run(args: argparse.Namespace) -> dict[str, Any]:
         placed_s = time.time() - placed_started
         counts = asyncio.run(_counts(base))
         time.sleep(2)
+        roles = {"scheduler": procs[0], **dict(zip(names, procs[1:], strict=True))}
+        roles |= {f"clients{k}": c for k, c in enumerate(clients)}
+        cpu_before = {role: cpu_s(p.pid) for role, p in roles.items()}
         started = time.time()
         asyncio.run(_admin(base, "POST", "/v1/gray/releases/r1/rollback", {"over_s": args.over}))
         reports = [json.loads(c.stdout.readline()) for c in clients]  # type: ignore[union-attr]
+        # Where the CPU went while the clients moved (what limits the move rate).
+        cpu = {role: round(cpu_s(p.pid) - cpu_before[role], 1) for role, p in roles.items()}
+        elapsed = time.time() - started
         after = asyncio.run(_counts(base, settled=set(ports) - {"c0", "c1"}))
     finally:
         for c in clients:
@@ -484,6 +502,9 @@ def rollback_run(args: argparse.Namespace) -> dict[str, Any]:
         "scheduler_requests": len(asks),
         "peak_scheduler_requests_1s": peak_per_window(asks),
         "scheduler_statuses": dict(statuses),
+        "cpu_s_during": cpu,
+        "cpu_s_total": round(sum(cpu.values()), 1),
+        "wall_s_during": round(elapsed, 1),
         "load_average": os.getloadavg()[0],
     }
 
@@ -547,7 +568,9 @@ def main() -> None:
     p.add_argument("--changes", type=int, default=200)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--nodes", type=int, default=200, help="nodes reporting load")
-    p.add_argument("--report-s", type=float, default=1.0, help="each node reports this often")
+    p.add_argument(
+        "--report-s", type=float, default=1.0, help="each node reports this often (0: never)"
+    )
     r = sub.add_parser("rollback")
     r.add_argument("--connections", type=int, default=10_000)
     r.add_argument("--over", type=float, default=30.0)
