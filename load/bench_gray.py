@@ -147,18 +147,58 @@ def flipping_uid() -> str:
     raise RuntimeError("no uid flips between the two percents")
 
 
-async def answered(http: aiohttp.ClientSession, url: str, track: str, deadline: float) -> float:
-    """Poll ``url`` until it answers ``track``: when it did (perf_counter)."""
-    while time.perf_counter() < deadline:
-        async with http.get(url) as resp:
-            body = await resp.read()
-        if resp.status == 200 and json.loads(body)["track"] == track:
-            return time.perf_counter()
-    raise TimeoutError(f"{url} never answered track {track}")
+class Poller:
+    """One keep-alive HTTP/1.1 connection to one scheduler, asking for the flipping uid:
+    a hand-written GET and a substring test, so the measuring side costs far less CPU
+    than the schedulers it measures (aiohttp's client cost more per poll than the answer,
+    and its round trip set the resolution)."""
+
+    def __init__(self, port: int, uid: str, gap_s: float = 0.0) -> None:
+        self.port = port
+        self.gap_s = gap_s  # between polls: a scheduler not kept busy by its measurement
+        self.request = (
+            f"GET /v1/endpoint?uid={uid}&{QUERY} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+        ).encode()
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.rtts: list[float] = []
+
+    async def ask(self) -> bytes:
+        if self.reader is None or self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        sent = time.perf_counter()
+        self.writer.write(self.request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().partition(b"content-length:")[2].split(b"\r\n")[0])
+        body = await self.reader.readexactly(length)
+        self.rtts.append(time.perf_counter() - sent)
+        # Anything but a 200 (a 503 before the nodes are listed) answers no track.
+        return body if head.startswith(b"HTTP/1.1 200") else b""
+
+    async def until(self, track: str, deadline: float) -> tuple[float, float]:
+        """Poll until the answer is on ``track``: (when the answering request was sent,
+        when its answer arrived): the scheduler switched between the two, or just before."""
+        marker = f'"track":"{track}"'.encode()
+        while time.perf_counter() < deadline:
+            sent = time.perf_counter()
+            if marker in await self.ask():
+                return sent, time.perf_counter()
+            if self.gap_s:
+                await asyncio.sleep(self.gap_s)
+        raise TimeoutError(f"scheduler :{self.port} never answered track {track}")
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 async def propagation_run(
-    etcd: EtcdServer, ports: list[int], changes: int, nodes: int, report_s: float
+    etcd: EtcdServer,
+    ports: list[int],
+    changes: int,
+    nodes: int,
+    report_s: float,
+    gap_s: float,
 ) -> dict[str, Any]:
     kv = EtcdKV(etcd.endpoint)
     await kv.connect()
@@ -185,36 +225,42 @@ async def propagation_run(
     ]
     reporter = asyncio.create_task(report_load(Registry(kv, PREFIX), records, report_s))
     uid = flipping_uid()
-    urls = [f"http://127.0.0.1:{p}/v1/endpoint?uid={uid}&{QUERY}" for p in ports]
+    pollers = [Poller(p, uid, gap_s) for p in ports]
     latencies: list[float] = []
     first: list[float] = []  # the first scheduler to answer with the new rule
+    sent: list[float] = []  # the last scheduler's answering request, sent (a lower bound)
     try:
         stored = await store.get("r1")
         if stored is None:
             stored = await store.create(release(LOW), by="bench")
-        async with aiohttp.ClientSession() as http:
-            deadline = time.perf_counter() + 30
-            await asyncio.gather(*(answered(http, u, "stable", deadline) for u in urls))
-            await asyncio.sleep(2)  # the load reports under way
-            for _ in range(changes):
-                up = stored.release.percent == LOW
-                track = "r1" if up else "stable"
-                step = transition(stored.release, "set-percent", {"percent": HIGH if up else LOW})
-                deadline = time.perf_counter() + 10
-                polls = [asyncio.create_task(answered(http, u, track, deadline)) for u in urls]
-                stored = await store.change(
-                    "r1", stored.revision, step.release, action="set-percent", by="bench"
-                )
-                done = await asyncio.gather(*polls)
-                latencies.append((max(done) - writes[-1]) * 1000)
-                first.append((min(done) - writes[-1]) * 1000)
-                # Off any beat the load reports or the feed's window could fall into.
-                await asyncio.sleep(random.uniform(0.03, 0.1))
+        deadline = time.perf_counter() + 30
+        await asyncio.gather(*(p.until("stable", deadline) for p in pollers))
+        await asyncio.sleep(2)  # the load reports under way
+        for p in pollers:
+            p.rtts.clear()
+        for _ in range(changes):
+            up = stored.release.percent == LOW
+            track = "r1" if up else "stable"
+            step = transition(stored.release, "set-percent", {"percent": HIGH if up else LOW})
+            deadline = time.perf_counter() + 10
+            polls = [asyncio.create_task(p.until(track, deadline)) for p in pollers]
+            stored = await store.change(
+                "r1", stored.revision, step.release, action="set-percent", by="bench"
+            )
+            done = await asyncio.gather(*polls)
+            latencies.append((max(d[1] for d in done) - writes[-1]) * 1000)
+            first.append((min(d[1] for d in done) - writes[-1]) * 1000)
+            sent.append((max(d[0] for d in done) - writes[-1]) * 1000)
+            # Off any beat the load reports or the feed's window could fall into.
+            await asyncio.sleep(random.uniform(0.03, 0.1))
     finally:
         reporter.cancel()
         await asyncio.gather(reporter, return_exceptions=True)
         await kv.close()
-    return {"latency_ms": latencies, "first_ms": first}
+        for p in pollers:
+            await p.close()
+    rtts = [r * 1000 for p in pollers for r in p.rtts]
+    return {"latency_ms": latencies, "first_ms": first, "sent_ms": sent, "rtt_ms": rtts}
 
 
 def propagation(args: argparse.Namespace) -> dict[str, Any]:
@@ -242,12 +288,18 @@ def propagation(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.runs):
             base = asyncio.run(watch_baseline(etcd, args.changes))
             found = asyncio.run(
-                propagation_run(etcd, ports, args.changes, args.nodes, args.report_s)
+                propagation_run(
+                    etcd, ports, args.changes, args.nodes, args.report_s, args.poll_gap_ms / 1000
+                )
             )
             runs.append(
                 {
                     "imctl_ms": quantiles(found["latency_ms"]),
                     "first_scheduler_ms": quantiles(found["first_ms"]),
+                    # The last scheduler's answering request was sent this long after the
+                    # write: it switched between this and imctl_ms (a poll's round trip).
+                    "last_request_sent_ms": quantiles(found["sent_ms"]),
+                    "poll_rtt_ms": quantiles(found["rtt_ms"]),
                     "watch_ms": quantiles(base),
                     "load_average": os.getloadavg()[0],
                 }
@@ -570,6 +622,12 @@ def main() -> None:
     p.add_argument("--nodes", type=int, default=200, help="nodes reporting load")
     p.add_argument(
         "--report-s", type=float, default=1.0, help="each node reports this often (0: never)"
+    )
+    p.add_argument(
+        "--poll-gap-ms",
+        type=float,
+        default=0.0,
+        help="pause between one scheduler's polls (0: back to back)",
     )
     r = sub.add_parser("rollback")
     r.add_argument("--connections", type=int, default=10_000)
