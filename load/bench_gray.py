@@ -284,7 +284,7 @@ def propagation(args: argparse.Namespace) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     try:
         for p in ports:
-            wait_port(p, 30)
+            wait_port(p, 120)  # a loaded machine starts processes slowly
         for _ in range(args.runs):
             base = asyncio.run(watch_baseline(etcd, args.changes))
             found = asyncio.run(
@@ -360,9 +360,28 @@ async def clients_main(spec: dict[str, Any]) -> None:
             raise RuntimeError(f"no welcome: {frame}")
         return ws
 
+    async def land(uid: str, avoid: set[str]) -> tuple[str, aiohttp.ClientWebSocketResponse]:
+        """Ask and connect, as a client does: a refused handshake (a node saying "retry
+        later" while the machine is overloaded) is retried, bounded, and counted."""
+        for attempt in range(10):
+            answer = await ask(uid)
+            for _ in range(20):  # bounded: a scheduler without the rollback yet
+                if answer["node"] not in avoid:
+                    break
+                await asyncio.sleep(0.1)
+                answer = await ask(uid)
+            try:
+                return answer["node"], await connect(answer)
+            except (RuntimeError, aiohttp.ClientError, TimeoutError) as exc:
+                failures[f"retried: {type(exc).__name__}"] += 1
+                if attempt == 9:
+                    raise
+                await asyncio.sleep(0.5)
+        raise AssertionError("unreachable")
+
     async def place(uid: str) -> aiohttp.ClientWebSocketResponse:
         async with gate:
-            return await connect(await ask(uid))
+            return (await land(uid, set()))[1]
 
     async def follow(uid: str, ws: aiohttp.ClientWebSocketResponse) -> None:
         try:
@@ -374,14 +393,9 @@ async def clients_main(spec: dict[str, Any]) -> None:
             await asyncio.sleep(frame.get("after_ms", 0) / 1000)
             await ws.close()
             async with gate:
-                for _ in range(20):  # bounded: a scheduler without the rollback yet
-                    answer = await ask(uid)
-                    if answer["node"] not in canary:
-                        break
-                    await asyncio.sleep(0.1)
-                new = await connect(answer)
+                node, new = await land(uid, canary)
             landed.append(time.time())
-            where[answer["node"]] += 1
+            where[node] += 1
             kept.append(new)
         except Exception as exc:  # counted and reported: a lost client
             failures[type(exc).__name__] += 1
@@ -476,7 +490,7 @@ def rollback_run(args: argparse.Namespace) -> dict[str, Any]:
     base = f"http://127.0.0.1:{sched_port}"
     try:
         for port in [sched_port, *ports.values()]:
-            wait_port(port, 30)
+            wait_port(port, 120)  # a loaded machine starts processes slowly
         asyncio.run(_admin_ready(base, set(names)))
         created = {"name": "r1", "target": {"version": "2.0"}, "percent": 50}
         asyncio.run(_admin(base, "POST", "/v1/gray/releases", created))
