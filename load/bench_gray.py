@@ -21,6 +21,9 @@ rate limits are raised, every client is 127.0.0.1).
 
     python -m load.bench_gray propagation [--changes 200] [--runs 3]
     python -m load.bench_gray rollback [--connections 10000] [--over 30] [--runs 1]
+
+The rollback's parent is load/bench_gray_rollback.py, its client processes
+load/gray_clients.py.
 """
 
 from __future__ import annotations
@@ -31,16 +34,12 @@ import json
 import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import yaml
 
 from control.common.kv.etcd import EtcdKV
@@ -48,7 +47,7 @@ from control.common.registry import NodeRecord, Registry
 from control.gray.model import Release, Target, UserContext, Version
 from control.gray.store import ReleaseStore
 from control.gray.verbs import transition
-from control.testing import EtcdServer, RedisServer, free_port, spawn_imctl, wait_port
+from control.testing import EtcdServer, free_port, spawn_imctl, wait_port
 
 SECRET = "bench-ticket-secret-0123456789"
 TOKEN = "bench-internal-token-0123"
@@ -324,308 +323,6 @@ def propagation(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-# ---- rollback: the client processes
-
-
-async def clients_main(spec: dict[str, Any]) -> None:
-    """One client process: places its users, says "ready", follows reconnect frames, then
-    reports every move and every scheduler answer, and waits for a line on stdin."""
-    canary = set(spec["canary"])
-    asks: list[float] = []
-    statuses: Counter[int] = Counter()
-    told: list[float] = []
-    landed: list[float] = []
-    where: Counter[str] = Counter()
-    failures: Counter[str] = Counter()
-    connector = aiohttp.TCPConnector(limit=0)  # each open WebSocket holds a connection
-    http = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30))
-    gate = asyncio.Semaphore(64)
-
-    async def ask(uid: str) -> dict[str, Any]:
-        for _ in range(50):  # bounded: a 503 or a stale answer is asked again
-            asks.append(time.time())
-            async with http.get(f"{spec['scheduler']}/v1/endpoint?uid={uid}&{QUERY}") as resp:
-                statuses[resp.status] += 1
-                body = await resp.json()
-            if resp.status == 200:
-                return dict(body)
-            await asyncio.sleep(0.2)
-        raise RuntimeError(f"{uid}: no answer from the scheduler")
-
-    async def connect(answer: dict[str, Any]) -> aiohttp.ClientWebSocketResponse:
-        url = f"{answer['endpoint']}?ticket={answer['ticket']}&platform=ios&version=1.0"
-        ws = await http.ws_connect(url, autoping=True)
-        frame = await ws.receive_json(timeout=30)
-        if frame.get("t") != "welcome":
-            raise RuntimeError(f"no welcome: {frame}")
-        return ws
-
-    async def land(uid: str, avoid: set[str]) -> tuple[str, aiohttp.ClientWebSocketResponse]:
-        """Ask and connect, as a client does: a refused handshake (a node saying "retry
-        later" while the machine is overloaded) is retried, bounded, and counted."""
-        for attempt in range(10):
-            answer = await ask(uid)
-            for _ in range(20):  # bounded: a scheduler without the rollback yet
-                if answer["node"] not in avoid:
-                    break
-                await asyncio.sleep(0.1)
-                answer = await ask(uid)
-            try:
-                return answer["node"], await connect(answer)
-            except (RuntimeError, aiohttp.ClientError, TimeoutError) as exc:
-                failures[f"retried: {type(exc).__name__}"] += 1
-                if attempt == 9:
-                    raise
-                await asyncio.sleep(0.5)
-        raise AssertionError("unreachable")
-
-    async def place(uid: str) -> aiohttp.ClientWebSocketResponse:
-        async with gate:
-            return (await land(uid, set()))[1]
-
-    async def follow(uid: str, ws: aiohttp.ClientWebSocketResponse) -> None:
-        try:
-            frame = await ws.receive_json(timeout=spec["wait_s"])
-            if frame.get("t") != "reconnect":
-                failures[f"frame {frame.get('t')}"] += 1
-                return
-            told.append(time.time())
-            await asyncio.sleep(frame.get("after_ms", 0) / 1000)
-            await ws.close()
-            async with gate:
-                node, new = await land(uid, canary)
-            landed.append(time.time())
-            where[node] += 1
-            kept.append(new)
-        except Exception as exc:  # counted and reported: a lost client
-            failures[type(exc).__name__] += 1
-
-    kept: list[aiohttp.ClientWebSocketResponse] = []
-    sockets = await asyncio.gather(*(place(u) for u in spec["uids"]))
-    print(json.dumps({"ready": len(sockets)}), flush=True)
-    await asyncio.gather(*(follow(u, ws) for u, ws in zip(spec["uids"], sockets, strict=True)))
-    report = {
-        "asks": asks,
-        "statuses": dict(statuses),
-        "told": told,
-        "landed": landed,
-        "where": dict(where),
-        "failures": dict(failures),
-    }
-    print(json.dumps(report), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-    await asyncio.gather(*(ws.close() for ws in kept), return_exceptions=True)
-    await http.close()
-
-
-# ---- rollback: the parent
-
-
-def canary_uids(count: int, percent: float) -> list[str]:
-    rule = release(percent)
-    found: list[str] = []
-    i = 0
-    while len(found) < count:
-        uid = f"u{i}"
-        if rule.matches(user(uid)):
-            found.append(uid)
-        i += 1
-    return found
-
-
-def peak_per_window(times: list[float], window_s: float = 1.0) -> int:
-    """The most events in any ``window_s`` (sliding, starting at an event)."""
-    ordered = sorted(times)
-    peak, j = 0, 0
-    for i, first in enumerate(ordered):
-        while j < len(ordered) and ordered[j] < first + window_s:
-            j += 1
-        peak = max(peak, j - i)
-    return peak
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds the process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rollback_run(args: argparse.Namespace) -> dict[str, Any]:
-    tmp = Path(tempfile.mkdtemp(prefix="imctl-bench-gray-"))
-    etcd = EtcdServer(tmp / "etcd")
-    redis = RedisServer(tmp / "redis")
-    etcd.start()
-    redis.start()
-    names = {"c0": "2.0", "c1": "2.0", "s0": "1.0", "s1": "1.0"}
-    ports = {n: free_port() for n in names}
-    sched_port = free_port()
-    config = base_config(etcd)
-    config["scheduler"] = {"port": sched_port, "rate_limit": NO_LIMITS}
-    config["access"] = {
-        "nodes": [
-            {"id": n, "region": REGION, "port": ports[n], "version": v, "capacity": 40_000}
-            for n, v in names.items()
-        ],
-        "internal_token": TOKEN,
-        "drain_s": 1,
-        "drain_max_rate": args.max_rate,
-        "reconnect_grace_s": 10,
-        "handshake_rate_per_s": 1e6,
-        "handshake_burst": 1e6,
-        "handshake_rate_per_address_per_s": 1e6,
-        "handshake_burst_per_address": 1e6,
-    }
-    config["connections"] = {"max_pending": 40_000, "max_pending_per_address": 40_000}
-    config["presence"] = {"backend": "redis", "shards": [{"id": "s0", "url": redis.url}]}
-    path = tmp / "gray.yaml"
-    path.write_text(yaml.safe_dump(config))
-    procs = [
-        spawn_imctl(["scheduler", "--config", str(path)], log=tmp / "scheduler.log"),
-        *(
-            spawn_imctl(["access", "--config", str(path), "--node-id", n], log=tmp / f"{n}.log")
-            for n in names
-        ),
-    ]
-    clients: list[subprocess.Popen[str]] = []
-    base = f"http://127.0.0.1:{sched_port}"
-    try:
-        for port in [sched_port, *ports.values()]:
-            wait_port(port, 120)  # a loaded machine starts processes slowly
-        asyncio.run(_admin_ready(base, set(names)))
-        created = {"name": "r1", "target": {"version": "2.0"}, "percent": 50}
-        asyncio.run(_admin(base, "POST", "/v1/gray/releases", created))
-        uids = canary_uids(args.connections, 50)
-        share = len(uids) // args.client_procs + 1
-        for k in range(args.client_procs):
-            spec = tmp / f"clients-{k}.json"
-            mine = uids[k * share : (k + 1) * share]
-            body = {"scheduler": base, "canary": ["c0", "c1"], "uids": mine}
-            spec.write_text(json.dumps(body | {"wait_s": args.over + 120}))
-            clients.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "load.bench_gray", "clients", str(spec)],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
-            )
-        placed_started = time.time()
-        for c in clients:
-            json.loads(c.stdout.readline())  # type: ignore[union-attr]  # "ready"
-        placed_s = time.time() - placed_started
-        counts = asyncio.run(_counts(base))
-        time.sleep(2)
-        roles = {"scheduler": procs[0], **dict(zip(names, procs[1:], strict=True))}
-        roles |= {f"clients{k}": c for k, c in enumerate(clients)}
-        cpu_before = {role: cpu_s(p.pid) for role, p in roles.items()}
-        started = time.time()
-        asyncio.run(_admin(base, "POST", "/v1/gray/releases/r1/rollback", {"over_s": args.over}))
-        reports = [json.loads(c.stdout.readline()) for c in clients]  # type: ignore[union-attr]
-        # Where the CPU went while the clients moved (what limits the move rate).
-        cpu = {role: round(cpu_s(p.pid) - cpu_before[role], 1) for role, p in roles.items()}
-        elapsed = time.time() - started
-        after = asyncio.run(_counts(base, settled=set(ports) - {"c0", "c1"}))
-    finally:
-        for c in clients:
-            if c.stdin is not None and c.poll() is None:
-                c.stdin.write("bye\n")
-                c.stdin.flush()
-        for c in clients:
-            try:
-                c.wait(60)
-            except subprocess.TimeoutExpired:
-                c.kill()
-        for p in procs:
-            p.terminate()
-            p.wait(30)
-        redis.stop()
-        etcd.stop()
-    told = [t for r in reports for t in r["told"]]
-    landed = [t for r in reports for t in r["landed"]]
-    asks = [t for r in reports for t in r["asks"] if t >= started]
-    statuses: Counter[str] = Counter()
-    where: Counter[str] = Counter()
-    failures: Counter[str] = Counter()
-    for r in reports:
-        statuses.update(r["statuses"])
-        where.update(r["where"])
-        failures.update(r["failures"])
-    per_second = Counter(int(t - started) for t in landed)
-    return {
-        "connections": len(uids),
-        "placed_s": round(placed_s, 1),
-        "before": counts,
-        "after": after,
-        "moved": len(landed),
-        "lost": len(uids) - len(landed),
-        "failures": dict(failures),
-        "landed_on": dict(where),
-        "first_told_s": round(min(told) - started, 2),
-        "last_told_s": round(max(told) - started, 2),
-        "last_landed_s": round(max(landed) - started, 2),
-        "moves_per_s": [per_second.get(s, 0) for s in range(int(max(landed) - started) + 1)],
-        "peak_moves_1s": peak_per_window(landed),
-        "scheduler_requests": len(asks),
-        "peak_scheduler_requests_1s": peak_per_window(asks),
-        "scheduler_statuses": dict(statuses),
-        "cpu_s_during": cpu,
-        "cpu_s_total": round(sum(cpu.values()), 1),
-        "wall_s_during": round(elapsed, 1),
-        "load_average": os.getloadavg()[0],
-    }
-
-
-async def _admin(base: str, method: str, path: str, body: Any) -> Any:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.request(method, f"{base}{path}", json=body) as resp,
-    ):
-        answer = await resp.json()
-        if resp.status not in (200, 201):
-            raise RuntimeError(f"{method} {path}: {resp.status} {answer}")
-        return answer
-
-
-async def _admin_ready(base: str, nodes: set[str]) -> None:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(300):  # bounded: 30 s
-            try:
-                async with http.get(f"{base}/v1/nodes") as resp:
-                    listed = await resp.json()
-                if nodes <= {n["id"] for n in listed["nodes"] if n["state"] == "up"}:
-                    return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"nodes {sorted(nodes)} never up in the scheduler")
-
-
-async def _counts(base: str, settled: set[str] | None = None) -> dict[str, int]:
-    """Online users by node (presence); with ``settled``, until only those hold users."""
-    async with aiohttp.ClientSession() as http:
-        counts: dict[str, int] = {}
-        for _ in range(300):  # bounded: 30 s
-            async with http.get(f"{base}/v1/presence/count?by=node") as resp:
-                counts = (await resp.json())["counts"]
-            if settled is None or not set(k for k, v in counts.items() if v) - settled:
-                return counts
-            await asyncio.sleep(0.1)
-        return counts
-
-
-def rollback(args: argparse.Namespace) -> dict[str, Any]:
-    runs = [rollback_run(args) for _ in range(args.runs)]
-    return {
-        "over_s": args.over,
-        "drain_max_rate": args.max_rate,
-        "runs": runs,
-        "median_last_landed_s": statistics.median(r["last_landed_s"] for r in runs),
-        "median_peak_scheduler_requests_1s": statistics.median(
-            r["peak_scheduler_requests_1s"] for r in runs
-        ),
-    }
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)
@@ -649,13 +346,13 @@ def main() -> None:
     r.add_argument("--client-procs", type=int, default=4)
     r.add_argument("--max-rate", type=float, default=500.0, help="access.drain_max_rate")
     r.add_argument("--runs", type=int, default=1)
-    c = sub.add_parser("clients")
-    c.add_argument("spec")
     args = ap.parse_args()
-    if args.what == "clients":
-        asyncio.run(clients_main(json.loads(Path(args.spec).read_text())))
-        return
-    found = propagation(args) if args.what == "propagation" else rollback(args)
+    if args.what == "propagation":
+        found = propagation(args)
+    else:  # imported here: the rollback module builds on this one's helpers
+        from load.bench_gray_rollback import rollback
+
+        found = rollback(args)
     print(json.dumps(found, indent=2))
 
 
