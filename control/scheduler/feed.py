@@ -1,10 +1,13 @@
 """The scheduler's snapshot feed: follows the node registry and the gray store, and turns
 their changes into the engine's serving snapshot.
 
-A burst of registry changes (a rollout, a zone coming back) becomes one build: a change
-marks the feed dirty and a build follows ``rebuild_s`` later. A failed build keeps the
-previous snapshot serving and is counted. While self-preservation holds the last view, a
-quiet registry sends no change to end the hold, so the feed looks again when grace ends.
+A burst of registry changes (a rollout, a zone coming back, every node's load report)
+becomes one build: a change marks the feed dirty and a build follows ``rebuild_s`` later.
+A release or stable-version change is an operator's decision, rare and awaited: it is due
+at once, never behind that window (its build folds in any pending node change). A failed
+build keeps the previous snapshot serving and is counted. While self-preservation holds
+the last view, a quiet registry sends no change to end the hold, so the feed looks again
+when grace ends.
 """
 
 from __future__ import annotations
@@ -79,18 +82,19 @@ class SnapshotFeed:
 
     def _on_releases(self, releases: Mapping[str, Release]) -> None:
         self.engine.set_releases(releases)
-        self.changed()
+        self.changed(urgent=True)
 
     def _on_stable(self, records: Mapping[str, Stable]) -> None:
         self.engine.set_stable(stable_target(records))
-        self.changed()
+        self.changed(urgent=True)
 
-    def changed(self) -> None:
-        """A mirror changed: build now (``rebuild_s`` 0) or once the burst has settled."""
+    def changed(self, *, urgent: bool = False) -> None:
+        """A mirror changed: build now (``rebuild_s`` 0, or an ``urgent`` change: due at
+        once, on the feed's next turn) or once the burst has settled."""
         if self.rebuild_s <= 0:
             self.build()
         else:  # a build already due sooner stays: the burst's first change sets the time
-            self._due_at(self.clock() + self.rebuild_s)
+            self._due_at(self.clock() + (0.0 if urgent else self.rebuild_s))
 
     def _due_at(self, when: float) -> None:
         self.due = when if self.due is None else min(self.due, when)

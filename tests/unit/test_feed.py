@@ -14,6 +14,8 @@ import pytest
 from control.common.config import HeartbeatSettings, RegistrySettings
 from control.common.kv.embedded import EmbeddedKV
 from control.common.registry import NodeRecord, PreservationPolicy
+from control.gray.model import Release, Target
+from control.gray.store import release_to_json
 from control.scheduler.engine import Engine
 from control.scheduler.feed import HOLD_MARGIN_S, SnapshotFeed
 from control.scheduler.proximity import RegionMap
@@ -73,6 +75,47 @@ def test_with_rebuild_s_zero_a_change_builds_at_once() -> None:
     f.gray.on_change({})
     f.nodes.on_change(nodes("a"))
     assert set(f.engine.snapshot.nodes) == {"a"} and f.due is None
+
+
+def test_a_release_change_is_due_at_once_not_behind_the_node_window() -> None:
+    clock = Clock()
+    f = feed(clock)
+    f.nodes.on_change(nodes("a"))  # a load report: its build waits out rebuild_s
+    assert f.due == pytest.approx(100.05)
+    clock.now += 0.01
+    f.gray.on_change({"r1": Release(name="r1", target=Target(version="2.0"), percent=10)})
+    assert f.due == pytest.approx(100.01)
+    assert f.run_once() is not None  # built now, the pending node change folded in
+    assert [r.name for r in f.engine.releases()] == ["r1"]
+    assert set(f.engine.snapshot.nodes) == {"a"} and f.due is None
+    f.stable.on_change({})  # the stable version is the same kind of decision
+    assert f.due == pytest.approx(100.01)
+
+
+async def test_run_serves_a_stored_release_change_without_waiting_for_rebuild_s() -> None:
+    kv = EmbeddedKV()
+    await kv.connect()
+    engine = Engine(RegionMap(known=("r",)))
+    # A window far longer than the wait below: only an urgent build can pass.
+    f = SnapshotFeed(engine, kv, "/imctl", SchedulerMetrics(), rebuild_s=5, verify_s=10)
+    stop = asyncio.Event()
+    tasks = [
+        asyncio.create_task(run(stop)) for run in (f.nodes.run, f.gray.run, f.stable.run, f.run)
+    ]
+    try:
+        await asyncio.wait_for(f.synced.wait(), 5)
+        release = Release(name="r1", target=Target(version="2.0"), percent=10)
+        await kv.put("/imctl/nodes/a", nodes("a")["a"].to_json())  # opens the window
+        await kv.put("/imctl/gray/r1", release_to_json(release))
+        for _ in range(100):  # bounded: 1 s
+            if f.served:
+                break
+            await asyncio.sleep(0.01)
+        assert set(f.served) == {"r1"} and "a" in f.engine.snapshot.nodes
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        await kv.close()
 
 
 def test_a_failed_build_keeps_the_last_snapshot_and_is_counted(
