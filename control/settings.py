@@ -125,6 +125,13 @@ class Settings:
                     f"client_auth.keys: the built-in development key is public; set keys "
                     f"of your own (or a jwks_url) when scheduler.host ({host}) is not loopback"
                 )
+        relayed = [n.id for n in self.access.nodes or () if n.proxy_port]
+        if self.edge.tls == "passthrough" and relayed and not self.access.tls.enabled:
+            # HAProxy would relay TLS the nodes cannot read: every client would fail.
+            problems.append(
+                "edge.tls: passthrough needs access.tls (the nodes hold the certificate); "
+                "give the nodes a certificate or use tls: terminate"
+            )
         known = set(self.regions.known or ())
         for i, node in enumerate(self.registry.static_nodes or ()):
             if node.region and node.region not in known:

@@ -96,6 +96,15 @@ def test_open_admin_needs_loopback() -> None:
     )
 
 
+def test_tls_passthrough_needs_nodes_with_a_certificate() -> None:
+    node = {"id": "n1", "region": "r", "port": 9100, "proxy_port": 9101}
+    access = {"nodes": [node], "balancers": ["127.0.0.1/32"]}
+    config = {"regions": {"known": ["r"]}, "access": access}
+    with pytest.raises(ConfigError, match=r"edge\.tls: passthrough needs access\.tls"):
+        parse_settings({**config, "edge": {"tls": "passthrough"}})
+    parse_settings({**config, "edge": {"tls": "off"}})
+
+
 @pytest.mark.parametrize(
     "text,needle",
     [
