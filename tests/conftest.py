@@ -1,4 +1,4 @@
-"""Pytest fixtures: thin wrappers over the public test kit (control/testing.py), and the
+"""Pytest fixtures: thin wrappers over the public test kit (control/testing/), and the
 check that no test leaves asyncio tasks behind."""
 
 from __future__ import annotations
