@@ -7,8 +7,11 @@ Bounded: a few examples per operation, no shrinking (a failure is reported as fo
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import os
+import pkgutil
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +32,20 @@ from schemathesis.specs.openapi.checks import (
 
 from control.api import scheduler_document
 from control.testing import local_config, log_tail, spawn_imctl, stop_process, until_sync
+
+
+def _import_eagerly(package: Any) -> None:
+    """Import every module of ``package`` now, at collection. schemathesis is a pytest
+    plugin, so pytest rewrites its modules as they are imported; imported lazily, deep in
+    a fixture's stack, a rewrite likely ran out of AST recursion depth, and CPython 3.11.7 then
+    fails every later ast.parse in the process ("AST constructor recursion depth
+    mismatch", cpython#106905): all 48 cases errored at setup once."""
+    for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        with contextlib.suppress(Exception):  # optional extras (other specs, CLI bits)
+            importlib.import_module(info.name)
+
+
+_import_eagerly(schemathesis)
 
 EXAMPLES = int(
     os.environ.get("OPENAPI_FUZZ_EXAMPLES", "5")
