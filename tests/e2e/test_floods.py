@@ -220,7 +220,8 @@ async def test_slowloris_and_silent_connections_are_capped_and_closed(
     assert body["error"] == "too_many_connections"
     # Closed by the node without an answer, about idle_timeout_s after they opened
     # (slow headers or none at all); none is still open.
-    assert all(a == b"" for a, _ in taken), {a for a, _ in taken}
+    # (A reset is a close too: the node closed with the slow header's last bytes unread.)
+    assert all(a in (b"", b"<reset>") for a, _ in taken), {a for a, _ in taken}
     # The bound is the test's own loop's lag too (7,000 sockets; 13 s seen on a loaded
     # machine): what it rules out is a socket the deadline never closed (held 90 s).
     assert max(t for _, t in taken) < idle * 4, max(t for _, t in taken)
