@@ -38,4 +38,12 @@ echo "== pytest"
 # Two workers, each taking whole modules (their module-scoped clusters stay whole): most
 # tests wait on real servers and timers, so two share the 2 cores well (10.4 min serial,
 # ~5 in two).
-$py -m pytest -q -p no:cacheprovider -n 2 --dist loadfile "$@"
+if [ $# -gt 0 ]; then
+  $py -m pytest -q -p no:cacheprovider -n 2 --dist loadfile "$@"
+else
+  # The lb watch test runs alone after the rest: beside another busy worker, HAProxy's soft
+  # stop under it outlasted the test (a known issue, under investigation).
+  alone=tests/integration/test_lb_watch.py
+  $py -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --ignore "$alone"
+  $py -m pytest -q -p no:cacheprovider "$alone"
+fi
