@@ -4,9 +4,7 @@ output is the same on every run): output, exit codes, and what each verb wrote."
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,9 +15,9 @@ from aiohttp import web
 from control.admin.config import AdminConfig
 from control.admin.gray import RELEASES
 from control.admin.routes import mount
-from control.cli import main
 from control.common.auth import Grant, TokenTable
 from tests.releases import MemoryReleaseStore
+from tests.stand_in import run, served_in_thread
 
 VIEWER, OPERATOR = "v" * 24, "o" * 24
 
@@ -55,30 +53,8 @@ def server(store: MemoryReleaseStore, monkeypatch: pytest.MonkeyPatch) -> Iterat
     app = web.Application()
     mount(AdminConfig("test", "/t-gray", frozenset(), 1, grants))(app)
     app[RELEASES] = store
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app)
-    loop.run_until_complete(runner.setup())
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    loop.run_until_complete(site.start())
-    port = runner.addresses[0][1]
-    thread = threading.Thread(target=loop.run_forever, name="admin-api", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
-
-
-def run(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    with served_in_thread(app) as url:
+        yield url
 
 
 def gray(capsys: pytest.CaptureFixture[str], server: str, *argv: str) -> tuple[int, str, str]:

@@ -4,9 +4,7 @@ cluster (the e2e tests run the same verbs against a real one)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,8 +12,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from control.cli import main
 from control.cli.admin_client import AdminClient, AdminError
+from tests.stand_in import run, served_in_thread
 
 TOKEN = "t" * 24
 FAR = 4_000_000_000.0  # a last_seen / reported_at in the future shows as "0s ago"
@@ -146,31 +144,8 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The stand-in API on its own loop in a thread (``main`` runs its own loop)."""
     monkeypatch.delenv("IMCTL_SERVER", raising=False)
     monkeypatch.delenv("IMCTL_TOKEN", raising=False)
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(_app())
-    loop.run_until_complete(runner.setup())
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    loop.run_until_complete(site.start())
-    port = runner.addresses[0][1]
-    thread = threading.Thread(target=loop.run_forever, name="admin-api", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
-
-
-def run(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
-    """The exit code (returned or raised), stdout and stderr of one ``imctl`` run."""
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    with served_in_thread(_app()) as url:
+        yield url
 
 
 def stamp(at: float) -> str:
